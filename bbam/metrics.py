@@ -1,0 +1,569 @@
+"""Multi-label evaluation metrics, vectorised in PyTorch.
+
+Library layer: depends only on ``torch``, ``numpy`` and ``math`` (no
+scikit-learn, no I/O).  Every function works on CPU or CUDA tensors, never
+loops over samples or labels in Python, and computes in ``float64``.
+
+Common arguments
+----------------
+scores : Tensor ``[N, K]``, floating point
+    One row per sample, one column per label.  For the thresholded metrics
+    (F1, Hamming loss, class accuracies, VCA) these are probabilities in
+    ``[0, 1]`` (e.g. the sigmoid of the logits) compared with ``threshold``.
+    The ranking metrics (AP/mAP, one-error, coverage, ranking loss, LRAP)
+    depend only on the order of the scores, so logits or cosines work too.
+    NaN is rejected; ``+-inf`` is accepted and ordered as usual.
+targets : Tensor ``[N, K]``, values in ``{0, 1}`` (any bool/int/float dtype)
+    Ground truth, ``1`` = label present.  Unknown entries (``-1``) are not
+    allowed here: evaluation needs complete labels.
+threshold : float
+    A label is predicted positive when ``score >= threshold`` (default 0.5).
+
+Ties are handled exactly as scikit-learn does: ranking metrics group equal
+scores (see each function).  The reference values are
+``sklearn.metrics.average_precision_score``, ``f1_score(zero_division=0)``,
+``hamming_loss``, ``coverage_error``, ``label_ranking_loss`` and
+``label_ranking_average_precision_score``; the tests check agreement to
+1e-10.
+
+Differences from the research code (changchunli/SSMLL-BBAM, evaluation.py),
+all deliberate:
+
+* mAP averages AP over the labels that have at least one positive; the
+  research code averages over all labels, counting a label without positives
+  as AP 0.
+* F1 / Hamming loss / VCA use a threshold.  The research code predicts each
+  sample's top-k labels with k = its *true* number of labels ("oracle
+  cardinality"); that is available only as the explicitly named
+  :func:`oracle_topk_predictions` / ``evaluate(..., oracle_cardinality=True)``
+  for comparison with published numbers.
+* ``coverage`` is scikit-learn's ``coverage_error`` (MULAN's coverage is this
+  minus 1; the research code reports ``(coverage_error - 1) / K``).
+* one-error takes the first arg-max on ties; the research code counts a
+  sample as correct when any of the tied top labels is true.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Dict
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "average_precision",
+    "mean_average_precision",
+    "micro_f1",
+    "macro_f1",
+    "hamming_loss",
+    "one_error",
+    "coverage_error",
+    "ranking_loss",
+    "label_ranking_average_precision",
+    "class_accuracies",
+    "vca",
+    "vdfd",
+    "mean_vdfd",
+    "oracle_topk_predictions",
+    "evaluate",
+]
+
+_F64 = torch.float64
+
+
+# ---------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------
+
+
+def _as_tensor(x, name: str) -> Tensor:
+    if isinstance(x, Tensor):
+        return x.detach()
+    if isinstance(x, np.ndarray) or isinstance(x, (list, tuple)):
+        try:
+            return torch.as_tensor(np.asarray(x))
+        except (TypeError, ValueError) as exc:  # object arrays, ragged lists
+            raise TypeError(f"{name} must be a tensor or a numeric array: {exc}") from None
+    raise TypeError(f"{name} must be a torch.Tensor (or numpy array), got {type(x).__name__}")
+
+
+def _check_scores(scores) -> Tensor:
+    scores = _as_tensor(scores, "scores")
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be a 2-D tensor [N, K], got shape {tuple(scores.shape)}")
+    if not scores.is_floating_point():
+        raise TypeError(f"scores must be a floating-point tensor, got dtype {scores.dtype}")
+    n, k = scores.shape
+    if n == 0 or k == 0:
+        raise ValueError(f"scores must have at least one sample and one label, got shape {(n, k)}")
+    if bool(torch.isnan(scores).any()):
+        raise ValueError("scores contains NaN")
+    return scores.to(_F64)
+
+
+def _check_targets(targets, scores: Tensor) -> Tensor:
+    """Returns targets as a float64 tensor of 0/1 on the scores' device."""
+    targets = _as_tensor(targets, "targets")
+    if targets.dim() != 2:
+        raise ValueError(f"targets must be a 2-D tensor [N, K], got shape {tuple(targets.shape)}")
+    if targets.shape != scores.shape:
+        raise ValueError(
+            f"targets shape {tuple(targets.shape)} does not match scores shape {tuple(scores.shape)}"
+        )
+    if targets.is_complex():
+        raise TypeError(f"targets must be a real (bool/int) tensor, got dtype {targets.dtype}")
+    if targets.device != scores.device:
+        raise ValueError(
+            f"targets is on {targets.device} but scores is on {scores.device}; "
+            "put both on the same device"
+        )
+    if targets.dtype != torch.bool:
+        bad = (targets != 0) & (targets != 1)
+        if bool(bad.any()):
+            vals = torch.unique(targets[bad])[:5].tolist()
+            raise ValueError(
+                f"targets must contain only 0 and 1 (unknown labels such as -1 are not "
+                f"allowed in evaluation); found {vals}"
+            )
+    return targets.to(_F64)
+
+
+def _check(scores, targets):
+    s = _check_scores(scores)
+    return s, _check_targets(targets, s)
+
+
+def _check_threshold(threshold) -> float:
+    if isinstance(threshold, Tensor):
+        if threshold.numel() != 1:
+            raise ValueError(f"threshold must be a scalar, got shape {tuple(threshold.shape)}")
+        threshold = threshold.item()
+    if isinstance(threshold, bool) or not isinstance(threshold, Real):
+        raise TypeError(f"threshold must be a real number, got {type(threshold).__name__}")
+    threshold = float(threshold)
+    if math.isnan(threshold):
+        raise ValueError("threshold must not be NaN")
+    return threshold
+
+
+def _predict(scores: Tensor, threshold) -> Tensor:
+    return (scores >= _check_threshold(threshold)).to(_F64)
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+
+def _tie_group_end(sorted_vals: Tensor) -> Tensor:
+    """Index of the last element of each element's tie group along the last dim.
+
+    ``sorted_vals`` is sorted (either direction) along its last dimension.
+    Returns an int64 tensor of the same shape: for position ``j`` the largest
+    ``j' >= j`` with ``sorted_vals[..., j'] == sorted_vals[..., j]``.
+    """
+    n = sorted_vals.shape[-1]
+    idx = torch.arange(n, device=sorted_vals.device).expand_as(sorted_vals)
+    is_end = torch.ones_like(sorted_vals, dtype=torch.bool)
+    is_end[..., :-1] = sorted_vals[..., 1:] != sorted_vals[..., :-1]
+    end_idx = torch.where(is_end, idx, torch.full_like(idx, n))
+    # reverse cumulative minimum: nearest group end at or after each position
+    return torch.flip(torch.cummin(torch.flip(end_idx, (-1,)), dim=-1).values, (-1,))
+
+
+def _sorted_with_groups(scores: Tensor, targets: Tensor, descending: bool):
+    """Sorts each row of ``scores`` and returns (sorted targets, group-end index,
+    cumulative number of positives at the group end)."""
+    vals, order = torch.sort(scores, dim=-1, descending=descending, stable=True)
+    y = torch.gather(targets, -1, order)
+    end = _tie_group_end(vals)
+    cum_pos_at_end = torch.gather(torch.cumsum(y, dim=-1), -1, end)
+    return y, end, cum_pos_at_end
+
+
+def _f1(tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:
+    denom = 2.0 * tp + fp + fn
+    return torch.where(denom > 0, 2.0 * tp / denom.clamp_min(1.0), torch.zeros_like(denom))
+
+
+def _micro_f1_pred(pred: Tensor, y: Tensor) -> float:
+    tp = (pred * y).sum()
+    fp = (pred * (1.0 - y)).sum()
+    fn = ((1.0 - pred) * y).sum()
+    return float(_f1(tp, fp, fn).item())
+
+
+def _macro_f1_pred(pred: Tensor, y: Tensor) -> float:
+    tp = (pred * y).sum(0)
+    fp = (pred * (1.0 - y)).sum(0)
+    fn = ((1.0 - pred) * y).sum(0)
+    return float(_f1(tp, fp, fn).mean().item())
+
+
+def _hamming_pred(pred: Tensor, y: Tensor) -> float:
+    return float((pred != y).to(_F64).mean().item())
+
+
+def _class_acc_pred(pred: Tensor, y: Tensor) -> Tensor:
+    return (pred == y).to(_F64).mean(0)
+
+
+def _vca_pred(pred: Tensor, y: Tensor) -> float:
+    return float(_class_acc_pred(pred, y).var(unbiased=False).item())
+
+
+# ---------------------------------------------------------------------------
+# label-based ranking metrics
+# ---------------------------------------------------------------------------
+
+
+def average_precision(scores, targets) -> Tensor:
+    """Per-label average precision.
+
+    Args:
+        scores: ``[N, K]`` float scores (only their order matters).
+        targets: ``[N, K]`` ground truth in ``{0, 1}``.
+
+    Returns:
+        ``[K]`` float64 tensor (on the scores' device).  Entry ``k`` equals
+        ``sklearn.metrics.average_precision_score(targets[:, k], scores[:, k])``:
+        ``AP = sum_t (R_t - R_{t-1}) P_t`` over the *distinct* score values
+        ``t`` (tied scores enter together), i.e. every positive contributes
+        the precision at the end of its tie group, averaged over positives.
+        Labels with no positive sample get ``NaN`` (AP is undefined there;
+        scikit-learn would warn and return 0).
+    """
+    s, y = _check(scores, targets)
+    # labels along rows: [K, N]
+    y_sorted, end, tp_at_end = _sorted_with_groups(
+        s.t().contiguous(), y.t().contiguous(), descending=True
+    )
+    precision_at_end = tp_at_end / (end + 1).to(_F64)
+    n_pos = y.sum(0)
+    ap = (y_sorted * precision_at_end).sum(-1) / n_pos
+    return torch.where(n_pos > 0, ap, torch.full_like(ap, float("nan")))
+
+
+def mean_average_precision(scores, targets) -> float:
+    """Mean average precision ×100.
+
+    Args:
+        scores: ``[N, K]`` float scores (only their order matters).
+        targets: ``[N, K]`` ground truth in ``{0, 1}``.
+
+    Returns:
+        Mean of :func:`average_precision` over the labels with at least one
+        positive sample, times 100 (``NaN`` when no label has a positive).
+        Note: the research code instead averages over all ``K`` labels with
+        AP 0 for labels without positives.
+    """
+    ap = average_precision(scores, targets)
+    valid = ~torch.isnan(ap)
+    if not bool(valid.any()):
+        return float("nan")
+    return float(ap[valid].mean().item() * 100.0)
+
+
+# ---------------------------------------------------------------------------
+# thresholded metrics
+# ---------------------------------------------------------------------------
+
+
+def micro_f1(scores, targets, threshold: float = 0.5) -> float:
+    """Micro-averaged F1 of the predictions ``scores >= threshold``.
+
+    Args:
+        scores: ``[N, K]`` probabilities.
+        targets: ``[N, K]`` ground truth in ``{0, 1}``.
+        threshold: decision threshold (predict positive when ``>=``).
+
+    Returns:
+        ``2 TP / (2 TP + FP + FN)`` pooled over all entries; 0 when the
+        denominator is 0 (``sklearn f1_score(average='micro', zero_division=0)``).
+    """
+    s, y = _check(scores, targets)
+    return _micro_f1_pred(_predict(s, threshold), y)
+
+
+def macro_f1(scores, targets, threshold: float = 0.5) -> float:
+    """Macro-averaged F1 of the predictions ``scores >= threshold``.
+
+    Args:
+        scores: ``[N, K]`` probabilities.
+        targets: ``[N, K]`` ground truth in ``{0, 1}``.
+        threshold: decision threshold (predict positive when ``>=``).
+
+    Returns:
+        Unweighted mean over all ``K`` labels of the per-label F1; a label with
+        ``TP + FP + FN = 0`` (no positive, none predicted) counts as 0, as in
+        ``sklearn f1_score(average='macro', zero_division=0)``.
+    """
+    s, y = _check(scores, targets)
+    return _macro_f1_pred(_predict(s, threshold), y)
+
+
+def hamming_loss(scores, targets, threshold: float = 0.5) -> float:
+    """Hamming loss of the predictions ``scores >= threshold``.
+
+    Args:
+        scores: ``[N, K]`` probabilities.
+        targets: ``[N, K]`` ground truth in ``{0, 1}``.
+        threshold: decision threshold (predict positive when ``>=``).
+
+    Returns:
+        Fraction of the ``N*K`` entries predicted wrongly
+        (``sklearn.metrics.hamming_loss``).
+    """
+    s, y = _check(scores, targets)
+    return _hamming_pred(_predict(s, threshold), y)
+
+
+def class_accuracies(scores, targets, threshold: float = 0.5) -> Tensor:
+    """Per-label accuracy of the predictions ``scores >= threshold``.
+
+    Args:
+        scores: ``[N, K]`` probabilities.
+        targets: ``[N, K]`` ground truth in ``{0, 1}``.
+        threshold: decision threshold (predict positive when ``>=``).
+
+    Returns:
+        ``[K]`` float64 tensor, fraction of samples whose label ``k`` is
+        predicted correctly.
+    """
+    s, y = _check(scores, targets)
+    return _class_acc_pred(_predict(s, threshold), y)
+
+
+def vca(scores, targets, threshold: float = 0.5) -> float:
+    """Variance of class-wise accuracy (VCA), the paper's fairness diagnostic.
+
+    Args:
+        scores: ``[N, K]`` probabilities.
+        targets: ``[N, K]`` ground truth in ``{0, 1}``.
+        threshold: decision threshold (predict positive when ``>=``).
+
+    Returns:
+        Population variance (divide by ``K``) of :func:`class_accuracies`;
+        0 for ``K = 1``.
+    """
+    s, y = _check(scores, targets)
+    return _vca_pred(_predict(s, threshold), y)
+
+
+# ---------------------------------------------------------------------------
+# example-based ranking metrics
+# ---------------------------------------------------------------------------
+
+
+def one_error(scores, targets) -> float:
+    """One-error: fraction of samples whose top-scored label is not a true label.
+
+    Args:
+        scores: ``[N, K]`` float scores (only their order matters).
+        targets: ``[N, K]`` ground truth in ``{0, 1}``.
+
+    Returns:
+        ``mean_i [targets[i, argmax_k scores[i, k]] == 0]``.  Ties at the top
+        go to the first maximal index (``torch.argmax``).  Following MULAN
+        (``mulan.evaluation.loss.OneError``, averaged over every example),
+        a sample with no positive label counts as an error and stays in the
+        denominator.
+    """
+    s, y = _check(scores, targets)
+    top = torch.argmax(s, dim=1, keepdim=True)
+    return float((torch.gather(y, 1, top) == 0).to(_F64).mean().item())
+
+
+def coverage_error(scores, targets) -> float:
+    """Coverage error (``sklearn.metrics.coverage_error``).
+
+    Args:
+        scores: ``[N, K]`` float scores (only their order matters).
+        targets: ``[N, K]`` ground truth in ``{0, 1}``.
+
+    Returns:
+        Mean over samples of how far down the ranking one must go to cover all
+        true labels: the number of labels scored ``>=`` the lowest-scored true
+        label (ties count against the model).  Samples with no true label
+        contribute 0.  MULAN's "coverage" is this value minus 1 (with MULAN's
+        own ranking of ties); the research code reports ``(this - 1) / K``.
+    """
+    s, y = _check(scores, targets)
+    pos = y > 0
+    inf = torch.full_like(s, float("inf"))
+    min_rel = torch.where(pos, s, inf).min(dim=1, keepdim=True).values
+    cov = (s >= min_rel).to(_F64).sum(1)
+    cov = torch.where(pos.any(1), cov, torch.zeros_like(cov))
+    return float(cov.mean().item())
+
+
+def ranking_loss(scores, targets) -> float:
+    """Label ranking loss (``sklearn.metrics.label_ranking_loss``).
+
+    Args:
+        scores: ``[N, K]`` float scores (only their order matters).
+        targets: ``[N, K]`` ground truth in ``{0, 1}``.
+
+    Returns:
+        Mean over samples of the fraction of (true, false) label pairs that
+        are mis-ordered, i.e. with ``score_false >= score_true`` (a tie counts
+        as a full error, as in scikit-learn).  Samples whose labels are all 0
+        or all 1 contribute 0 (and stay in the denominator).
+    """
+    s, y = _check(scores, targets)
+    k = s.shape[1]
+    # ascending: for each position, number of positives scored <= it
+    y_sorted, _, pos_le = _sorted_with_groups(s, y, descending=False)
+    bad_pairs = ((1.0 - y_sorted) * pos_le).sum(1)
+    n_pos = y.sum(1)
+    n_pairs = n_pos * (k - n_pos)
+    loss = torch.where(n_pairs > 0, bad_pairs / n_pairs.clamp_min(1.0), torch.zeros_like(n_pairs))
+    return float(loss.mean().item())
+
+
+def label_ranking_average_precision(scores, targets) -> float:
+    """Label ranking average precision
+    (``sklearn.metrics.label_ranking_average_precision_score``).
+
+    Args:
+        scores: ``[N, K]`` float scores (only their order matters).
+        targets: ``[N, K]`` ground truth in ``{0, 1}``.
+
+    Returns:
+        Mean over samples of ``mean_{j true} L_ij / rank_ij`` where
+        ``rank_ij`` = number of labels scored ``>= s_ij`` and ``L_ij`` = number
+        of true labels scored ``>= s_ij``.  As in scikit-learn, a sample with
+        no true label or with all labels true scores 1.
+    """
+    s, y = _check(scores, targets)
+    k = s.shape[1]
+    y_sorted, end, pos_ge = _sorted_with_groups(s, y, descending=True)
+    rank = (end + 1).to(_F64)
+    n_pos = y.sum(1)
+    per = (y_sorted * pos_ge / rank).sum(1) / n_pos.clamp_min(1.0)
+    degenerate = (n_pos == 0) | (n_pos == k)
+    per = torch.where(degenerate, torch.ones_like(per), per)
+    return float(per.mean().item())
+
+
+# ---------------------------------------------------------------------------
+# VDFD
+# ---------------------------------------------------------------------------
+
+
+def vdfd(var_neg, var_pos=None) -> Tensor:
+    """Per-label variance difference of the angle distributions (VDFD).
+
+    Args:
+        var_neg: ``[K]`` variances of the angles of the negative samples of each
+            label.  Alternatively the single argument may be a ``[2, K]``
+            tensor ``var`` (the statistics layout): row 0 negatives, row 1
+            positives.
+        var_pos: ``[K]`` variances of the angles of the positive samples
+            (omit when passing a ``[2, K]`` tensor).
+
+    Returns:
+        ``[K]`` float64 tensor ``|var_pos - var_neg|``.  NaN inputs propagate.
+    """
+    if var_pos is None:
+        var = _as_tensor(var_neg, "var")
+        if var.dim() != 2 or var.shape[0] != 2:
+            raise ValueError(
+                "with a single argument, var must be a [2, K] tensor (row 0 negatives, "
+                f"row 1 positives), got shape {tuple(var.shape)}"
+            )
+        neg, pos = var[0], var[1]
+    else:
+        neg = _as_tensor(var_neg, "var_neg")
+        pos = _as_tensor(var_pos, "var_pos")
+        if neg.dim() != 1:
+            raise ValueError(f"var_neg must be a 1-D tensor [K], got shape {tuple(neg.shape)}")
+        if pos.dim() != 1:
+            raise ValueError(f"var_pos must be a 1-D tensor [K], got shape {tuple(pos.shape)}")
+        if neg.shape != pos.shape:
+            raise ValueError(
+                f"var_neg shape {tuple(neg.shape)} does not match var_pos shape {tuple(pos.shape)}"
+            )
+        if neg.device != pos.device:
+            raise ValueError(f"var_neg is on {neg.device} but var_pos is on {pos.device}")
+    for name, t in (("var_neg", neg), ("var_pos", pos)):
+        if t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"{name} must be a real floating-point tensor, got dtype {t.dtype}")
+    if neg.numel() == 0:
+        raise ValueError("variances must have at least one label (K >= 1)")
+    return (pos.to(_F64) - neg.to(_F64)).abs()
+
+
+def mean_vdfd(var_neg, var_pos=None) -> float:
+    """Mean over labels of :func:`vdfd` (same arguments: two ``[K]`` tensors
+    ``var_neg, var_pos`` or one ``[2, K]`` tensor)."""
+    return float(vdfd(var_neg, var_pos).mean().item())
+
+
+# ---------------------------------------------------------------------------
+# oracle cardinality and the full report
+# ---------------------------------------------------------------------------
+
+
+def oracle_topk_predictions(scores, targets) -> Tensor:
+    """The research code's "oracle cardinality" predictions.
+
+    FOR COMPARISON WITH PUBLISHED NUMBERS ONLY: it looks at the true labels.
+    Each sample predicts its ``k_i`` highest-scored labels, with
+    ``k_i = targets[i].sum()`` its *true* number of labels.
+
+    Args:
+        scores: ``[N, K]`` float scores.
+        targets: ``[N, K]`` ground truth in ``{0, 1}``.
+
+    Returns:
+        ``[N, K]`` bool tensor.  Ties are broken toward the lower label index
+        (a stable descending sort, like ``np.argsort(-s, kind='stable')``; the
+        research code's unstable ``np.argsort`` may break ties differently).
+    """
+    s, y = _check(scores, targets)
+    n, k = s.shape
+    order = torch.argsort(s, dim=1, descending=True, stable=True)
+    card = y.sum(1, keepdim=True).to(torch.int64)
+    take = torch.arange(k, device=s.device).unsqueeze(0) < card
+    return torch.zeros((n, k), dtype=torch.bool, device=s.device).scatter(1, order, take)
+
+
+def evaluate(scores, targets, threshold: float = 0.5, oracle_cardinality: bool = False) -> Dict[str, float]:
+    """All evaluation metrics at once.
+
+    Args:
+        scores: ``[N, K]`` probabilities (e.g. sigmoid outputs).
+        targets: ``[N, K]`` ground truth in ``{0, 1}``.
+        threshold: decision threshold for F1 / Hamming loss / VCA
+            (predict positive when ``score >= threshold``).
+        oracle_cardinality: if True, F1 / Hamming loss / VCA use
+            :func:`oracle_topk_predictions` (true label counts, as in the
+            research code) instead of the threshold.  Only for comparison with
+            published numbers.
+
+    Returns:
+        dict with float values under the keys ``mAP`` (×100), ``micro_f1``,
+        ``macro_f1``, ``hamming_loss``, ``one_error``, ``coverage``
+        (sklearn's coverage error), ``ranking_loss``, ``lrap`` and ``vca``.
+    """
+    s, y = _check(scores, targets)
+    _check_threshold(threshold)
+    if oracle_cardinality:
+        pred = oracle_topk_predictions(s, y).to(_F64)
+    else:
+        pred = _predict(s, threshold)
+    return {
+        "mAP": mean_average_precision(s, y),
+        "micro_f1": _micro_f1_pred(pred, y),
+        "macro_f1": _macro_f1_pred(pred, y),
+        "hamming_loss": _hamming_pred(pred, y),
+        "one_error": one_error(s, y),
+        "coverage": coverage_error(s, y),
+        "ranking_loss": ranking_loss(s, y),
+        "lrap": label_ranking_average_precision(s, y),
+        "vca": _vca_pred(pred, y),
+    }

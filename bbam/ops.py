@@ -1,0 +1,240 @@
+"""bbam's custom operators: the public Python entry points, their fake (meta)
+kernels and their autograd formulas, registered through ``torch.library``.
+
+The schemas live in ``csrc/ops.cpp`` (``TORCH_LIBRARY(bbam, m)``); the CPU and CUDA
+kernels are registered by the compiled extension. Every op is checked against
+``bbam.reference`` (the readable eager version) and with ``torch.library.opcheck``.
+
+Targets are int8 with values ``1`` (positive), ``0`` (negative), ``-1`` (unknown).
+Coefficients ``coef_a``, ``coef_b`` are ``[2, K]``: row 0 negatives, row 1 positives;
+the identity is ``a = 1, b = 0``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _extension  # noqa: F401  (loads bbam._C: schemas + kernels)
+
+__all__ = ["label_angle_stats", "merge_stats", "bbam_loss", "angle_transform", "REDUCTIONS"]
+
+REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
+
+Stats = Tuple[Tensor, Tensor, Tensor]
+
+
+def _opmath(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ---------------------------------------------------------------------------
+# label_angle_stats
+# ---------------------------------------------------------------------------
+def label_angle_stats(features: Tensor, prototypes: Tensor, targets: Tensor) -> Stats:
+    """Per-label Gaussian statistics of the angles between samples and label prototypes.
+
+    Fused and tiled over ``N``: the ``N x K`` angle matrix is never materialised.
+
+    Args:
+        features: ``[N, D]`` float (fp32/fp64/fp16/bf16) sample features ``z_i`` (raw,
+            not necessarily normalised).
+        prototypes: ``[K, D]`` float label prototypes ``p_k``.
+        targets: ``[N, K]`` int8, ``1`` positive, ``0`` negative, ``-1`` ignored.
+
+    Returns:
+        ``(count, mean, m2)``, each ``[2, K]`` float64 on the features' device: for
+        polarity ``s`` (row 0 = negatives, row 1 = positives) and label ``k``, the
+        number of samples with ``targets[:, k] == s``, the mean of their angles
+        ``beta_ik = acos(clamp(<z_i/|z_i|, p_k/|p_k|>, -1, 1))`` (normalisation as
+        ``F.normalize``, eps 1e-12) and the sum of squared deviations from that
+        mean (M2; unbiased variance = ``m2 / max(count - 1, 1)``). An empty group has
+        count 0, mean 0, m2 0. Chunks of samples combine exactly with
+        :func:`merge_stats`. No gradient flows (statistics are buffers).
+
+    Raises:
+        RuntimeError naming the argument on bad shapes, dtypes, devices, target values
+        outside ``{-1, 0, 1}``, or NaN/Inf features.
+    """
+    return torch.ops.bbam.label_angle_stats.default(features.detach(), prototypes.detach(), targets)
+
+
+@torch.library.register_fake("bbam::label_angle_stats")
+def _label_angle_stats_fake(features, prototypes, targets):
+    torch._check(features.dim() == 2, lambda: "label_angle_stats: 'features' must be 2-D [N, D]")
+    torch._check(prototypes.dim() == 2, lambda: "label_angle_stats: 'prototypes' must be 2-D [K, D]")
+    torch._check(targets.dim() == 2, lambda: "label_angle_stats: 'targets' must be 2-D [N, K]")
+    K = prototypes.shape[0]
+    return tuple(features.new_empty((2, K), dtype=torch.float64) for _ in range(3))
+
+
+def merge_stats(*parts: Sequence[Tensor]) -> Stats:
+    """Merge ``(count, mean, m2)`` statistics of disjoint sample sets (Chan et al.).
+
+    Args:
+        *parts: any number of ``(count, mean, m2)`` triples of equal shape (e.g. the
+            ``[2, K]`` outputs of :func:`label_angle_stats` on chunks or ranks).
+
+    Returns:
+        ``(count, mean, m2)`` of the union, equal (up to rounding) to one pass over
+        all samples. Empty groups (count 0) are neutral.
+    """
+    if not parts:
+        raise ValueError("merge_stats: expected at least one (count, mean, m2) triple")
+    count, mean, m2 = (t.to(torch.float64) for t in parts[0])
+    for i, part in enumerate(parts[1:], start=1):
+        if len(part) != 3:
+            raise ValueError(f"merge_stats: part {i} must be a (count, mean, m2) triple, got {len(part)} items")
+        n_b, mean_b, m2_b = (t.to(torch.float64) for t in part)
+        n = count + n_b
+        safe_n = torch.where(n > 0, n, torch.ones_like(n))
+        delta = mean_b - mean
+        mean = mean + delta * (n_b / safe_n)
+        m2 = m2 + m2_b + delta * delta * (count * n_b / safe_n)
+        count = n
+    return count, mean, m2
+
+
+# ---------------------------------------------------------------------------
+# bbam_loss
+# ---------------------------------------------------------------------------
+def _reduction_code(reduction: str) -> int:
+    try:
+        return REDUCTIONS[reduction]
+    except KeyError:
+        raise ValueError(f"bbam_loss: argument 'reduction' must be one of {list(REDUCTIONS)}, got {reduction!r}") from None
+
+
+def bbam_loss(
+    cos: Tensor,
+    targets: Tensor,
+    coef_a: Tensor,
+    coef_b: Tensor,
+    *,
+    weight: Optional[Tensor] = None,
+    margin: float = 0.4,
+    scale: float = 20.0,
+    reduction: str = "sum",
+) -> Tensor:
+    """Balanced Binary Angular Margin loss (BAM loss when the coefficients are the identity).
+
+    Per element, with ``y = targets`` and ``a, b`` the coefficients of the element's
+    polarity (row ``y`` of ``coef_a``/``coef_b``)::
+
+        theta  = acos(clamp(cos, -1 + eps, 1 - eps))        (eps 1e-7 fp32, 1e-12 fp64)
+        phi    = cos(a * theta + b)        (exactly ``cos`` where a == 1 and b == 0)
+        logit  = scale * (phi - y * margin)
+        loss   = weight * BCEWithLogits(logit, y)      (stable softplus form)
+
+    Elements with ``y == -1`` contribute 0 (and get 0 gradient).
+
+    Args:
+        cos: ``[B, K]`` cosines between features and classifier weights; fp32, fp64,
+            fp16 or bf16. The only input that receives a gradient:
+            ``dL/dcos = w * (sigmoid(logit) - y) * scale * a * sin(theta') / sin(theta)``,
+            finite at ``|cos| = 1``.
+        targets: ``[B, K]`` int8 in ``{-1, 0, 1}``.
+        coef_a, coef_b: ``[2, K]`` float, row 0 negatives, row 1 positives (no gradient).
+        weight: optional ``[B, K]`` element weights in ``[0, 1]`` (negative sampling x
+            pseudo-label confidence; bool accepted); no gradient.
+        margin: angular margin ``m`` (0.4 images, 0.2 text).
+        scale: logit scale ``s`` (20 images, 10 text).
+        reduction: ``"sum"`` (the method's), ``"mean"`` (sum / (B*K), like torch's
+            losses) or ``"none"`` (``[B, K]``).
+
+    Returns:
+        The loss in the accumulation type: float32 for fp32/fp16/bf16 ``cos``
+        (AMP-safe: a sum over many elements never overflows fp16), float64 for fp64.
+    """
+    red = _reduction_code(reduction)
+    return torch.ops.bbam.bbam_loss.default(
+        cos, targets, coef_a.detach(), coef_b.detach(),
+        None if weight is None else weight.detach(), float(margin), float(scale), red,
+    )
+
+
+@torch.library.register_fake("bbam::bbam_loss")
+def _bbam_loss_fake(cos, targets, coef_a, coef_b, weight, margin, scale, reduction):
+    torch._check(cos.dim() == 2, lambda: "bbam_loss: 'cos' must be 2-D [B, K]")
+    torch._check(targets.shape == cos.shape, lambda: "bbam_loss: 'targets' must have the shape of 'cos'")
+    opmath = _opmath(cos.dtype)
+    if reduction == 0:
+        return cos.new_empty(cos.shape, dtype=opmath)
+    return cos.new_empty((), dtype=opmath)
+
+
+@torch.library.register_fake("bbam::bbam_loss_backward")
+def _bbam_loss_backward_fake(grad, cos, targets, coef_a, coef_b, weight, margin, scale, reduction):
+    return cos.new_empty(cos.shape)
+
+
+def _bbam_loss_setup_context(ctx, inputs, output):
+    cos, targets, coef_a, coef_b, weight, margin, scale, reduction = inputs
+    ctx.save_for_backward(cos, targets, coef_a, coef_b, weight)
+    ctx.margin, ctx.scale, ctx.reduction = margin, scale, reduction
+
+
+def _bbam_loss_backward(ctx, grad):
+    cos, targets, coef_a, coef_b, weight = ctx.saved_tensors
+    grad_cos = None
+    if ctx.needs_input_grad[0]:
+        grad_cos = torch.ops.bbam.bbam_loss_backward.default(
+            grad, cos, targets, coef_a, coef_b, weight, ctx.margin, ctx.scale, ctx.reduction
+        )
+    # No gradient to targets, coefficients (buffers) or weights (masks).
+    return grad_cos, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("bbam::bbam_loss", _bbam_loss_backward, setup_context=_bbam_loss_setup_context)
+
+
+# ---------------------------------------------------------------------------
+# angle_transform
+# ---------------------------------------------------------------------------
+def angle_transform(cos: Tensor, coef_a: Tensor, coef_b: Tensor, targets: Optional[Tensor] = None) -> Tensor:
+    """BBAM angle transformation ``phi = cos(a * acos(cos) + b)``.
+
+    Args:
+        cos: ``[B, K]`` cosines (fp32/fp64/fp16/bf16); differentiable.
+        coef_a, coef_b: ``[2, K]`` coefficients, row 0 negatives, row 1 positives.
+        targets: optional ``[B, K]`` int8. ``1`` uses the positive row, ``0`` the
+            negative row, ``-1`` (and ``targets=None``, i.e. prediction time) the
+            inference transform: the average of both,
+            ``theta' = 1/2 (a0 theta + b0) + 1/2 (a1 theta + b1)``.
+
+    Returns:
+        ``[B, K]`` ``phi`` in ``cos``'s dtype. Where the selected coefficients are the
+        identity (a = 1, b = 0) ``phi == cos`` exactly. The angle path clamps ``cos``
+        to ``[-1 + eps, 1 - eps]`` so values and gradients stay finite at ``|cos| = 1``.
+    """
+    return torch.ops.bbam.angle_transform.default(cos, coef_a.detach(), coef_b.detach(), targets)
+
+
+@torch.library.register_fake("bbam::angle_transform")
+def _angle_transform_fake(cos, coef_a, coef_b, targets):
+    torch._check(cos.dim() == 2, lambda: "angle_transform: 'cos' must be 2-D [B, K]")
+    return cos.new_empty(cos.shape)
+
+
+@torch.library.register_fake("bbam::angle_transform_backward")
+def _angle_transform_backward_fake(grad, cos, coef_a, coef_b, targets):
+    return cos.new_empty(cos.shape)
+
+
+def _angle_transform_setup_context(ctx, inputs, output):
+    cos, coef_a, coef_b, targets = inputs
+    ctx.save_for_backward(cos, coef_a, coef_b, targets)
+
+
+def _angle_transform_backward(ctx, grad):
+    cos, coef_a, coef_b, targets = ctx.saved_tensors
+    grad_cos = None
+    if ctx.needs_input_grad[0]:
+        grad_cos = torch.ops.bbam.angle_transform_backward.default(grad, cos, coef_a, coef_b, targets)
+    return grad_cos, None, None, None
+
+
+torch.library.register_autograd(
+    "bbam::angle_transform", _angle_transform_backward, setup_context=_angle_transform_setup_context
+)

@@ -1,0 +1,104 @@
+"""Readable, eager, pure-PyTorch versions of every bbam op.
+
+The oracle of the tests and the baseline of the benchmarks: each function is the
+formula of ``../DESIGN.md`` written as plainly as possible (it may materialise
+``N x K`` matrices; the fused ops never do). The numerical conventions are those
+of the kernels (``csrc/bbam_math.h``): same clamp constants, same identity rule.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["COS_EPS", "label_angle_stats", "bbam_loss", "angle_transform"]
+
+# Clamp of the cosine in the BBAM angle path (csrc/bbam_math.h CosEps).
+COS_EPS = {torch.float32: 1e-7, torch.float64: 1e-12}
+
+
+def _opmath(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _transform(c: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """phi = cos(a * acos(clamp(c)) + b), exactly c where (a, b) = (1, 0).
+
+    The clamp to [-1 + eps, 1 - eps] is straight-through for the gradient (its
+    value is clamped, its derivative is 1), so the gradient at |c| = 1 is the
+    finite a * sin(theta') / sin(theta) of the clamped angle, as in the kernels.
+    """
+    eps = COS_EPS[c.dtype]
+    clamped = c + (c.clamp(-1 + eps, 1 - eps) - c).detach()
+    phi = torch.cos(a * torch.acos(clamped) + b)
+    identity = (a == 1) & (b == 0)
+    return torch.where(identity, c, phi)
+
+
+def angle_transform(cos: Tensor, coef_a: Tensor, coef_b: Tensor, targets: Optional[Tensor] = None) -> Tensor:
+    """Reference of :func:`bbam.ops.angle_transform`."""
+    c = cos.to(_opmath(cos.dtype))
+    a_all, b_all = coef_a.to(c.dtype), coef_b.to(c.dtype)
+    a_avg, b_avg = a_all.mean(0), b_all.mean(0)  # inference transform: average of both
+    if targets is None:
+        a, b = a_avg.expand_as(c), b_avg.expand_as(c)
+    else:
+        t = targets.long()
+        a = torch.where(t == 1, a_all[1], torch.where(t == 0, a_all[0], a_avg))
+        b = torch.where(t == 1, b_all[1], torch.where(t == 0, b_all[0], b_avg))
+    return _transform(c, a, b).to(cos.dtype)
+
+
+def bbam_loss(
+    cos: Tensor,
+    targets: Tensor,
+    coef_a: Tensor,
+    coef_b: Tensor,
+    *,
+    weight: Optional[Tensor] = None,
+    margin: float = 0.4,
+    scale: float = 20.0,
+    reduction: str = "sum",
+) -> Tensor:
+    """Reference of :func:`bbam.ops.bbam_loss` (computed in float32, or float64 for float64)."""
+    c = cos.to(_opmath(cos.dtype))
+    t = targets.long()
+    known = t >= 0
+    polarity = t.clamp(min=0)  # unknown entries pick row 0 and are masked out below
+    y = polarity.to(c.dtype)
+    labels = torch.arange(c.shape[1], device=c.device)
+    a = coef_a.to(c.dtype)[polarity, labels]
+    b = coef_b.to(c.dtype)[polarity, labels]
+    phi = _transform(c, a, b)
+    logit = scale * (phi - y * margin)
+    loss = F.binary_cross_entropy_with_logits(logit, y, reduction="none")
+    if weight is not None:
+        loss = loss * weight.to(c.dtype)
+    loss = torch.where(known, loss, torch.zeros_like(loss))
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.mean()
+    raise ValueError(f"reduction must be 'none', 'sum' or 'mean', got {reduction!r}")
+
+
+def label_angle_stats(features: Tensor, prototypes: Tensor, targets: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Reference of :func:`bbam.ops.label_angle_stats` (materialises the N x K angles)."""
+    opmath = _opmath(features.dtype)
+    z = F.normalize(features.to(opmath), dim=1, eps=1e-12)
+    p = F.normalize(prototypes.to(opmath), dim=1, eps=1e-12)
+    theta = torch.acos((z @ p.T).clamp(-1, 1)).double()  # [N, K]
+    counts, means, m2s = [], [], []
+    for polarity in (0, 1):
+        mask = targets == polarity
+        n = mask.sum(0).double()
+        mean = torch.where(mask, theta, 0.0).sum(0) / n.clamp(min=1)
+        m2 = torch.where(mask, (theta - mean) ** 2, 0.0).sum(0)
+        counts.append(n)
+        means.append(mean)
+        m2s.append(m2)
+    return torch.stack(counts), torch.stack(means), torch.stack(m2s)

@@ -1,0 +1,79 @@
+// Raw-pointer CPU kernels, compiled once per CPU capability (kernels_default.cpp
+// with the baseline flags, kernels_avx2.cpp with -mavx2 -mfma) and picked at run
+// time. They see no at::Tensor: the host code of each op (checks, allocation,
+// threading, GEMMs) lives in <op>/<op>_cpu.cpp and hands them pointers.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace bbam {
+namespace cpu {
+
+enum class DType : int { Float32, Float64, Float16, BFloat16 };
+
+// bbam_loss forward / backward over rows [row_begin, row_end) of a [B, K] problem.
+// All pointers are to contiguous row-major data.
+struct LossArgs {
+  int64_t num_labels = 0;          // K
+  const void* cos = nullptr;       // [B, K] input dtype
+  const int8_t* targets = nullptr; // [B, K]
+  const void* weight = nullptr;    // [B, K] input dtype, or null (all ones)
+  const void* coef = nullptr;      // [4, K] opmath: a_neg, a_pos, b_neg, b_pos
+  double margin = 0.0;
+  double scale = 0.0;
+  void* loss = nullptr;            // forward, reduction none: [B, K] opmath, else null
+  const void* grad_loss = nullptr; // backward, reduction none: [B, K] opmath, else null
+  double grad_scalar = 0.0;        // backward, reduction sum/mean: d total / d element
+  void* grad_cos = nullptr;        // backward: [B, K] input dtype
+};
+
+// angle_transform forward (phi) or backward (grad of cos) over rows.
+struct TransformArgs {
+  int64_t num_labels = 0;
+  const void* cos = nullptr;       // [B, K] input dtype
+  const int8_t* targets = nullptr; // [B, K], or null (inference transform everywhere)
+  const void* coef = nullptr;      // [6, K] opmath: a_neg, a_pos, a_avg, b_neg, b_pos, b_avg
+  const void* grad_phi = nullptr;  // backward only: [B, K] input dtype; null in forward
+  void* out = nullptr;             // [B, K] input dtype: phi (forward) or grad of cos (backward)
+};
+
+// label_angle_stats: one tile of raw dot products -> per (polarity, label) partials.
+struct StatsTileArgs {
+  int64_t rows = 0;
+  int64_t num_labels = 0;
+  void* dots = nullptr;             // [rows, K] opmath: <z_i, p_k / |p_k|>; overwritten
+  const void* inv_norm = nullptr;   // [rows] opmath: 1 / max(|z_i|, eps)
+  const int8_t* targets = nullptr;  // [rows, K] (row stride K)
+  double* tile_sums = nullptr;      // scratch [3, 2, K]
+  double* acc = nullptr;            // running [3, 2, K]: count, mean, m2 (Chan-merged)
+};
+
+// One table of entry points per CPU capability.
+struct KernelTable {
+  const char* name;
+  // Returns the sum of the rows' losses; sets *bad_target on a value not in {-1, 0, 1}.
+  double (*bbam_loss_forward)(DType dtype, const LossArgs& args, int64_t row_begin,
+                              int64_t row_end, bool* bad_target);
+  void (*bbam_loss_backward)(DType dtype, const LossArgs& args, int64_t row_begin,
+                             int64_t row_end);
+  void (*angle_transform)(DType dtype, const TransformArgs& args, int64_t row_begin,
+                          int64_t row_end, bool* bad_target);
+  void (*angle_transform_backward)(DType dtype, const TransformArgs& args, int64_t row_begin,
+                                   int64_t row_end);
+  void (*label_angle_stats_tile)(bool float64, const StatsTileArgs& args, bool* bad_target);
+};
+
+// Defined by kernels_default.cpp (always) and kernels_avx2.cpp (null when the
+// compiler could not target AVX2, e.g. on aarch64).
+const KernelTable* default_kernel_table();
+const KernelTable* avx2_kernel_table();
+
+// The kernels for this CPU: AVX2 when compiled in and supported (and not
+// disabled by BBAM_CPU_KERNELS=default or ATEN_CPU_CAPABILITY=default), else DEFAULT.
+const KernelTable& kernels();
+// Select a variant by name ("default", "avx2" or "auto"); returns the one now in use.
+std::string set_kernels(const std::string& name);
+
+}  // namespace cpu
+}  // namespace bbam

@@ -1,0 +1,59 @@
+// Definitions of the BBAM_CPU_KERNEL_DECLS entry points for one CPU capability.
+// Included once by kernels_default.cpp and once by kernels_avx2.cpp, each of
+// which defines CPU_CAPABILITY (and its compiler flags) first.
+#pragma once
+
+#include "../angle_transform/angle_transform_cpu_kernel.h"
+#include "../bbam_loss/bbam_loss_cpu_kernel.h"
+#include "../label_angle_stats/label_angle_stats_cpu_kernel.h"
+
+namespace bbam {
+namespace cpu {
+namespace CPU_CAPABILITY {
+
+double bbam_loss_forward(DType dtype, const LossArgs& args, int64_t row_begin, int64_t row_end,
+                         bool* bad_target) {
+  return dispatch_dtype(dtype, [&](auto tag) {
+    return bbam_loss_forward_impl<decltype(tag)>(args, row_begin, row_end, bad_target);
+  });
+}
+
+void bbam_loss_backward(DType dtype, const LossArgs& args, int64_t row_begin, int64_t row_end) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    bbam_loss_backward_impl<decltype(tag)>(args, row_begin, row_end);
+  });
+}
+
+void angle_transform(DType dtype, const TransformArgs& args, int64_t row_begin, int64_t row_end,
+                     bool* bad_target) {
+  const bool ok = dispatch_dtype(dtype, [&](auto tag) {
+    return angle_transform_impl<decltype(tag), false>(args, row_begin, row_end);
+  });
+  if (!ok) *bad_target = true;
+}
+
+void angle_transform_backward(DType dtype, const TransformArgs& args, int64_t row_begin,
+                              int64_t row_end) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    return angle_transform_impl<decltype(tag), true>(args, row_begin, row_end);
+  });
+}
+
+void label_angle_stats_tile(bool float64, const StatsTileArgs& args, bool* bad_target) {
+  const bool ok = float64 ? label_angle_stats_tile_impl<double>(args)
+                          : label_angle_stats_tile_impl<float>(args);
+  if (!ok) *bad_target = true;
+}
+
+#if defined(CPU_CAPABILITY_AVX2)
+constexpr const char* kName = "avx2";
+#else
+constexpr const char* kName = "default";
+#endif
+const KernelTable kTable = {
+    kName, &bbam_loss_forward, &bbam_loss_backward, &angle_transform,
+    &angle_transform_backward, &label_angle_stats_tile};
+
+}  // namespace CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace bbam

@@ -1,0 +1,73 @@
+// The one place where bbam's operator schemas are defined (pytorch/extension-cpp
+// style). Backends register implementations with TORCH_LIBRARY_IMPL in
+// <op>/<op>_cpu.cpp and <op>/<op>_cuda.cu; fake kernels and autograd are
+// registered from Python (bbam/ops.py).
+#include "cpu/kernels.h"
+
+#include <Python.h>
+#if defined(BBAM_WITH_CUDA)
+#include <cuda.h>
+#endif
+#include <torch/library.h>
+#include <torch/version.h>
+
+#include <string>
+
+namespace bbam {
+namespace {
+
+// Build facts read by bbam/_extension.py at import (version checks, collect_env).
+std::string build_info() {
+  std::string info = "torch=" TORCH_VERSION;
+#if defined(BBAM_WITH_CUDA)
+  info += ";cuda=" + std::to_string(CUDA_VERSION / 1000) + "." + std::to_string(CUDA_VERSION / 10 % 100);
+#else
+  info += ";cuda=none";
+#endif
+#if defined(_OPENMP)
+  info += ";openmp=" + std::to_string(_OPENMP);
+#else
+  info += ";openmp=none";
+#endif
+  info += std::string(";cpu_kernels=default") + (cpu::avx2_kernel_table() ? ",avx2" : "");
+#if defined(__clang__)
+  info += ";compiler=clang " __clang_version__;
+#elif defined(__GNUC__)
+  info += ";compiler=gcc " __VERSION__;
+#endif
+  return info;
+}
+
+std::string cpu_kernels(std::optional<std::string> select) {
+  if (select.has_value()) return cpu::set_kernels(*select);
+  return cpu::kernels().name;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(bbam, m) {
+  m.def("label_angle_stats(Tensor features, Tensor prototypes, Tensor targets) "
+        "-> (Tensor count, Tensor mean, Tensor m2)");
+  m.def("bbam_loss(Tensor cos, Tensor targets, Tensor coef_a, Tensor coef_b, Tensor? weight, "
+        "float margin, float scale, int reduction) -> Tensor");
+  m.def("bbam_loss_backward(Tensor grad, Tensor cos, Tensor targets, Tensor coef_a, "
+        "Tensor coef_b, Tensor? weight, float margin, float scale, int reduction) -> Tensor");
+  m.def("angle_transform(Tensor cos, Tensor coef_a, Tensor coef_b, Tensor? targets) -> Tensor");
+  m.def("angle_transform_backward(Tensor grad, Tensor cos, Tensor coef_a, Tensor coef_b, "
+        "Tensor? targets) -> Tensor");
+  // Introspection (no tensors): build facts, and the CPU kernel variant in use
+  // ("default" or "avx2"; pass a name to switch, e.g. to test both).
+  m.def("_build_info() -> str", &build_info);
+  m.def("_cpu_kernels(str? select=None) -> str", &cpu_kernels);
+}
+
+}  // namespace bbam
+
+// An empty Python module: importing bbam._C loads the library, which runs the
+// registrations above (no pybind11, no Python-version-specific symbols).
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
