@@ -15,7 +15,7 @@ The application layer (datasets, models, engine, ``python -m bbam.train``) lives
 """
 from . import functional, ops, reference
 from ._extension import BUILD_INFO
-from .losses import BAMLoss, BBAMLoss
+from .losses import AsymmetricLoss, BAMLoss, BBAMLoss, BCELoss
 from .stats import LabelAngleStats, label_prototypes
 
 __version__ = "0.1.0"
@@ -26,6 +26,8 @@ __all__ = [
     "reference",
     "BAMLoss",
     "BBAMLoss",
+    "BCELoss",
+    "AsymmetricLoss",
     "LabelAngleStats",
     "label_prototypes",
     "BUILD_INFO",

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from . import functional as BF
 from .stats import LabelAngleStats
 
-__all__ = ["BAMLoss", "BBAMLoss"]
+__all__ = ["BAMLoss", "BBAMLoss", "BCELoss", "AsymmetricLoss"]
 
 
 class BAMLoss(nn.Module):
@@ -74,3 +74,66 @@ class BBAMLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}, scale={self.scale}, reduction={self.reduction!r}"
+
+
+def _known_weight(targets: Tensor, weight: Optional[Tensor], dtype: torch.dtype) -> Tensor:
+    """Element weights with unknown (-1) targets zeroed."""
+    known = (targets >= 0).to(dtype)
+    return known if weight is None else known * weight.to(dtype)
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "none":
+        return loss
+    raise ValueError(f"argument 'reduction' must be 'none', 'sum' or 'mean', got {reduction!r}")
+
+
+class BCELoss(nn.Module):
+    """Binary cross-entropy on logits with int8 targets (-1 unknown -> 0 contribution) and weights.
+
+    Shape: ``forward(logits [B, K], targets [B, K] int8, weight [B, K] | None)``.
+    """
+
+    def __init__(self, reduction: str = "sum"):
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, logits: Tensor, targets: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+        x = logits.float()
+        y = targets.clamp(min=0).to(x.dtype)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x, y, reduction="none")
+        return _reduce(loss * _known_weight(targets, weight, x.dtype), self.reduction)
+
+
+class AsymmetricLoss(nn.Module):
+    """Asymmetric loss (ASL, Ridnik et al. 2021), the CAP baseline's loss.
+
+    ``p = sigmoid(x)``, ``p_m = max(p - clip, 0)``;
+    positives: ``-(1 - p)^gamma_pos log p``; negatives: ``-p_m^gamma_neg log(1 - p_m)``.
+    Defaults as in CAP: ``gamma_neg = 4``, ``gamma_pos = 0``, ``clip = 0.05``.
+
+    Shape: ``forward(logits [B, K], targets [B, K] int8, weight [B, K] | None)``.
+    """
+
+    def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05,
+                 eps: float = 1e-8, reduction: str = "sum"):
+        super().__init__()
+        self.gamma_neg, self.gamma_pos, self.clip, self.eps = gamma_neg, gamma_pos, clip, eps
+        self.reduction = reduction
+
+    def forward(self, logits: Tensor, targets: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+        x = logits.float()
+        y = targets.clamp(min=0).to(x.dtype)
+        p = torch.sigmoid(x)
+        p_neg = (p - self.clip).clamp(min=0) if self.clip > 0 else p
+        # log-probabilities in the stable logsigmoid form; clipped negatives use log(1 - p_m)
+        log_p = torch.nn.functional.logsigmoid(x)
+        log_not_pm = torch.log((1 - p_neg).clamp(min=self.eps))
+        loss_pos = -((1 - p) ** self.gamma_pos) * log_p if self.gamma_pos else -log_p
+        loss_neg = -(p_neg ** self.gamma_neg) * log_not_pm
+        loss = y * loss_pos + (1 - y) * loss_neg
+        return _reduce(loss * _known_weight(targets, weight, x.dtype), self.reduction)

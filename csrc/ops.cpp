@@ -4,7 +4,9 @@
 // registered from Python (bbam/ops.py).
 #include "cpu/kernels.h"
 
+#if !defined(BBAM_NO_PYTHON)
 #include <Python.h>
+#endif
 #if defined(BBAM_WITH_CUDA)
 #include <cuda.h>
 #endif
@@ -65,9 +67,12 @@ TORCH_LIBRARY(bbam, m) {
 
 // An empty Python module: importing bbam._C loads the library, which runs the
 // registrations above (no pybind11, no Python-version-specific symbols).
+// The CMake build (libbbam_ops for C++ consumers) defines BBAM_NO_PYTHON.
+#if !defined(BBAM_NO_PYTHON)
 extern "C" {
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&module_def);
 }
 }
+#endif  // !defined(BBAM_NO_PYTHON)

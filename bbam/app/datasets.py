@@ -25,7 +25,7 @@ import math
 import os
 import re
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -47,9 +47,6 @@ __all__ = [
     "default_data_dirs",
 ]
 
-PathLike = "str | os.PathLike[str]"
-
-
 # --------------------------------------------------------------------------
 # errors
 # --------------------------------------------------------------------------
@@ -65,6 +62,23 @@ class DatasetFormatError(ValueError):
         self.line = line
         where = f"{self.path}" if line is None else f"{self.path}, line {line}"
         super().__init__(f"{where}: {message}")
+
+
+def _text_lines(path: Path):
+    """Yield (1-based line number, decoded line); errors name file and line."""
+    try:
+        fh = open(path, "rb")
+    except OSError as e:
+        raise DatasetFormatError(path, f"cannot open ({e.strerror or e})") from e
+    with fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DatasetFormatError(path, f"not UTF-8 text ({e.reason} at byte {e.start})", lineno) from None
+            if lineno == 1 and text.startswith("\ufeff"):
+                text = text[1:]
+            yield lineno, text
 
 
 def _check_exists(path: Path) -> None:
@@ -388,7 +402,7 @@ def _first_bad_label(Y: np.ndarray) -> tuple[int, int, Any] | None:
     return int(r), int(c), Y[r, c].item()
 
 
-def load_npz(path: "str | os.PathLike[str]", name: str | None = None) -> MultiLabelData:
+def load_npz(path: str | os.PathLike[str], name: str | None = None) -> MultiLabelData:
     """Read the ``.npz`` layout of ``shared/data`` (see its README).
 
     Keys: ``X`` ``[N, D]`` (any real dtype, stored float32), ``Y`` ``[N, K]``
@@ -438,7 +452,7 @@ def load_npz(path: "str | os.PathLike[str]", name: str | None = None) -> MultiLa
         raise DatasetFormatError(p, str(e)) from e
 
 
-def save_npz(data: MultiLabelData, path: "str | os.PathLike[str]") -> Path:
+def save_npz(data: MultiLabelData, path: str | os.PathLike[str]) -> Path:
     """Write ``data`` in the layout :func:`load_npz` reads (uncompressed)."""
     p = Path(path)
     arrays: dict[str, np.ndarray] = {
@@ -592,7 +606,7 @@ _SPLIT_SUFFIX = re.compile(r"[-_.](train|training|trn|test|testing|tst|val|valid
 
 
 def _find_xml(arff: Path) -> Path | None:
-    stem = arff.name[: -len(".arff")] if arff.name.lower().endswith(".arff") else arff.stem
+    stem = arff.stem
     cands = [arff.with_name(stem + ".xml")]
     base = _SPLIT_SUFFIX.sub("", stem)
     if base != stem:
@@ -636,122 +650,120 @@ def _parse_arff(path: Path) -> tuple[str, list[_Attr], np.ndarray, np.ndarray]:
             except ValueError:
                 raise fail(f"attribute {a.name!r}: {tok!r} is not a number") from None
         assert a.lookup is not None
-        try:
-            return a.lookup[tok]
-        except KeyError:
-            raise fail(f"attribute {a.name!r}: value {tok!r} is not one of {a.values}") from None
+        v = a.lookup.get(tok)
+        if v is None and a.numeric_values:  # '1.0' for {0,1}: same as the fast path
+            try:
+                v = float(tok)
+            except ValueError:
+                v = None
+            if v not in a.lookup.values():
+                v = None
+        if v is None:
+            raise fail(f"attribute {a.name!r}: value {tok!r} is not one of {a.values}")
+        return v
 
-    try:
-        fh = open(path, "r", encoding="utf-8", newline=None)
-    except OSError as e:
-        raise DatasetFormatError(path, f"cannot open ({e.strerror or e})") from e
-    with fh:
-        try:
-            for raw in fh:
-                lineno += 1
-                line = raw.strip()
-                if not line or line[0] == "%":
-                    continue
-                if not in_data:
-                    if line[0] != "@":
-                        raise fail(f"expected an @relation/@attribute/@data declaration, got {line[:60]!r}")
-                    m = re.match(r"(@\S+)\s*(.*)$", line, re.S)
-                    assert m is not None
-                    kw, rest = m.group(1).lower(), m.group(2)
-                    if kw == "@relation":
-                        try:
-                            relation, _ = _parse_name(rest)
-                        except ValueError as e:
-                            raise fail(f"bad @relation: {e}") from None
-                    elif kw == "@attribute":
-                        try:
-                            attrs.append(_parse_attribute(rest))
-                        except ValueError as e:
-                            raise fail(f"bad @attribute: {e}") from None
-                    elif kw == "@data":
-                        if not attrs:
-                            raise fail("@data before any @attribute")
-                        in_data = True
-                        n_attr = len(attrs)
-                        all_float = all(a.kind == "numeric" or a.numeric_values for a in attrs)
-                    else:
-                        raise fail(f"unsupported declaration {kw!r}")
-                    continue
-                # ---- data rows
-                row = len(lines_of_rows)
-                if line[0] == "{":
-                    close = line.find("}")
-                    if close < 0:
-                        raise fail("sparse row without closing '}'")
-                    tail = line[close + 1 :].strip()
-                    if tail and not (tail.startswith(",") and tail[1:].strip().startswith("{")):
-                        raise fail(f"unexpected text after sparse row: {tail[:40]!r}")
-                    body = line[1:close].strip()
-                    if body and all_float and "'" not in body and '"' not in body:
-                        # fast path: plain numbers (membership of nominal
-                        # values is checked after parsing, per column)
-                        pairs = [e.split() for e in body.split(",")]
-                        if all(len(q) == 2 for q in pairs):
-                            try:
-                                js = [int(q[0]) for q in pairs]
-                                vs = [float(q[1]) for q in pairs]
-                            except ValueError:
-                                js = []
-                            if js and min(js) >= 0 and max(js) < n_attr:
-                                sp_rows.extend([row] * len(js))
-                                sp_cols.extend(js)
-                                sp_vals.extend(vs)
-                                lines_of_rows.append(lineno)
-                                continue
-                    if body:  # general path, precise errors
-                        try:
-                            entries = _split_values(body)
-                        except ValueError as e:
-                            raise fail(str(e)) from None
-                        for ent in entries:
-                            parts = ent.split(None, 1)
-                            if len(parts) != 2:
-                                raise fail(f"sparse entry {ent!r} is not 'index value'")
-                            try:
-                                j = int(parts[0])
-                            except ValueError:
-                                raise fail(f"sparse entry {ent!r}: index is not an integer") from None
-                            if not 0 <= j < n_attr:
-                                raise fail(f"sparse index {j} outside [0, {n_attr})")
-                            tok = parts[1].strip()
-                            if tok[:1] in ("'", '"'):
-                                try:
-                                    tok, _ = _read_quoted(tok, 0)
-                                except ValueError as e:
-                                    raise fail(str(e)) from None
-                            sp_rows.append(row)
-                            sp_cols.append(j)
-                            sp_vals.append(convert(j, tok))
-                    lines_of_rows.append(lineno)
-                    continue
-                # dense row (drop an instance weight ",{w}")
-                if line.endswith("}"):
-                    br = line.rfind(",{")
-                    if br >= 0:
-                        line = line[:br]
+    for lineno, raw in _text_lines(path):
+        line = raw.strip()
+        if not line or line[0] == "%":
+            continue
+        if not in_data:
+            if line[0] != "@":
+                raise fail(f"expected an @relation/@attribute/@data declaration, got {line[:60]!r}")
+            m = re.match(r"(@\S+)\s*(.*)$", line, re.S)
+            assert m is not None
+            kw, rest = m.group(1).lower(), m.group(2)
+            if kw == "@relation":
                 try:
-                    toks = _split_values(line)
+                    relation, _ = _parse_name(rest)
+                except ValueError as e:
+                    raise fail(f"bad @relation: {e}") from None
+            elif kw == "@attribute":
+                try:
+                    attrs.append(_parse_attribute(rest))
+                except ValueError as e:
+                    raise fail(f"bad @attribute: {e}") from None
+            elif kw == "@data":
+                if not attrs:
+                    raise fail("@data before any @attribute")
+                in_data = True
+                n_attr = len(attrs)
+                all_float = all(a.kind == "numeric" or a.numeric_values for a in attrs)
+            else:
+                raise fail(f"unsupported declaration {kw!r}")
+            continue
+        # ---- data rows
+        row = len(lines_of_rows)
+        if line[0] == "{":
+            close = line.find("}")
+            if close < 0:
+                raise fail("sparse row without closing '}'")
+            tail = line[close + 1 :].strip()
+            if tail and not (tail.startswith(",") and tail[1:].strip().startswith("{")):
+                raise fail(f"unexpected text after sparse row: {tail[:40]!r}")
+            body = line[1:close].strip()
+            if body and all_float and "'" not in body and '"' not in body:
+                # fast path: plain numbers (membership of nominal
+                # values is checked after parsing, per column)
+                pairs = [e.split() for e in body.split(",")]
+                if all(len(q) == 2 for q in pairs):
+                    try:
+                        js = [int(q[0]) for q in pairs]
+                        vs = [float(q[1]) for q in pairs]
+                    except ValueError:
+                        js = []
+                    if js and min(js) >= 0 and max(js) < n_attr:
+                        sp_rows.extend([row] * len(js))
+                        sp_cols.extend(js)
+                        sp_vals.extend(vs)
+                        lines_of_rows.append(lineno)
+                        continue
+            if body:  # general path, precise errors
+                try:
+                    entries = _split_values(body)
                 except ValueError as e:
                     raise fail(str(e)) from None
-                if len(toks) != n_attr:
-                    raise fail(f"expected {n_attr} comma-separated values, got {len(toks)}")
-                vals = None
-                if all_float:
+                for ent in entries:
+                    parts = ent.split(None, 1)
+                    if len(parts) != 2:
+                        raise fail(f"sparse entry {ent!r} is not 'index value'")
                     try:
-                        vals = [float(t) for t in toks]
+                        j = int(parts[0])
                     except ValueError:
-                        vals = None
-                if vals is None:
-                    vals = [convert(j, t) for j, t in enumerate(toks)]
-                dense_rows.append((row, np.array(vals, dtype=np.float64)))
-                lines_of_rows.append(lineno)
-        except UnicodeDecodeError as e:
-            raise DatasetFormatError(path, f"not UTF-8 text ({e.reason})", lineno + 1) from e
+                        raise fail(f"sparse entry {ent!r}: index is not an integer") from None
+                    if not 0 <= j < n_attr:
+                        raise fail(f"sparse index {j} outside [0, {n_attr})")
+                    tok = parts[1].strip()
+                    if tok[:1] in ("'", '"'):
+                        try:
+                            tok, _ = _read_quoted(tok, 0)
+                        except ValueError as e:
+                            raise fail(str(e)) from None
+                    sp_rows.append(row)
+                    sp_cols.append(j)
+                    sp_vals.append(convert(j, tok))
+            lines_of_rows.append(lineno)
+            continue
+        # dense row (drop an instance weight ",{w}")
+        if line.endswith("}"):
+            br = line.rfind(",{")
+            if br >= 0:
+                line = line[:br]
+        try:
+            toks = _split_values(line)
+        except ValueError as e:
+            raise fail(str(e)) from None
+        if len(toks) != n_attr:
+            raise fail(f"expected {n_attr} comma-separated values, got {len(toks)}")
+        vals = None
+        if all_float:
+            try:
+                vals = [float(t) for t in toks]
+            except ValueError:
+                vals = None
+        if vals is None:
+            vals = [convert(j, t) for j, t in enumerate(toks)]
+        dense_rows.append((row, np.array(vals, dtype=np.float64)))
+        lines_of_rows.append(lineno)
     if not in_data:
         raise DatasetFormatError(path, "no @data section (not an ARFF file?)", None)
     n = len(lines_of_rows)
@@ -823,9 +835,9 @@ def _label_columns(
 
 
 def load_arff(
-    path: "str | os.PathLike[str]",
+    path: str | os.PathLike[str],
     num_labels: int | None = None,
-    xml_path: "str | os.PathLike[str] | None" = None,
+    xml_path: str | os.PathLike[str] | None = None,
     name: str | None = None,
 ) -> MultiLabelData:
     """Read a MULAN or MEKA multi-label ARFF file (own parser, no liac-arff).
@@ -876,10 +888,10 @@ def load_arff(
 
 
 def load_arff_pair(
-    train_path: "str | os.PathLike[str]",
-    test_path: "str | os.PathLike[str]",
+    train_path: str | os.PathLike[str],
+    test_path: str | os.PathLike[str],
     num_labels: int | None = None,
-    xml_path: "str | os.PathLike[str] | None" = None,
+    xml_path: str | os.PathLike[str] | None = None,
     name: str | None = None,
 ) -> MultiLabelData:
     """Stack an official train/test ARFF pair: rows = train block, then test
@@ -890,7 +902,7 @@ def load_arff_pair(
     if tr.feature_names != te.feature_names or tr.label_names != te.label_names:
         raise DatasetFormatError(test_path, f"attributes differ from those of {train_path}")
     n_tr, n_te = tr.num_samples, te.num_samples
-    base = _SPLIT_SUFFIX.sub("", Path(train_path).name[: -len(".arff")] if str(train_path).lower().endswith(".arff") else Path(train_path).stem)
+    base = _SPLIT_SUFFIX.sub("", Path(train_path).stem)
     return MultiLabelData(
         torch.cat([tr.X, te.X]),
         torch.cat([tr.Y, te.Y]),
@@ -910,7 +922,7 @@ _XC_HEADER = re.compile(r"^\d+\s+\d+\s+\d+$")
 
 
 def load_libsvm(
-    path: "str | os.PathLike[str]",
+    path: str | os.PathLike[str],
     num_features: int | None = None,
     num_labels: int | None = None,
     name: str | None = None,
@@ -946,60 +958,51 @@ def load_libsvm(
     def fail(msg: str) -> DatasetFormatError:
         return DatasetFormatError(p, msg, lineno)
 
-    try:
-        fh = open(p, "r", encoding="utf-8")
-    except OSError as e:
-        raise DatasetFormatError(p, f"cannot open ({e.strerror or e})") from e
-    with fh:
-        try:
-            for raw in fh:
-                lineno += 1
-                line = raw.split("#", 1)[0].strip()
-                if not line:
+    for lineno, raw in _text_lines(p):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if not seen_content:
+            seen_content = True
+            if _XC_HEADER.match(line):
+                header = tuple(int(v) for v in line.split())  # type: ignore[assignment]
+                continue
+        toks = line.split()
+        start = 0
+        if ":" not in toks[0]:
+            start = 1
+            for lab in toks[0].split(","):
+                if lab == "":
                     continue
-                if not seen_content:
-                    seen_content = True
-                    if _XC_HEADER.match(line):
-                        header = tuple(int(v) for v in line.split())  # type: ignore[assignment]
-                        continue
-                toks = line.split()
-                start = 0
-                if ":" not in toks[0]:
-                    start = 1
-                    for lab in toks[0].split(","):
-                        if lab == "":
-                            continue
-                        try:
-                            li = int(lab)
-                        except ValueError:
-                            raise fail(f"label {lab!r} is not an integer") from None
-                        if li < 0:
-                            raise fail(f"label {li} is negative (labels are 0-based)")
-                        if num_labels is not None and li >= num_labels:
-                            raise fail(f"label {li} outside [0, {num_labels})")
-                        rows_l.append(n)
-                        cols_l.append(li)
-                for tok in toks[start:]:
-                    idx, sep, val = tok.partition(":")
-                    if not sep:
-                        raise fail(f"feature {tok!r} is not 'index:value'")
-                    try:
-                        j = int(idx)
-                        v = float(val)
-                    except ValueError:
-                        raise fail(f"feature {tok!r} is not 'index:value' with an integer index and a number") from None
-                    if j < 1:
-                        raise fail(f"feature index {j} < 1 (indices are 1-based)")
-                    if num_features is not None and j > num_features:
-                        raise fail(f"feature index {j} > num_features={num_features}")
-                    if not math.isfinite(v):
-                        raise fail(f"feature {tok!r} is not finite")
-                    rows_f.append(n)
-                    cols_f.append(j - 1)
-                    vals_f.append(v)
-                n += 1
-        except UnicodeDecodeError as e:
-            raise DatasetFormatError(p, f"not UTF-8 text ({e.reason})", lineno + 1) from e
+                try:
+                    li = int(lab)
+                except ValueError:
+                    raise fail(f"label {lab!r} is not an integer") from None
+                if li < 0:
+                    raise fail(f"label {li} is negative (labels are 0-based)")
+                if num_labels is not None and li >= num_labels:
+                    raise fail(f"label {li} outside [0, {num_labels})")
+                rows_l.append(n)
+                cols_l.append(li)
+        for tok in toks[start:]:
+            idx, sep, val = tok.partition(":")
+            if not sep:
+                raise fail(f"feature {tok!r} is not 'index:value'")
+            try:
+                j = int(idx)
+                v = float(val)
+            except ValueError:
+                raise fail(f"feature {tok!r} is not 'index:value' with an integer index and a number") from None
+            if j < 1:
+                raise fail(f"feature index {j} < 1 (indices are 1-based)")
+            if num_features is not None and j > num_features:
+                raise fail(f"feature index {j} > num_features={num_features}")
+            if not math.isfinite(v):
+                raise fail(f"feature {tok!r} is not finite")
+            rows_f.append(n)
+            cols_f.append(j - 1)
+            vals_f.append(v)
+        n += 1
     if header is not None:
         if header[0] != n:
             raise DatasetFormatError(p, f"header says {header[0]} samples but the file has {n}")
@@ -1059,7 +1062,7 @@ def _load_dir(d: Path, **kw: Any) -> MultiLabelData | None:
     return None
 
 
-def load_dataset(path_or_name: "str | os.PathLike[str]", **kw: Any) -> MultiLabelData:
+def load_dataset(path_or_name: str | os.PathLike[str], **kw: Any) -> MultiLabelData:
     """Load a dataset by file path, directory or name.
 
     * ``"synthetic"`` -> :func:`make_synthetic` (``**kw`` passed on).
@@ -1194,7 +1197,7 @@ def _labels_numpy(Y: Any) -> np.ndarray:
 
 
 def iterative_stratification(
-    Y: "torch.Tensor | np.ndarray", proportions: Sequence[float], seed: int = 0
+    Y: torch.Tensor | np.ndarray, proportions: Sequence[float], seed: int = 0
 ) -> list[torch.Tensor]:
     """Iterative stratification for multi-label data (Sechidis, Tsoumakas &
     Vlahavas, ECML-PKDD 2011, Algorithm 1).

@@ -1,0 +1,116 @@
+"""Models of the training app: an encoder (MLP for feature vectors, or a pluggable
+backbone) followed by a cosine (BBAM/BAM) or linear (BCE/ASL) classifier, and an
+exponential moving average (EMA) copy of the weights."""
+from __future__ import annotations
+
+import copy
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["MLPEncoder", "CosineClassifier", "LinearClassifier", "MultiLabelModel", "ModelEMA", "build_model"]
+
+
+class MLPEncoder(nn.Module):
+    """Feature-vector encoder: ``in_dim -> hidden... -> out_dim`` (Linear, LayerNorm, ReLU, Dropout)."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int] = (256,), out_dim: int = 128, dropout: float = 0.1):
+        super().__init__()
+        layers, prev = [], in_dim
+        for width in hidden:
+            layers += [nn.Linear(prev, width), nn.LayerNorm(width), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            prev = width
+        layers += [nn.Linear(prev, out_dim)]
+        self.net = nn.Sequential(*layers)
+        self.out_dim = out_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class BackboneEncoder(nn.Module):
+    """Wraps any module mapping inputs to ``[B, D]`` features (an image or text backbone).
+
+    ``backbone`` is built by Hydra from its ``_target_`` (e.g. a torchvision ResNet
+    with its ``fc`` replaced by ``nn.Identity``); ``out_dim`` is its feature size.
+    """
+
+    def __init__(self, backbone: nn.Module, out_dim: int):
+        super().__init__()
+        self.backbone, self.out_dim = backbone, out_dim
+
+    def forward(self, x):
+        return self.backbone(x)
+
+
+class CosineClassifier(nn.Module):
+    """``c_ik = <z_i / |z_i|, w_k / |w_k|>`` (``F.normalize`` semantics, eps 1e-12)."""
+
+    def __init__(self, in_dim: int, num_labels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_labels, in_dim))
+        nn.init.xavier_uniform_(self.weight)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return F.normalize(z, dim=1) @ F.normalize(self.weight, dim=1).T
+
+
+class LinearClassifier(nn.Linear):
+    """Plain logits ``z W^T + b`` (for the BCE / ASL baselines)."""
+
+
+class MultiLabelModel(nn.Module):
+    """Encoder + classifier. ``forward(x)`` returns ``(features z [B, D], outputs [B, K])``:
+    cosines for the cosine head, logits for the linear head."""
+
+    def __init__(self, encoder: nn.Module, num_labels: int, head: str = "cosine"):
+        super().__init__()
+        if head not in ("cosine", "linear"):
+            raise ValueError(f"model head must be 'cosine' or 'linear', got {head!r}")
+        self.encoder, self.head_type = encoder, head
+        dim = encoder.out_dim
+        self.head = CosineClassifier(dim, num_labels) if head == "cosine" else LinearClassifier(dim, num_labels)
+
+    @property
+    def classifier_weight(self) -> Tensor:
+        return self.head.weight
+
+    def forward(self, x):
+        z = self.encoder(x)
+        return z, self.head(z)
+
+
+def build_model(encoder: nn.Module, num_labels: int, head: str) -> MultiLabelModel:
+    return MultiLabelModel(encoder, num_labels, head)
+
+
+class ModelEMA(nn.Module):
+    """EMA of a model's weights (buffers copied), used for pseudo-labelling and evaluation.
+
+    ``decay_t = min(decay, (1 + t) / (10 + t))`` after ``t`` updates: the usual warm-up
+    of the decay, without which a 0.9997 EMA of a short run would still be mostly
+    its random initialisation.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9997):
+        super().__init__()
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+        self.register_buffer("updates", torch.tensor(0, dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        t = float(self.updates)
+        d = min(self.decay, (1 + t) / (10 + t))
+        for ema_p, p in zip(self.module.parameters(), model.parameters()):
+            ema_p.lerp_(p.detach(), 1 - d)
+        for ema_b, b in zip(self.module.buffers(), model.buffers()):
+            ema_b.copy_(b)
+
+    def forward(self, x):
+        return self.module(x)

@@ -1,0 +1,50 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import bbam
+
+
+def _shared_data_dir() -> Path:
+    env = os.environ.get("BBAM_DATA_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    path = _shared_data_dir()
+    if not path.is_dir():
+        pytest.skip(f"real datasets not found at {path} (set BBAM_DATA_DIR or place ../shared/data beside the repo)")
+    return path
+
+
+def _variants():
+    names = ["default"]
+    try:
+        bbam._extension.cpu_kernels("avx2")
+        names.append("avx2")
+    except RuntimeError:
+        pass
+    bbam._extension.cpu_kernels("auto")
+    return names
+
+
+CPU_KERNEL_VARIANTS = _variants()
+
+
+@pytest.fixture(params=CPU_KERNEL_VARIANTS)
+def cpu_kernels(request):
+    """Run a test once per compiled CPU kernel variant (default, avx2)."""
+    bbam._extension.cpu_kernels(request.param)
+    yield request.param
+    bbam._extension.cpu_kernels("auto")
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and bbam._extension.with_cuda() else [])
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
