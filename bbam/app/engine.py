@@ -1,0 +1,372 @@
+"""The S2ML2-BBAM self-training engine (application layer).
+
+Schedule (DESIGN.md §1): warm-up on labeled data with the unbalanced loss; then
+every epoch (1) CAP pseudo-labels for the unlabeled set from the EMA model with the
+inference transform (never the unlabeled samples' true labels), (2) features of
+labeled + pseudo-labeled samples -> prototypes and :class:`bbam.LabelAngleStats`,
+(3) prototype-based negative-sampling masks (labeled masks refreshed too),
+(4) one epoch over unlabeled batches, each paired with a labeled batch, loss
+``L_lb + L_ub``, (5) validation with the EMA model; best checkpoint by validation
+mAP, early stopping; the test set is evaluated once, with the selected checkpoint.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import bbam
+from bbam import metrics as M
+from bbam.cap import CAPLabeler
+from bbam.functional import identity_coefficients
+from bbam.losses import BBAMLoss
+from bbam.stats import LabelAngleStats, label_prototypes
+
+from .models import ModelEMA, MultiLabelModel
+
+__all__ = ["SelfTrainingEngine", "atomic_save", "seed_everything", "resolve_device"]
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"config key 'device' is {name!r} but CUDA is not available")
+    return device
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``:
+    a crash leaves either the old or the new file, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Split:
+    """One split's inputs and (possibly hidden) targets, on the training device."""
+
+    x: Tensor
+    y: Tensor  # int8 {0, 1}: true labels (hidden from the learner for the unlabeled split)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+@dataclass
+class EngineState:
+    epoch: int = 0  # epochs completed
+    best_map: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: List[Dict[str, Any]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------
+# engine
+# ---------------------------------------------------------------------------
+class SelfTrainingEngine:
+    """Runs the schedule above for one configuration.
+
+    Args:
+        cfg: the run's config (``train``, ``method`` sections used here).
+        model: encoder + classifier.
+        losses: ``{"warmup": module, "train": module}``.
+        sampler: a negative sampler with ``select(features, prototypes, targets)``, or None.
+        splits: ``labeled``, ``unlabeled``, ``val``, ``test`` :class:`Split` s.
+        out_dir: run folder (checkpoints, metrics.jsonl).
+    """
+
+    def __init__(self, cfg, model: MultiLabelModel, losses: Dict[str, torch.nn.Module], sampler,
+                 splits: Dict[str, Split], device: torch.device, out_dir: Path, label_names: List[str]):
+        self.cfg, self.tc, self.mc = cfg, cfg.train, cfg.method
+        self.device, self.out_dir = device, Path(out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.model = model.to(device)
+        self.ema = ModelEMA(self.model, self.tc.ema_decay).to(device)
+        self.losses, self.sampler = losses, sampler
+        self.splits, self.label_names = splits, label_names
+        K = splits["labeled"].y.shape[1]
+        self.num_labels = K
+        self.self_training = bool(self.mc.self_training) and len(splits["unlabeled"]) > 0
+        self.boundary = int(self.tc.warmup_epochs) if self.self_training else int(self.tc.epochs)
+        self.total_epochs = int(self.tc.epochs)
+        self.stats = LabelAngleStats(K, gamma=self.mc.stats_gamma).to(device) if self.mc.balance else None
+        self.cap = CAPLabeler(pos_per=self.mc.cap.pos_per, neg_per=self.mc.cap.neg_per) if self.self_training else None
+        if self.cap is not None:
+            self.cap.fit(splits["labeled"].y)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
+        self.scheduler: Optional[torch.optim.lr_scheduler.OneCycleLR] = None
+        self.state = EngineState()
+        self.amp = bool(self.tc.amp) and device.type == "cuda"
+        self.last_pseudo: Optional[Dict[str, Tensor]] = None
+
+    # ----------------------------------------------------------------- batches
+    def _batches(self, n: int, batch_size: int, epoch: int, stream: int):
+        """Shuffled index batches; the order depends only on (seed, epoch, stream) so that
+        a resumed run sees the same batches as an uninterrupted one."""
+        g = torch.Generator().manual_seed(int(self.cfg.seed) * 1_000_003 + epoch * 101 + stream)
+        perm = torch.randperm(n, generator=g)
+        return [perm[i:i + batch_size].to(self.device) for i in range(0, n, batch_size)]
+
+    def _steps_per_epoch(self, phase: str) -> int:
+        if phase == "warmup":
+            return max(1, math.ceil(len(self.splits["labeled"]) / self.tc.batch_size))
+        return max(1, math.ceil(len(self.splits["unlabeled"]) / self.tc.unlabeled_batch_size))
+
+    def _make_scheduler(self, phase: str) -> torch.optim.lr_scheduler.OneCycleLR:
+        # one OneCycle per phase, spanning exactly the epochs that phase runs
+        epochs = self.boundary if phase == "warmup" else self.total_epochs - self.boundary
+        lr = self.tc.lr * (1.0 if phase == "warmup" else self.tc.self_training_lr_scale)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=lr, total_steps=max(1, epochs * self._steps_per_epoch(phase)),
+            pct_start=self.tc.pct_start)
+
+    # ----------------------------------------------------------------- model outputs
+    def coefficients(self) -> Tuple[Tensor, Tensor]:
+        if self.stats is None:
+            return identity_coefficients(self.num_labels, device=self.device)
+        return self.stats.coefficients()
+
+    def _loss(self, loss_fn, outputs: Tensor, targets: Tensor, weight: Optional[Tensor], coefs) -> Tensor:
+        if isinstance(loss_fn, BBAMLoss):
+            return loss_fn(outputs, targets, weight, coefficients=coefs)
+        return loss_fn(outputs, targets, weight)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, model=None, batch_size: int = 1024) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(scores [N, K] in [0, 1], features [N, D], raw outputs [N, K])`` with the inference
+        transform (the average of the positive and negative transforms: no labels used)."""
+        model = (self.ema.module if model is None else model).eval()
+        a, b = self.coefficients()
+        scores, feats, outs = [], [], []
+        for i in range(0, x.shape[0], batch_size):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                z, out = model(x[i:i + batch_size])
+            z, out = z.float(), out.float()
+            if model.head_type == "cosine":
+                phi = bbam.ops.angle_transform(out, a, b)
+                logits = self.mc.scale * (phi - self.mc.predict_margin_fraction * self.mc.margin)
+            else:
+                logits = out
+            scores.append(torch.sigmoid(logits))
+            feats.append(z)
+            outs.append(out)
+        return torch.cat(scores), torch.cat(feats), torch.cat(outs)
+
+    # ----------------------------------------------------------------- epochs
+    def _train_step(self, parts) -> float:
+        """One optimizer step on the sum of the losses of ``parts`` = [(x, targets, weight, loss_fn)]."""
+        self.model.train()
+        coefs = self.coefficients()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            total = 0.0
+            for x, t, w, loss_fn in parts:
+                _, out = self.model(x)
+                total = total + self._loss(loss_fn, out.float(), t, w, coefs)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.ema.update(self.model)
+        return float(total.detach())
+
+    def _warmup_epoch(self, epoch: int) -> Dict[str, float]:
+        lb = self.splits["labeled"]
+        losses = [self._train_step([(lb.x[idx], lb.y[idx], None, self.losses["warmup"])])
+                  for idx in self._batches(len(lb), self.tc.batch_size, epoch, 0)]
+        return {"train_loss": float(np.mean(losses))}
+
+    @torch.no_grad()
+    def refresh_pseudo_labels_and_masks(self) -> Dict[str, Tensor]:
+        """Steps (1)-(3): CAP pseudo-labels, prototypes + statistics, negative-sampling masks."""
+        lb, ub = self.splits["labeled"], self.splits["unlabeled"]
+        scores_u, _, _ = self.predict(ub.x)
+        pseudo, confident = self.cap(scores_u)
+        pseudo_t = torch.where(confident, pseudo, torch.full_like(pseudo, -1))  # not confident: unknown
+        _, feats_lb, _ = self.predict(lb.x)
+        _, feats_ub, _ = self.predict(ub.x)
+        feats = torch.cat([feats_lb, feats_ub])
+        targets = torch.cat([lb.y, pseudo_t])
+        if self.stats is not None:
+            self.stats.update(feats, targets)
+            prototypes = self.stats.prototypes
+        else:
+            prototypes, _ = label_prototypes(feats, targets)
+        if self.sampler is not None:
+            keep = self.sampler.select(feats, prototypes, targets)
+        else:
+            keep = targets >= 0
+        weight = keep.float()
+        n_lb = len(lb)
+        return {"targets_ub": pseudo_t, "weight_lb": weight[:n_lb], "weight_ub": weight[n_lb:],
+                "pseudo_precision": self._pseudo_precision(pseudo_t, ub.y)}
+
+    @staticmethod
+    def _pseudo_precision(pseudo_t: Tensor, truth: Tensor) -> Tensor:
+        # diagnostics only (the learner never sees it): accuracy of the confident pseudo-labels
+        known = pseudo_t >= 0
+        return ((pseudo_t == truth) & known).sum() / known.sum().clamp(min=1)
+
+    def _self_training_epoch(self, epoch: int) -> Dict[str, float]:
+        lb, ub = self.splits["labeled"], self.splits["unlabeled"]
+        p = self.refresh_pseudo_labels_and_masks()
+        self.last_pseudo = p
+        lb_batches = self._batches(len(lb), self.tc.batch_size, epoch, 0)
+        lb_cycle = itertools.cycle(lb_batches)
+        losses = []
+        for idx_u in self._batches(len(ub), self.tc.unlabeled_batch_size, epoch, 1):
+            idx_l = next(lb_cycle)
+            losses.append(self._train_step([
+                (lb.x[idx_l], lb.y[idx_l], p["weight_lb"][idx_l], self.losses["train"]),
+                (ub.x[idx_u], p["targets_ub"][idx_u], p["weight_ub"][idx_u], self.losses["train"]),
+            ]))
+        known = p["targets_ub"] >= 0
+        return {"train_loss": float(np.mean(losses)),
+                "pseudo_confident": float(known.float().mean()),
+                "pseudo_accuracy": float(p["pseudo_precision"]),
+                "neg_kept_lb": float(p["weight_lb"][lb.y == 0].mean()) if (lb.y == 0).any() else 1.0}
+
+    def evaluate(self, split: str, model=None) -> Dict[str, float]:
+        s = self.splits[split]
+        scores, _, _ = self.predict(s.x, model)
+        return M.evaluate(scores, s.y, threshold=self.tc.threshold, oracle_cardinality=self.tc.oracle_cardinality)
+
+    # ----------------------------------------------------------------- checkpoints
+    def _checkpoint(self) -> Dict[str, Any]:
+        return {
+            "format": 1,
+            "epoch": self.state.epoch,
+            "best_map": self.state.best_map,
+            "best_epoch": self.state.best_epoch,
+            "bad_epochs": self.state.bad_epochs,
+            "history": self.state.history,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "stats": None if self.stats is None else self.stats.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "num_labels": self.num_labels,
+            "seed": int(self.cfg.seed),
+            "method": str(self.mc.name),
+        }
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Continue from a ``last.pt`` (loaded with ``weights_only=True``)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "checkpoints" / "last.pt" if (path / "checkpoints").is_dir() else path / "last.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"config key 'train.resume': checkpoint {path} does not exist")
+        ckpt = torch.load(path, map_location=self.device, weights_only=True)
+        for key, expected in (("num_labels", self.num_labels), ("seed", int(self.cfg.seed)), ("method", str(self.mc.name))):
+            if ckpt.get(key) != expected:
+                raise ValueError(f"config key 'train.resume': checkpoint {path} has {key}={ckpt.get(key)!r}, "
+                                 f"this run has {expected!r}")
+        self.model.load_state_dict(ckpt["model"])
+        self.ema.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.stats is not None and ckpt["stats"] is not None:
+            self.stats.load_state_dict(ckpt["stats"])
+        self.state = EngineState(ckpt["epoch"], ckpt["best_map"], ckpt["best_epoch"], ckpt["bad_epochs"],
+                                 list(ckpt["history"]))
+        if ckpt["scheduler"] is not None:
+            phase = "warmup" if self.state.epoch - 1 < self.boundary else "self_training"  # of the last epoch
+            self.scheduler = self._make_scheduler(phase)
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng_cpu"].cpu())
+        if ckpt["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng_cuda"]])
+
+    def _write_history(self) -> None:
+        _atomic_write_text(self.out_dir / "metrics.jsonl",
+                           "".join(json.dumps(rec) + "\n" for rec in self.state.history))
+
+    # ----------------------------------------------------------------- main loop
+    def fit(self, progress: bool = True, stop_after_epoch: Optional[int] = None) -> Dict[str, Any]:
+        """Train until the last epoch or early stop. Returns ``{"interrupted": bool}``."""
+        from tqdm.auto import tqdm
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=self.total_epochs, initial=self.state.epoch, desc=f"{self.mc.name}", disable=not progress,
+                   dynamic_ncols=True, leave=True)
+        while self.state.epoch < self.total_epochs:
+            epoch = self.state.epoch
+            phase = "warmup" if epoch < self.boundary else "self_training"
+            if epoch == 0 or epoch == self.boundary or self.scheduler is None:
+                self.scheduler = self._make_scheduler(phase)
+            t0 = time.perf_counter()
+            record: Dict[str, Any] = {"epoch": epoch, "phase": phase}
+            record.update(self._warmup_epoch(epoch) if phase == "warmup" else self._self_training_epoch(epoch))
+            record["lr"] = self.optimizer.param_groups[0]["lr"]
+            val = self.evaluate("val")
+            record.update({f"val_{k}": v for k, v in val.items()})
+            record["time_s"] = time.perf_counter() - t0
+            self.state.epoch = epoch + 1
+            improved = val["mAP"] > self.state.best_map
+            if improved:
+                self.state.best_map, self.state.best_epoch, self.state.bad_epochs = val["mAP"], epoch, 0
+            elif phase == "self_training" or not self.self_training:
+                self.state.bad_epochs += 1  # patience counts once the method's own phase runs
+            self.state.history.append(record)
+            if improved:
+                atomic_save(self._checkpoint(), self.ckpt_dir / "best.pt")
+            atomic_save(self._checkpoint(), self.ckpt_dir / "last.pt")
+            self._write_history()
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['train_loss']:.3g}", val_mAP=f"{val['mAP']:.2f}",
+                            best=f"{self.state.best_map:.2f}")
+            if stop_after_epoch is not None and epoch >= stop_after_epoch:
+                bar.close()
+                return {"interrupted": True}
+            if self.state.bad_epochs >= self.tc.patience:
+                break
+        bar.close()
+        return {"interrupted": False}
+
+    def load_best(self) -> Dict[str, Any]:
+        ckpt = torch.load(self.ckpt_dir / "best.pt", map_location=self.device, weights_only=True)
+        self.ema.load_state_dict(ckpt["ema"])
+        self.model.load_state_dict(ckpt["model"])
+        if self.stats is not None and ckpt["stats"] is not None:
+            self.stats.load_state_dict(ckpt["stats"])
+        return ckpt
