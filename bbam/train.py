@@ -45,6 +45,20 @@ def _split_tensors(data, splits: Dict[str, torch.Tensor], device: torch.device, 
     return {name: Split(x[idx].to(device), data.Y[idx].to(device)) for name, idx in splits.items()}
 
 
+def _instantiate_data(cfg):
+    """Build the dataset; a file or format problem surfaces as its own clear message."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(cfg.data)
+    except InstantiationException as err:
+        cause = err.__cause__ or err
+        if isinstance(cause, (FileNotFoundError, ValueError)):
+            raise cause from None
+        raise
+
+
 def train(cfg) -> Dict[str, Any]:
     """Run one configuration end to end and return the test metrics (and run facts).
 
@@ -62,13 +76,12 @@ def train(cfg) -> Dict[str, Any]:
     from bbam.app.models import MultiLabelModel
 
     out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
     device = resolve_device(cfg.device)
-
-    data = instantiate(cfg.data)
+    data = _instantiate_data(cfg)  # bad files fail here, before anything is written
     splits = split_indices(data, cfg.split.lb_ratio, cfg.split.val_ratio, cfg.split.test_ratio, seed=int(cfg.seed))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     tensors = _split_tensors(data, splits, device, bool(cfg.train.standardize))
     torch.manual_seed(int(cfg.seed))  # model init independent of what data loading consumed
     encoder = instantiate(cfg.model.encoder, in_dim=data.num_features)

@@ -4,6 +4,7 @@ Usage::
 
     python bench/ops.py [--device cpu|cuda] [--repeats 7] [--quick] [--json PATH]
                         [--ops loss,transform,stats] [--compile-reference]
+                        [--threads N]
                         [--max-case-seconds 120]
 
 For every case the fused op and the reference run in the same process, interleaved
@@ -539,6 +540,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", default=None, help="output path (default bench/results/ops-<device>.json)")
     p.add_argument("--ops", default=",".join(ALL_OPS), help="comma-separated subset of loss,transform,stats")
     p.add_argument("--compile-reference", action="store_true", help="also time torch.compile(reference)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     p.add_argument("--max-case-seconds", type=float, default=120.0,
                    help="cap the repeats (never below 3) so one case's timed loop stays within this budget")
     args = p.parse_args(argv)
@@ -560,6 +562,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     import bbam  # noqa: F401  (loads the extension)
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     if args.device == "cuda":
         if not torch.cuda.is_available():
@@ -608,7 +613,7 @@ def main(argv=None) -> int:
     checks = acceptance(rows)
     result = {
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv) if argv is None else argv,
-        "settings": {"repeats": args.repeats, "quick": args.quick, "ops": args.ops,
+        "settings": {"threads": args.threads, "repeats": args.repeats, "quick": args.quick, "ops": args.ops,
                      "compile_reference": args.compile_reference, "min_repeat_s": args.min_repeat_s,
                      "max_case_seconds": args.max_case_seconds},
         "environment": env,

@@ -304,7 +304,6 @@ class SelfTrainingEngine:
                                  f"this run has {expected!r}")
         self.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.stats is not None and ckpt["stats"] is not None:
             self.stats.load_state_dict(ckpt["stats"])
         self.state = EngineState(ckpt["epoch"], ckpt["best_map"], ckpt["best_epoch"], ckpt["bad_epochs"],
@@ -313,6 +312,8 @@ class SelfTrainingEngine:
             phase = "warmup" if self.state.epoch - 1 < self.boundary else "self_training"  # of the last epoch
             self.scheduler = self._make_scheduler(phase)
             self.scheduler.load_state_dict(ckpt["scheduler"])
+        # after the scheduler, whose construction resets the learning rates of the param groups
+        self.optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng_cpu"].cpu())
         if ckpt["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng_cuda"]])
