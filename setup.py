@@ -70,7 +70,7 @@ def make_extension():
     with_cuda = want_cuda()
     sources = sorted(glob.glob(os.path.join(CSRC, "**", "*.cpp"), recursive=True))
     sources = [s for s in sources if s not in AVX2_SOURCES]
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unknown-pragmas", "-Wno-psabi"]
     nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
     macros = []
     if with_cuda:

@@ -58,6 +58,7 @@ import torch
 
 MIB = 2.0**20
 ALL_OPS = ("loss", "transform", "stats")
+NOISY_SPREAD = 1.5  # a case whose slowest repeat is > 1.5x its fastest is flagged
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
@@ -423,6 +424,9 @@ def run_case(case: Case, device, timer, args, limits) -> Dict[str, Any]:
         "timing": times,
         "memory": memory,
     }
+    # max/min of the repeats: above NOISY_SPREAD the case was disturbed (shared machine, thread stalls)
+    row["spread"] = {name: t["max_s"] / t["min_s"] for name, t in times.items()}
+    row["noisy"] = any(v > NOISY_SPREAD for v in row["spread"].values())
     if limits:
         row["pct_of_copy_bw"] = 100.0 * row["fused_GBps"] / limits["copy_GBps"]
         if row["fused_GFLOPs"] is not None:
@@ -448,7 +452,7 @@ def format_table(rows: List[Dict[str, Any]], compiled: bool) -> str:
     for r in rows:
         roof = r.get("pct_of_sgemm") if r.get("flops") else r.get("pct_of_copy_bw")
         cells = [r["op"], r["mode"], r["dtype"], r["size"], _fmt(r["fused_ms"], ".3f"),
-                 _fmt(r["reference_ms"], ".3f"), _fmt(r["speedup"], ".2f") + "x"]
+                 _fmt(r["reference_ms"], ".3f"), _fmt(r["speedup"], ".2f") + ("x?" if r["noisy"] else "x ")]
         if compiled:
             cells += [_fmt(r.get("compiled_ms"), ".3f"),
                       _fmt(r.get("speedup_vs_compiled"), ".2f") + ("x" if "speedup_vs_compiled" in r else "")]
@@ -578,6 +582,11 @@ def main(argv=None) -> int:
     env = environment(device)
     print(f"bbam op benchmark: device={env['device_name']} threads={env['threads']} "
           f"cpu_kernels={env['cpu_kernels']} torch={env['torch']}", flush=True)
+    load = env.get("loadavg_start", (0.0,))[0]
+    if device.type == "cpu" and load > 0.5:
+        print(f"warning: 1-min load average {load:.2f} before the run on {env['cpu_count']} CPUs: another process "
+              "is busy; multi-threaded (OpenMP) timings can stall badly. Prefer a quiet machine, or compare "
+              "with --threads 1.", flush=True)
     t_start = time.perf_counter()
     limits = machine_limits(device, timer, args.quick)
     print(f"machine: copy {limits['copy_GBps']:.1f} GB/s (read+write), "
@@ -634,6 +643,8 @@ def main(argv=None) -> int:
     print("memory: peak extra MiB of one call (inputs excluded, outputs included); "
           + ("CUDA max_memory_allocated." if device.type == "cuda" else
              "fused = max(profiler, RSS high-water), reference = profiler: memory % is an upper bound."))
+    if any(r["noisy"] for r in rows):
+        print(f"x?: noisy case (slowest repeat > {NOISY_SPREAD}x the fastest, fused or reference); rerun it.")
     print("% roof: fused GFLOP/s vs this machine's sgemm (stats), else fused GB/s vs its copy bandwidth.")
     for c in checks:
         print(f"{'MET    ' if c['met'] else 'NOT MET'}  {c['target']}: {c['value']}")

@@ -479,3 +479,54 @@ def test_inputs_are_not_mutated():
     ops.label_angle_stats(torch.randn(4, 2), torch.randn(3, 2), t)
     for x, y in zip((c, t, a, b), copies):
         assert torch.equal(x, y)
+
+
+# ---------------------------------------------------------------------------
+# CUDA: agreement with the CPU kernels, determinism (skipped without a GPU)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("B, K", [(256, 80), (64, 1000), (3, 7), (1, 1)])
+def test_cuda_matches_cpu(B, K, dtype):
+    dev = _device("cuda")
+    gen = torch.Generator().manual_seed(B * K)
+    cos = _cos(B, K, torch.float32, "cpu", gen).to(dtype)
+    t = _targets(B, K, "cpu", gen)
+    a, b = _coefficients(K, "mixed", torch.float32, "cpu")
+    w = torch.rand(B, K, generator=gen).to(dtype)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    for reduction in ("sum", "none"):
+        c_cpu = cos.clone().requires_grad_()
+        c_gpu = cos.to(dev).requires_grad_()
+        l_cpu = ops.bbam_loss(c_cpu, t, a, b, weight=w, reduction=reduction)
+        l_gpu = ops.bbam_loss(c_gpu, t.to(dev), a.to(dev), b.to(dev), weight=w.to(dev), reduction=reduction)
+        torch.testing.assert_close(l_gpu.cpu(), l_cpu, rtol=1e-4, atol=1e-3 * max(1.0, l_cpu.abs().max().item()))
+        g = torch.rand_like(l_cpu)
+        (g_cpu,) = torch.autograd.grad(l_cpu, c_cpu, g)
+        (g_gpu,) = torch.autograd.grad(l_gpu, c_gpu, g.to(dev))
+        torch.testing.assert_close(g_gpu.cpu(), g_cpu, **tol)
+    for targets in (t, None):
+        phi_cpu = ops.angle_transform(cos, a, b, targets)
+        phi_gpu = ops.angle_transform(cos.to(dev), a.to(dev), b.to(dev), None if targets is None else targets.to(dev))
+        torch.testing.assert_close(phi_gpu.cpu(), phi_cpu, **tol)
+    f = torch.randn(B * 9, 32, generator=gen).to(dtype)
+    p = torch.randn(K, 32, generator=gen).to(dtype)
+    tf = _targets(B * 9, K, "cpu", gen)
+    s_cpu = ops.label_angle_stats(f, p, tf)
+    s_gpu = ops.label_angle_stats(f.to(dev), p.to(dev), tf.to(dev))
+    assert torch.equal(s_gpu[0].cpu(), s_cpu[0])
+    for x, y in zip(s_gpu[1:], s_cpu[1:]):
+        torch.testing.assert_close(x.cpu(), y, rtol=1e-4, atol=1e-4 * max(1.0, y.abs().max().item()))
+
+
+def test_cuda_results_are_bitwise_deterministic():
+    dev = _device("cuda")
+    f, p = torch.randn(50000, 64, device=dev), torch.randn(300, 64, device=dev)
+    t = torch.randint(-1, 2, (50000, 300), dtype=torch.int8, device=dev)
+    first = ops.label_angle_stats(f, p, t)
+    second = ops.label_angle_stats(f, p, t)
+    for x, y in zip(first, second):
+        assert torch.equal(x, y)
+    cos = torch.rand(512, 300, device=dev) * 2 - 1
+    tt = t[:512]
+    a, b = _coefficients(300, "random", torch.float32, dev)
+    assert torch.equal(ops.bbam_loss(cos, tt, a, b), ops.bbam_loss(cos, tt, a, b))
