@@ -34,17 +34,28 @@ FAISS backend in brief (details in :meth:`NegativeSampler._select_faiss`):
   negatives survive removing positives and unknowns; labels short of ``q_k`` negatives
   are searched again with ``k`` at least doubled. Labels of similar ``k`` share one
   ``search`` call.
-* **Dense route.** FAISS's heap k-selection is slow when ``k`` is a large fraction of
-  ``N``; such labels (``k > max(1024, N / 8)``), labels over the GPU limit
-  ``k <= 2048``, and IVF labels whose probed cells hold fewer than ``k`` vectors are
-  selected exactly with torch (block of ``[labels, N]`` similarities, ``topk`` per label).
+* **Dense route.** When ``k`` is a large fraction of ``N`` a FAISS search is a full scan
+  plus heap/reservoir selection, slower than a dense ``topk``: labels with
+  ``k > max(1024, N / 8)`` (IVF: ``k > max(1024, N / 64)``, where ``16 k`` probed vectors
+  would be over a quarter of the data), labels over the GPU limit ``k <= 2048``, labels
+  whose widened ``k`` crosses these limits, and IVF labels whose probed cells ran out
+  are selected exactly with torch (blocks of ``[labels, N]`` float32 similarities,
+  ``topk`` per label). With a long tail of label frequencies and ``eta = 5`` most labels
+  take this route; FAISS serves the rare ones.
 * **IVF.** ``nlist`` defaults to ``round(sqrt(N))`` capped so that every cell has
-  >= 39 points (k-means on a seeded sample of <= ``64 * nlist`` rows, FAISS's 10
-  iterations); a search of ``k`` neighbours probes
-  ``max(nprobe, ceil(4 * k * nlist / N))`` cells (at most ``nlist``): ``nprobe`` is the
-  floor for small ``k``, the second term keeps the probed pool >= 4x ``k``. Measured
-  recall of the selected negatives with the defaults (``nprobe=16``): see
-  ``tests/test_sampling.py`` and ``bench/README.md``.
+  >= 39 points (:func:`default_nlist`; k-means on a seeded sample of <= ``64 * nlist``
+  rows, FAISS's 10 iterations). A search of ``k`` neighbours probes
+  ``max(nprobe, ceil(16 * k * nlist / N))`` cells (at most ``nlist``): ``nprobe``
+  (default 16) is the floor for small ``k``, the second term keeps the probed pool at
+  ~16x ``k``. Recall of the selected negatives (``|IVF ∩ exact| / |exact|`` over the
+  searched labels) with these defaults, eta 1 / 5: clustered random data 0.998+ / 1.000,
+  isotropic Gaussian data 0.98 / 1.000, MULAN bibtex 0.994 / 0.9999, enron, medical,
+  reuters21578, scene, yeast >= 0.995 (``tests/test_sampling.py``). A 4x pool gave
+  0.92 on bibtex and 0.60 on isotropic data at eta 1. ``4 * sqrt(N)`` cells (FAISS's
+  usual advice) cost ~10x more k-means time here (176 s at N = 1M on 2 cores) for
+  an index rebuilt every epoch.
+* **Threads.** CPU FAISS runs with ``faiss_threads`` OpenMP threads (default: torch's
+  count); see :class:`NegativeSampler`.
 * **Ties / precision.** Similarities are float32 inner products of normalised vectors
   (BLAS in FAISS, torch in the dense route); negatives tied at a label's boundary are
   broken arbitrarily (by FAISS's result order or ``torch.topk``). Exactly ``m_k``
@@ -81,6 +92,7 @@ _DENSE_BUDGET = 1 << 25     # A x N float32 similarities of one dense block
 _IVF_MIN_PER_LIST = 39      # default nlist keeps >= this many points per cell (FAISS's minimum)
 _IVF_TRAIN_PER_LIST = 64    # k-means training sample: <= this many points per cell
 _IVF_POOL = 16              # probe enough cells to hold ~ this many times k vectors
+_IVF_MAX_PROBED = 0.25      # IVF searches probing more than this share of the data go dense
 _IVF_SEED = 0               # seed of the training sample
 _BLOCK_BYTES = 16 << 20     # normalised row blocks of the FAISS backend (<= glibc's mmap threshold cap)
 
@@ -176,6 +188,15 @@ def _max_search_k(gpu: bool) -> Optional[int]:
     return _GPU_MAX_K if gpu else None
 
 
+def _index_to_gpu(faiss: Any, index: Any, device: torch.device) -> Tuple[Any, Any]:
+    """``(gpu_index, resources)``: the (empty, trained) CPU ``index`` moved to ``device``;
+    rows and queries are then passed as CUDA tensors (``faiss.contrib.torch_utils``)."""
+    import faiss.contrib.torch_utils  # noqa: F401
+    res = faiss.StandardGpuResources()
+    dev = device.index if device.index is not None else torch.cuda.current_device()
+    return faiss.index_cpu_to_gpu(res, dev, index), res
+
+
 def default_nlist(n: int) -> int:
     """Default IVF cell count for ``n`` vectors: ``round(sqrt(n))``, capped so that every
     cell gets >= 39 points on average (and >= 1)."""
@@ -208,8 +229,7 @@ class _FaissIndex:
         self.faiss, self.N = faiss, N
         self.gpu = _use_faiss_gpu(faiss, features.device)
         self.max_k = _max_search_k(self.gpu)
-        self.device = features.device if self.gpu else torch.device("cpu")
-        self._res: Any = None
+        self._res: Any = None   # GPU resources when the index is really on a GPU
         if kind == "flat":
             self.nlist: Optional[int] = None
             index = faiss.IndexFlatIP(D)
@@ -224,20 +244,19 @@ class _FaissIndex:
             sample = features if rows is None else features.index_select(0, rows.to(features.device))
             index.train(_normalized(sample, torch.device("cpu")).numpy())
         if self.gpu:
-            import faiss.contrib.torch_utils  # noqa: F401  (torch tensors in and out)
-            self._res = faiss.StandardGpuResources()
-            dev = features.device.index if features.device.index is not None else torch.cuda.current_device()
-            with self._stream():
-                index = faiss.index_cpu_to_gpu(self._res, dev, index)
+            index, self._res = _index_to_gpu(faiss, index, features.device)
         self.index = index
-        self.xb: Optional[Tensor] = None   # normalised rows [N, D] (CPU flat: the index's own storage)
-        if kind == "flat" and not self.gpu:
+        self.device = features.device if self._res is not None else torch.device("cpu")
+        cpu_flat = kind == "flat" and self._res is None
+        if cpu_flat:
             index.codes.resize(4 * N * D)      # reserve once: adds then never reallocate
             index.codes.resize(0)
         rows = _block_rows(D, chunk)
         for s in range(0, N, rows):
             self._add(_normalized(features[s:s + rows], self.device))
-        if kind == "flat" and not self.gpu and N:
+        # normalised rows [N, D] at hand: a CPU flat index's own storage (no copy)
+        self.xb: Optional[Tensor] = None
+        if cpu_flat and N:
             self.xb = torch.from_numpy(faiss.rev_swig_ptr(index.get_xb(), N * D).reshape(N, D))
 
     @contextlib.contextmanager
@@ -255,7 +274,7 @@ class _FaissIndex:
 
     def _add(self, x: Tensor) -> None:
         with self._stream():
-            self.index.add(x if self.gpu else x.numpy())
+            self.index.add(x if self._res is not None else x.numpy())
 
     def nprobe_for(self, k: int, nprobe: int) -> int:
         """Cells probed for a search of ``k``: ``nprobe``, raised so that the probed cells
@@ -275,13 +294,27 @@ class _FaissIndex:
                 self.index.setNumProbes(p)
             else:
                 self.index.nprobe = p
-        if self.gpu:
+        if self._res is not None:
             with self._stream():
                 _, ids = self.index.search(q, k)
             return ids
         with _blas_for_all_batches(self.faiss):
             _, ids = self.index.search(q.numpy(), k)
         return torch.from_numpy(ids)
+
+
+@contextlib.contextmanager
+def _faiss_threads(faiss: Any, n: int) -> Iterator[None]:
+    """FAISS's OpenMP thread count set to ``n`` for the block, then restored."""
+    if faiss is None or not hasattr(faiss, "omp_set_num_threads"):
+        yield
+        return
+    old = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(old)
 
 
 @contextlib.contextmanager
@@ -318,13 +351,19 @@ class NegativeSampler:
         index: FAISS index kind, ``"flat"`` (exact inner product) or ``"ivf"``
             (approximate); used by the FAISS backend only.
         nprobe: IVF cells probed at least (FAISS ``"ivf"`` only); a search of ``k``
-            neighbours probes ``max(nprobe, ceil(4 * k * nlist / N))`` cells. The default
+            neighbours probes ``max(nprobe, ceil(16 * k * nlist / N))`` cells. The default
             16 gives >= 0.95 recall of the selected negatives on clustered random data
             and MULAN bibtex (``tests/test_sampling.py``).
         nlist: IVF cells (FAISS ``"ivf"`` only); ``None`` chooses
             ``round(sqrt(N))``, capped at ``N // 39`` (see :func:`default_nlist`).
         chunk_size: rows of ``features`` processed at a time (exact backend; FAISS
             backend: rows normalised and added to the index at a time).
+        faiss_threads: OpenMP threads of CPU FAISS during ``select`` (restored after);
+            ``None``: ``torch.get_num_threads()``. FAISS wheels bundle their own OpenMP
+            runtime beside torch's: on a shared or oversubscribed CPU their spinning,
+            barrier-heavy parallel regions can make a FAISS search several times slower
+            than single-threaded (measured 5-10x on 2 loaded cores, see
+            ``bench/sampling.py``); ``faiss_threads=1`` avoids that.
 
     ``select(features [N, D], prototypes [K, D], targets [N, K] int8) -> [N, K] bool``:
     True for every positive and for each label's ``m_k`` negatives most cosine-similar
@@ -345,7 +384,7 @@ class NegativeSampler:
     """
 
     def __init__(self, eta: float = 5.0, backend: str = "auto", index: str = "flat", nprobe: int = 16,
-                 nlist: Optional[int] = None, chunk_size: int = 65536):
+                 nlist: Optional[int] = None, chunk_size: int = 65536, faiss_threads: Optional[int] = None):
         self.eta = _check_eta("NegativeSampler", eta)
         if backend not in _BACKENDS:
             raise ValueError(f"NegativeSampler: 'backend' must be one of {_BACKENDS}, got {backend!r}")
@@ -357,8 +396,11 @@ class NegativeSampler:
             raise ValueError(f"NegativeSampler: 'nlist' must be None or an int >= 1, got {nlist!r}")
         if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
             raise ValueError(f"NegativeSampler: 'chunk_size' must be an int >= 1, got {chunk_size!r}")
+        if faiss_threads is not None and (not isinstance(faiss_threads, int) or isinstance(faiss_threads, bool)
+                                          or faiss_threads < 1):
+            raise ValueError(f"NegativeSampler: 'faiss_threads' must be None or an int >= 1, got {faiss_threads!r}")
         self.backend, self.index, self.nprobe, self.nlist = backend, index, nprobe, nlist
-        self.chunk_size = chunk_size
+        self.chunk_size, self.faiss_threads = chunk_size, faiss_threads
 
     @property
     def resolved_backend(self) -> str:
@@ -405,8 +447,9 @@ class NegativeSampler:
         if backend == "exact":
             self._select_exact(features, protos, targets, search, m.index_select(0, search), out)
         elif backend == "faiss":
-            self._select_faiss(features, protos, targets, search, m.index_select(0, search), out,
-                               n_pos=n_pos.index_select(0, search), n_neg=n_neg.index_select(0, search))
+            with _faiss_threads(_import_faiss(), self.faiss_threads or torch.get_num_threads()):
+                self._select_faiss(features, protos, targets, search, m.index_select(0, search), out,
+                                   n_pos=n_pos.index_select(0, search), n_neg=n_neg.index_select(0, search))
         else:  # pragma: no cover - guarded in __init__
             raise AssertionError(backend)
         return out
@@ -475,11 +518,13 @@ class NegativeSampler:
         3. Labels are sorted by ``k`` and searched in batches (``k`` within 2x of each
            other, ``A * k <= 2**23``) with the batch's largest ``k``. A label whose results
            hold ``>= q`` negatives takes the first ``q``; one short of them is searched
-           again with ``k = max(2 k, k * 1.1 * q / found)`` (``<= N``).
+           again with ``k`` doubled, or ``k * 1.1 * q / found`` if larger (``<= N``).
         4. Exact torch route (:meth:`_select_dense`) for labels whose ``k`` exceeds
-           ``max(1024, N / 8)`` (FAISS's heap selection is slower there than a dense
-           ``topk``) or the GPU limit ``2048``, and for IVF labels whose probed cells
-           ran out (results padded with ``-1``) before ``q`` negatives were found.
+           ``max(1024, N / 8)`` (IVF: ``N / 64``; FAISS's scan and heap selection are
+           slower there than a dense ``topk``) or the GPU limit ``2048``, first or after
+           widening, and for IVF labels whose probed cells ran out (results padded with
+           ``-1``) before ``q`` negatives were found. With ``index="flat"`` a widened
+           search reaching ``k = N`` always succeeds.
         """
         faiss = _import_faiss()
         if faiss is None:
@@ -514,6 +559,8 @@ class NegativeSampler:
                 blk[:, far_labels] |= targets[s:s + self.chunk_size][:, far_labels] == 0
 
         dense_limit = max(_DENSE_MIN_K, int(N * _DENSE_FRACTION))
+        if self.index == "ivf":   # IVF probing over ~1/4 of the cells is slower than the dense route
+            dense_limit = max(_DENSE_MIN_K, min(dense_limit, int(N * _IVF_MAX_PROBED / _IVF_POOL)))
         gpu_limit = _max_search_k(_use_faiss_gpu(faiss, features.device))
 
         def too_big(k: int) -> bool:
@@ -522,7 +569,7 @@ class NegativeSampler:
         exact: List[int] = [j for j in range(A) if too_big(k_l[j])]
         pending: List[int] = [j for j in range(A) if not too_big(k_l[j])]
         index = _FaissIndex(faiss, features, self.index, self.nlist, self.chunk_size) if pending else None
-        xb = None if index is None or index.xb is None or features.is_cuda else index.xb
+        xb = index.xb if index is not None and features.device.type == "cpu" else None
         while pending:
             pending.sort(key=lambda j: k_l[j])
             retry: List[int] = []
@@ -541,7 +588,7 @@ class NegativeSampler:
                 for j, c, ex in zip(batch, found.tolist(), exhausted.tolist()):
                     if c >= q_l[j]:
                         continue
-                    k_new = min(N, max(2 * kb, math.ceil(1.1 * kb * q_l[j] / max(c, 1))))
+                    k_new = min(N, max(2 * kb, math.ceil(1.1 * kb * q_l[j] / c) if c else 0))
                     if ex or kb >= N or too_big(k_new):
                         exact.append(j)
                     else:
@@ -585,19 +632,28 @@ class NegativeSampler:
         queries = queries.to(device)
         g = max(1, _DENSE_BUDGET // max(N, 1))
         rows = _block_rows(D, self.chunk_size)
+        inv_norm: Optional[Tensor] = None
         for a in range(0, labels.numel(), g):
             qg, lg = queries[a:a + g], labels[a:a + g]
             sims = torch.empty(qg.shape[0], N, dtype=torch.float32, device=device)
             if normalized is not None:
                 torch.mm(qg, normalized.T, out=sims)
-            else:
-                for s in range(0, N, rows):
-                    sims[:, s:s + rows] = qg @ _normalized(features[s:s + rows], device).T
+            else:   # raw rows, then scale columns by 1 / max(|x_i|, eps) (= F.normalize)
+                if inv_norm is None:
+                    inv_norm = torch.cat([torch.linalg.vector_norm(features[s:s + rows], dim=1)
+                                          for s in range(0, N, rows)]).clamp_(min=1e-12).reciprocal_()
+                    inv_norm = inv_norm.to(torch.float32)
+                if features.dtype == torch.float32:
+                    torch.mm(qg, features.T, out=sims)
+                else:
+                    for s in range(0, N, rows):
+                        sims[:, s:s + rows] = qg @ features[s:s + rows].to(torch.float32).T
+                sims.mul_(inv_norm)
             sims.masked_fill_((targets.index_select(1, lg.to(targets.device)) != 0).T.to(device),
                               float("-inf"))
             for i, (lab, qi, fi) in enumerate(zip(lg.tolist(), q[a:a + g].tolist(), far[a:a + g].tolist())):
-                rows = torch.topk(sims[i], qi, sorted=False).indices.to(out.device)
-                out[rows, lab] = not fi
+                idx = torch.topk(sims[i], qi, sorted=False).indices.to(out.device)
+                out[idx, lab] = not fi
 
     # -- validation -----------------------------------------------------------------------------
 
@@ -625,4 +681,5 @@ class NegativeSampler:
 
     def __repr__(self) -> str:
         return (f"NegativeSampler(eta={self.eta}, backend={self.backend!r}, index={self.index!r}, "
-                f"nprobe={self.nprobe}, nlist={self.nlist}, chunk_size={self.chunk_size})")
+                f"nprobe={self.nprobe}, nlist={self.nlist}, chunk_size={self.chunk_size}, "
+                f"faiss_threads={self.faiss_threads})")

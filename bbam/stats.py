@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as BF
-from .ops import label_angle_stats
+from .ops import label_angle_stats  # noqa: F401  (re-exported for convenience)
 
 __all__ = ["LabelAngleStats", "label_prototypes"]
 
@@ -37,6 +37,9 @@ def label_prototypes(features: Tensor, targets: Tensor, *, chunk_size: int = 819
         sums += pos.T @ features[start:start + chunk_size].to(dtype)
         counts += pos.sum(0, dtype=torch.float64)
     return sums / counts.clamp(min=1).to(dtype).unsqueeze(1), counts
+
+
+from .distributed import global_label_angle_stats, global_prototypes  # noqa: E402  (uses label_prototypes)
 
 
 class LabelAngleStats(nn.Module):
@@ -88,6 +91,10 @@ class LabelAngleStats(nn.Module):
     def update(self, features: Tensor, targets: Tensor, prototypes: Optional[Tensor] = None) -> "LabelAngleStats":
         """Recompute prototypes (unless given) and angle statistics, and apply the EMA.
 
+        Under ``torch.distributed`` each rank passes its own shard of samples: prototypes
+        are all-reduced and the statistics merged across ranks (:mod:`bbam.distributed`),
+        so every rank holds the statistics of all samples.
+
         Args:
             features: ``[N, D]`` features of the labeled + pseudo-labeled samples.
             targets: ``[N, K]`` int8 (1 positive, 0 negative, -1 unknown/ignored).
@@ -98,8 +105,8 @@ class LabelAngleStats(nn.Module):
             raise ValueError(f"LabelAngleStats.update: 'targets' must be [N, {self.num_labels}], "
                              f"got {tuple(targets.shape)}")
         if prototypes is None:
-            prototypes, _ = label_prototypes(features, targets, chunk_size=self.chunk_size)
-        count, mean, m2 = label_angle_stats(features, prototypes, targets)
+            prototypes, _ = global_prototypes(features, targets, chunk_size=self.chunk_size)
+        count, mean, m2 = global_label_angle_stats(features, prototypes, targets)
         self.update_from_stats(count, mean, m2)
         self.prototypes = prototypes.detach().to(self.mean.device).clone()
         return self

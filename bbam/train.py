@@ -59,6 +59,35 @@ def _instantiate_data(cfg):
         raise
 
 
+def _init_distributed(cfg):
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU,
+    nccl on GPU, with a timeout on collectives so a dead rank brings the job down."""
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or dist.is_initialized():
+        return
+    use_cuda = torch.cuda.is_available() and str(cfg.device) in ("auto", "cuda")
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+                            timeout=datetime.timedelta(seconds=float(cfg.dist.timeout_s)))
+
+
+def _device(cfg) -> torch.device:
+    import os
+
+    from bbam.app.engine import resolve_device
+
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
 def train(cfg) -> Dict[str, Any]:
     """Run one configuration end to end and return the test metrics (and run facts).
 
@@ -72,16 +101,20 @@ def train(cfg) -> Dict[str, Any]:
     from bbam.app import report
     from bbam.app.datasets import split_indices
     from bbam.app.diagnostics import angle_diagnostics
-    from bbam.app.engine import SelfTrainingEngine, _atomic_write_text, resolve_device, seed_everything
+    from bbam import distributed as D
+    from bbam.app.engine import SelfTrainingEngine, _atomic_write_text, seed_everything
     from bbam.app.models import MultiLabelModel
 
     out_dir = Path(cfg.out_dir)
+    _init_distributed(cfg)
+    is_main = D.rank() == 0  # only rank 0 writes
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
-    device = resolve_device(cfg.device)
+    device = _device(cfg)
     data = _instantiate_data(cfg)  # bad files fail here, before anything is written
     splits = split_indices(data, cfg.split.lb_ratio, cfg.split.val_ratio, cfg.split.test_ratio, seed=int(cfg.seed))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     tensors = _split_tensors(data, splits, device, bool(cfg.train.standardize))
     torch.manual_seed(int(cfg.seed))  # model init independent of what data loading consumed
     encoder = instantiate(cfg.model.encoder, in_dim=data.num_features)
@@ -106,6 +139,9 @@ def train(cfg) -> Dict[str, Any]:
         "best_val_mAP": float(best["best_map"]), "test": test,
         "sizes": {k: len(v) for k, v in tensors.items()}, "num_labels": data.num_labels,
     }
+    result["world_size"] = D.world_size()
+    if not is_main:
+        return result
     _atomic_write_text(out_dir / "final_metrics.json", json.dumps(result, indent=2))
     _atomic_write_text(out_dir / "diagnostics.json", json.dumps({"label_names": data.label_names, **diag}))
     report.write_report(out_dir)

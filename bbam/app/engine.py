@@ -26,11 +26,12 @@ import torch
 from torch import Tensor
 
 import bbam
+from bbam import distributed as D
 from bbam import metrics as M
 from bbam.cap import CAPLabeler
 from bbam.functional import identity_coefficients
 from bbam.losses import BBAMLoss
-from bbam.stats import LabelAngleStats, label_prototypes
+from bbam.stats import LabelAngleStats
 
 from .models import ModelEMA, MultiLabelModel
 
@@ -117,8 +118,16 @@ class SelfTrainingEngine:
         self.cfg, self.tc, self.mc = cfg, cfg.train, cfg.method
         self.device, self.out_dir = device, Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
+        self.world, self.rank = D.world_size(), D.rank()
+        self.is_main = self.rank == 0  # only rank 0 writes outputs and checkpoints
         self.model = model.to(device)
         self.ema = ModelEMA(self.model, self.tc.ema_decay).to(device)
+        # DDP averages gradients over ranks; the engine scales each rank's (sum) loss by the
+        # world size so that the update equals the single-process one on the global batch.
+        self.train_model = self.model
+        if self.world > 1:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.losses, self.sampler = losses, sampler
         self.splits, self.label_names = splits, label_names
         K = splits["labeled"].y.shape[1]
@@ -143,6 +152,10 @@ class SelfTrainingEngine:
         g = torch.Generator().manual_seed(int(self.cfg.seed) * 1_000_003 + epoch * 101 + stream)
         perm = torch.randperm(n, generator=g)
         return [perm[i:i + batch_size].to(self.device) for i in range(0, n, batch_size)]
+
+    def _local(self, idx: Tensor) -> Tensor:
+        """This rank's part of a global batch (every rank sees the same global batches)."""
+        return idx[self.rank::self.world]
 
     def _steps_per_epoch(self, phase: str) -> int:
         if phase == "warmup":
@@ -171,6 +184,22 @@ class SelfTrainingEngine:
         return loss_fn(outputs, targets, weight)
 
     @torch.no_grad()
+    def predict_global(self, x: Tensor, model=None) -> Tuple[Tensor, Tensor, Tensor]:
+        """:meth:`predict` on all rows of ``x``, each rank computing its shard (rows
+        ``rank, rank + world, ...``), gathered back into row order on every rank."""
+        if self.world == 1:
+            return self.predict(x, model)
+        n = x.shape[0]
+        local = self.predict(x[D.shard_indices(n, device=x.device)], model)
+        outs = []
+        for part in local:
+            full = part.new_empty((n, *part.shape[1:]))
+            for r, rows in enumerate(D.gather_rows(part)):
+                full[D.shard_indices(n, which=r, device=x.device)] = rows
+            outs.append(full)
+        return tuple(outs)
+
+    @torch.no_grad()
     def predict(self, x: Tensor, model=None, batch_size: int = 1024) -> Tuple[Tensor, Tensor, Tensor]:
         """``(scores [N, K] in [0, 1], features [N, D], raw outputs [N, K])`` with the inference
         transform (the average of the positive and negative transforms: no labels used)."""
@@ -194,15 +223,18 @@ class SelfTrainingEngine:
     # ----------------------------------------------------------------- epochs
     def _train_step(self, parts) -> float:
         """One optimizer step on the sum of the losses of ``parts`` = [(x, targets, weight, loss_fn)]."""
-        self.model.train()
+        self.train_model.train()
         coefs = self.coefficients()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            total = 0.0
+            xs = torch.cat([x for x, _, _, _ in parts])  # one forward: DDP syncs once per step
+            _, outs = self.train_model(xs)
+            total, start = 0.0, 0
             for x, t, w, loss_fn in parts:
-                _, out = self.model(x)
-                total = total + self._loss(loss_fn, out.float(), t, w, coefs)
+                out = outs[start:start + x.shape[0]].float()
+                start += x.shape[0]
+                total = total + self._loss(loss_fn, out, t, w, coefs)
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        (total * self.world).backward()
         self.optimizer.step()
         self.scheduler.step()
         self.ema.update(self.model)
@@ -210,33 +242,44 @@ class SelfTrainingEngine:
 
     def _warmup_epoch(self, epoch: int) -> Dict[str, float]:
         lb = self.splits["labeled"]
-        losses = [self._train_step([(lb.x[idx], lb.y[idx], None, self.losses["warmup"])])
-                  for idx in self._batches(len(lb), self.tc.batch_size, epoch, 0)]
+        losses = []
+        for idx in self._batches(len(lb), self.tc.batch_size, epoch, 0):
+            idx = self._local(idx)
+            losses.append(self._train_step([(lb.x[idx], lb.y[idx], None, self.losses["warmup"])]))
         return {"train_loss": float(np.mean(losses))}
 
     @torch.no_grad()
     def refresh_pseudo_labels_and_masks(self) -> Dict[str, Tensor]:
         """Steps (1)-(3): CAP pseudo-labels, prototypes + statistics, negative-sampling masks."""
         lb, ub = self.splits["labeled"], self.splits["unlabeled"]
-        scores_u, _, _ = self.predict(ub.x)
+        # (1) CAP on the scores of the WHOLE unlabeled set (global ranks: gathered across ranks)
+        scores_u, _, _ = self.predict_global(ub.x)
         pseudo, confident = self.cap(scores_u)
         pseudo_t = torch.where(confident, pseudo, torch.full_like(pseudo, -1))  # not confident: unknown
-        _, feats_lb, _ = self.predict(lb.x)
-        _, feats_ub, _ = self.predict(ub.x)
+        # (2) each rank: features of its shard; prototypes / statistics reduced across ranks
+        rows_lb, rows_ub = D.shard_indices(len(lb), device=self.device), D.shard_indices(len(ub), device=self.device)
+        _, feats_lb, _ = self.predict(lb.x[rows_lb])
+        _, feats_ub, _ = self.predict(ub.x[rows_ub])
         feats = torch.cat([feats_lb, feats_ub])
-        targets = torch.cat([lb.y, pseudo_t])
+        targets = torch.cat([lb.y[rows_lb], pseudo_t[rows_ub]])
         if self.stats is not None:
             self.stats.update(feats, targets)
             prototypes = self.stats.prototypes
         else:
-            prototypes, _ = label_prototypes(feats, targets)
-        if self.sampler is not None:
-            keep = self.sampler.select(feats, prototypes, targets)
-        else:
-            keep = targets >= 0
-        weight = keep.float()
+            prototypes, _ = D.global_prototypes(feats, targets)
+        # (3) negative sampling needs each label's global m_k-th similarity: select on the
+        # gathered features (exact), then scatter the masks back to sample order
+        rows = torch.cat([rows_lb, rows_ub + len(lb)])
+        if self.world > 1:
+            feats = torch.cat(D.gather_rows(feats))
+            targets = torch.cat(D.gather_rows(targets))
+            rows = torch.cat(D.gather_rows(rows))
+        keep = self.sampler.select(feats, prototypes, targets) if self.sampler is not None else targets >= 0
+        weight = torch.empty_like(keep, dtype=torch.float32)
+        weight[rows] = keep.float()
         n_lb = len(lb)
         return {"targets_ub": pseudo_t, "weight_lb": weight[:n_lb], "weight_ub": weight[n_lb:],
+                "thresholds": self.cap.thresholds(scores_u),
                 "pseudo_precision": self._pseudo_precision(pseudo_t, ub.y)}
 
     @staticmethod
@@ -253,7 +296,7 @@ class SelfTrainingEngine:
         lb_cycle = itertools.cycle(lb_batches)
         losses = []
         for idx_u in self._batches(len(ub), self.tc.unlabeled_batch_size, epoch, 1):
-            idx_l = next(lb_cycle)
+            idx_u, idx_l = self._local(idx_u), self._local(next(lb_cycle))
             losses.append(self._train_step([
                 (lb.x[idx_l], lb.y[idx_l], p["weight_lb"][idx_l], self.losses["train"]),
                 (ub.x[idx_u], p["targets_ub"][idx_u], p["weight_ub"][idx_u], self.losses["train"]),
@@ -266,7 +309,7 @@ class SelfTrainingEngine:
 
     def evaluate(self, split: str, model=None) -> Dict[str, float]:
         s = self.splits[split]
-        scores, _, _ = self.predict(s.x, model)
+        scores, _, _ = self.predict_global(s.x, model)  # whole split, every rank
         return M.evaluate(scores, s.y, threshold=self.tc.threshold, oracle_cardinality=self.tc.oracle_cardinality)
 
     # ----------------------------------------------------------------- checkpoints
@@ -328,7 +371,8 @@ class SelfTrainingEngine:
         from tqdm.auto import tqdm
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=self.total_epochs, initial=self.state.epoch, desc=f"{self.mc.name}", disable=not progress,
+        bar = tqdm(total=self.total_epochs, initial=self.state.epoch, desc=f"{self.mc.name}",
+                   disable=not (progress and self.is_main),
                    dynamic_ncols=True, leave=True)
         while self.state.epoch < self.total_epochs:
             epoch = self.state.epoch
@@ -349,10 +393,15 @@ class SelfTrainingEngine:
             elif phase == "self_training" or not self.self_training:
                 self.state.bad_epochs += 1  # patience counts once the method's own phase runs
             self.state.history.append(record)
-            if improved:
-                atomic_save(self._checkpoint(), self.ckpt_dir / "best.pt")
-            atomic_save(self._checkpoint(), self.ckpt_dir / "last.pt")
-            self._write_history()
+            if self.is_main:
+                if improved:
+                    atomic_save(self._checkpoint(), self.ckpt_dir / "best.pt")
+                atomic_save(self._checkpoint(), self.ckpt_dir / "last.pt")
+                self._write_history()
+                if self.tc.save_epoch_state and self.last_pseudo is not None:
+                    atomic_save(self._epoch_state(), self.out_dir / "epoch_state.pt")
+            if self.world > 1:
+                torch.distributed.barrier()  # the others wait for the files (resume, load_best)
             bar.update(1)
             bar.set_postfix(loss=f"{record['train_loss']:.3g}", val_mAP=f"{val['mAP']:.2f}",
                             best=f"{self.state.best_map:.2f}")
@@ -363,6 +412,15 @@ class SelfTrainingEngine:
                 break
         bar.close()
         return {"interrupted": False}
+
+    def _epoch_state(self) -> Dict[str, Any]:
+        """The last self-training epoch's global quantities (tests compare them across world sizes)."""
+        p = self.last_pseudo
+        state = {"targets_ub": p["targets_ub"].cpu(), "weight_lb": p["weight_lb"].cpu(),
+                 "weight_ub": p["weight_ub"].cpu(), "thresholds": p["thresholds"].cpu()}
+        if self.stats is not None:
+            state.update({f"stats_{k}": v.cpu() for k, v in self.stats.state_dict().items()})
+        return state
 
     def load_best(self) -> Dict[str, Any]:
         ckpt = torch.load(self.ckpt_dir / "best.pt", map_location=self.device, weights_only=True)

@@ -1,0 +1,125 @@
+"""Multi-process (gloo, CPU) runs give the single-process statistics, thresholds and masks."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import bbam
+from bbam import distributed as D
+from bbam.cap import CAPLabeler
+from bbam.sampling import NegativeSampler
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+FAST = ["data.num_samples=500", "data.num_labels=6", "data.num_features=16", "model.encoder.hidden=[32]",
+        "model.encoder.out_dim=16", "model.encoder.dropout=0", "train.epochs=5", "train.warmup_epochs=2",
+        "train.batch_size=32", "train.unlabeled_batch_size=64", "train.progress=false", "train.save_epoch_state=true"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _data():
+    g = torch.Generator().manual_seed(7)
+    feats = torch.randn(301, 12, generator=g, dtype=torch.float64)
+    targets = torch.randint(-1, 2, (301, 9), generator=g, dtype=torch.int8)
+    scores = torch.rand(301, 9, generator=g, dtype=torch.float64)
+    return feats, targets, scores
+
+
+def _single_process():
+    feats, targets, scores = _data()
+    protos, counts = bbam.label_prototypes(feats, targets)
+    stats = bbam.ops.label_angle_stats(feats, protos, targets)
+    cap = CAPLabeler().fit(targets)
+    thresholds = cap.thresholds(scores)
+    mask = NegativeSampler(eta=2.0, backend="exact").select(feats, protos, targets)
+    return {"protos": protos, "counts": counts, "stats": torch.stack(stats), "thresholds": thresholds, "mask": mask}
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        feats, targets, scores = _data()
+        rows = D.shard_indices(feats.shape[0])  # this rank's shard
+        f, t, s = feats[rows], targets[rows], scores[rows]
+        protos, counts = D.global_prototypes(f, t)
+        stats = D.global_label_angle_stats(f, protos, t)
+        # CAP: positive rates and thresholds from the gathered (global) quantities
+        cap = CAPLabeler().fit(torch.cat(D.gather_rows(t)))
+        thresholds = cap.thresholds(torch.cat(D.gather_rows(s)))
+        all_rows = torch.cat(D.gather_rows(rows))
+        keep = NegativeSampler(eta=2.0, backend="exact").select(torch.cat(D.gather_rows(f)), protos,
+                                                                 torch.cat(D.gather_rows(t)))
+        mask = torch.empty_like(keep)
+        mask[all_rows] = keep
+        torch.save({"protos": protos, "counts": counts, "stats": torch.stack(stats), "thresholds": thresholds,
+                    "mask": mask}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_global_quantities_equal_single_process(tmp_path):
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    expected = _single_process()
+    for r in range(2):
+        got = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
+        for key, value in expected.items():
+            if value.dtype == torch.bool:
+                assert torch.equal(got[key], value), key
+            else:
+                torch.testing.assert_close(got[key], value, rtol=1e-6, atol=1e-6, msg=key)
+
+
+def _run(out_dir: Path, *overrides, world: int = 1, check=True):
+    args = [*FAST, f"out_dir={out_dir}", *overrides]
+    if world == 1:
+        cmd = [sys.executable, "-m", "bbam.train", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}",
+               f"--master_port={_free_port()}", "-m", "bbam.train", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=check)
+
+
+def test_two_process_run_equals_one_process(tmp_path):
+    _run(tmp_path / "one")
+    _run(tmp_path / "two", world=2)
+    a = torch.load(tmp_path / "one" / "epoch_state.pt", weights_only=True)
+    b = torch.load(tmp_path / "two" / "epoch_state.pt", weights_only=True)
+    for key in a:
+        if a[key].dtype in (torch.bool, torch.int8, torch.int64):
+            assert torch.equal(a[key], b[key]), key
+        else:  # after 5 epochs of training: only reduction-order rounding separates the runs
+            torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-5, msg=key)
+    m1 = json.loads((tmp_path / "one" / "final_metrics.json").read_text())
+    m2 = json.loads((tmp_path / "two" / "final_metrics.json").read_text())
+    assert m2["world_size"] == 2 and m1["world_size"] == 1
+    for key, value in m1["test"].items():
+        assert m2["test"][key] == pytest.approx(value, rel=1e-3, abs=1e-4), key
+    assert not (tmp_path / "two" / "checkpoints" / ".last.pt.tmp").exists()
+
+
+def test_two_process_resume(tmp_path):
+    full = _run(tmp_path / "full", world=2)
+    _run(tmp_path / "part", "train.stop_after_epoch=2", world=2)
+    assert not (tmp_path / "part" / "final_metrics.json").exists()
+    _run(tmp_path / "resumed", f"train.resume={tmp_path / 'part' / 'checkpoints' / 'last.pt'}", world=2)
+    m_full = json.loads((tmp_path / "full" / "final_metrics.json").read_text())["test"]
+    m_res = json.loads((tmp_path / "resumed" / "final_metrics.json").read_text())["test"]
+    for key, value in m_full.items():
+        assert m_res[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    assert full.returncode == 0
