@@ -36,8 +36,11 @@ except ImportError:  # pragma: no cover - the message is the point
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join("csrc")
-# Compiled separately, with -mavx2 -mfma, and selected at run time (csrc/cpu/dispatch.cpp).
+# Compiled separately with their instruction-set flags, selected at run time (csrc/cpu/dispatch.cpp).
 AVX2_SOURCES = [os.path.join(CSRC, "cpu", "kernels_avx2.cpp")]
+AVX512_SOURCES = [os.path.join(CSRC, "cpu", "kernels_avx512.cpp")]
+AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c"]
+AVX512_FLAGS = AVX2_FLAGS + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"]
 
 
 def env_flag(name):
@@ -69,7 +72,7 @@ def x86_64():
 def make_extension():
     with_cuda = want_cuda()
     sources = sorted(glob.glob(os.path.join(CSRC, "**", "*.cpp"), recursive=True))
-    sources = [s for s in sources if s not in AVX2_SOURCES]
+    sources = [s for s in sources if s not in AVX2_SOURCES + AVX512_SOURCES]
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unknown-pragmas", "-Wno-psabi"]
     nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
     macros = []
@@ -92,7 +95,8 @@ def make_extension():
         py_limited_api=False,
     )
     # Sources compiled with extra flags by BuildExtensionWithCpuVariants.
-    ext.bbam_variant_sources = [(["-mavx2", "-mfma", "-mf16c"], AVX2_SOURCES)] if x86_64() else [([], AVX2_SOURCES)]
+    ext.bbam_variant_sources = ([(AVX2_FLAGS, AVX2_SOURCES), (AVX512_FLAGS, AVX512_SOURCES)] if x86_64()
+                                else [([], AVX2_SOURCES + AVX512_SOURCES)])
     print(f"bbam: building {'CPU + CUDA' if with_cuda else 'CPU only'} "
           f"(torch {torch.__version__}, CUDA {torch.version.cuda})", file=sys.stderr)
     return ext

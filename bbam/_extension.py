@@ -50,10 +50,10 @@ def with_cuda() -> bool:
 
 
 def cpu_kernels(select: str | None = None) -> str:
-    """The CPU kernel variant in use (``"avx2"`` or ``"default"``); pass a name to switch.
+    """The CPU kernel variant in use (``"avx512"``, ``"avx2"`` or ``"default"``); pass a name to switch.
 
-    The variant is chosen at load time (AVX2 + FMA + F16C when the CPU has them;
-    ``BBAM_CPU_KERNELS=default`` forces the baseline). Switching is for tests and
-    benchmarks.
+    The variant is chosen at load time: the widest one compiled in that the CPU supports,
+    never wider than ATen's own choice (``ATEN_CPU_CAPABILITY``); ``BBAM_CPU_KERNELS=...``
+    forces one. Switching is for tests and benchmarks.
     """
     return torch.ops.bbam._cpu_kernels(select)

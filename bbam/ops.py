@@ -147,11 +147,13 @@ def bbam_loss(
         The loss in the accumulation type: float32 for fp32/fp16/bf16 ``cos``
         (AMP-safe: a sum over many elements never overflows fp16), float64 for fp64.
     """
-    red = _reduction_code(reduction)
-    return torch.ops.bbam.bbam_loss.default(
-        cos, targets, coef_a.detach(), coef_b.detach(),
-        None if weight is None else weight.detach(), float(margin), float(scale), red,
-    )
+    args = (cos, targets, coef_a.detach(), coef_b.detach(), None if weight is None else weight.detach(),
+            float(margin), float(scale), _reduction_code(reduction))
+    if torch.is_grad_enabled() and cos.requires_grad:
+        # Training: one pass computes the loss and d loss / d cos; backward is a multiply.
+        loss, _ = torch.ops.bbam._bbam_loss_with_grad.default(*args)
+        return loss
+    return torch.ops.bbam.bbam_loss.default(*args)
 
 
 @torch.library.register_fake("bbam::bbam_loss")
@@ -162,6 +164,29 @@ def _bbam_loss_fake(cos, targets, coef_a, coef_b, weight, margin, scale, reducti
     if reduction == 0:
         return cos.new_empty(cos.shape, dtype=opmath)
     return cos.new_empty((), dtype=opmath)
+
+
+@torch.library.register_fake("bbam::_bbam_loss_with_grad")
+def _bbam_loss_with_grad_fake(cos, targets, coef_a, coef_b, weight, margin, scale, reduction):
+    return _bbam_loss_fake(cos, targets, coef_a, coef_b, weight, margin, scale, reduction), cos.new_empty(cos.shape)
+
+
+def _bbam_loss_with_grad_setup_context(ctx, inputs, output):
+    _, grad_cos = output
+    ctx.save_for_backward(grad_cos)
+    ctx.mark_non_differentiable(grad_cos)
+
+
+def _bbam_loss_with_grad_backward(ctx, grad_loss, _unused):
+    (dloss_dcos,) = ctx.saved_tensors  # d total / d cos from the forward pass (already / (B*K) for mean)
+    grad_cos = None
+    if ctx.needs_input_grad[0]:
+        grad_cos = (grad_loss.to(_opmath(dloss_dcos.dtype)) * dloss_dcos).to(dloss_dcos.dtype)
+    return grad_cos, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("bbam::_bbam_loss_with_grad", _bbam_loss_with_grad_backward,
+                                setup_context=_bbam_loss_with_grad_setup_context)
 
 
 @torch.library.register_fake("bbam::bbam_loss_backward")

@@ -31,7 +31,8 @@ std::string build_info() {
 #else
   info += ";openmp=none";
 #endif
-  info += std::string(";cpu_kernels=default") + (cpu::avx2_kernel_table() ? ",avx2" : "");
+  info += std::string(";cpu_kernels=default") + (cpu::avx2_kernel_table() ? ",avx2" : "") +
+          (cpu::avx512_kernel_table() ? ",avx512" : "");
 #if defined(__clang__)
   info += ";compiler=clang " __clang_version__;
 #elif defined(__GNUC__)
@@ -52,13 +53,16 @@ TORCH_LIBRARY(bbam, m) {
         "-> (Tensor count, Tensor mean, Tensor m2)");
   m.def("bbam_loss(Tensor cos, Tensor targets, Tensor coef_a, Tensor coef_b, Tensor? weight, "
         "float margin, float scale, int reduction) -> Tensor");
+  // Training path: the loss and d loss / d cos in one pass (backward = one multiply).
+  m.def("_bbam_loss_with_grad(Tensor cos, Tensor targets, Tensor coef_a, Tensor coef_b, Tensor? weight, "
+        "float margin, float scale, int reduction) -> (Tensor loss, Tensor grad_cos)");
   m.def("bbam_loss_backward(Tensor grad, Tensor cos, Tensor targets, Tensor coef_a, "
         "Tensor coef_b, Tensor? weight, float margin, float scale, int reduction) -> Tensor");
   m.def("angle_transform(Tensor cos, Tensor coef_a, Tensor coef_b, Tensor? targets) -> Tensor");
   m.def("angle_transform_backward(Tensor grad, Tensor cos, Tensor coef_a, Tensor coef_b, "
         "Tensor? targets) -> Tensor");
   // Introspection (no tensors): build facts, and the CPU kernel variant in use
-  // ("default" or "avx2"; pass a name to switch, e.g. to test both).
+  // ("default", "avx2" or "avx512"; pass a name to switch, e.g. to test each).
   m.def("_build_info() -> str", &build_info);
   m.def("_cpu_kernels(str? select=None) -> str", &cpu_kernels);
 }

@@ -22,11 +22,12 @@ def shared_data_dir() -> Path:
 
 def _variants():
     names = ["default"]
-    try:
-        bbam._extension.cpu_kernels("avx2")
-        names.append("avx2")
-    except RuntimeError:
-        pass
+    for name in ("avx2", "avx512"):
+        try:
+            bbam._extension.cpu_kernels(name)
+            names.append(name)
+        except RuntimeError:
+            pass
     bbam._extension.cpu_kernels("auto")
     return names
 
@@ -36,7 +37,7 @@ CPU_KERNEL_VARIANTS = _variants()
 
 @pytest.fixture(params=CPU_KERNEL_VARIANTS)
 def cpu_kernels(request):
-    """Run a test once per compiled CPU kernel variant (default, avx2)."""
+    """Run a test once per CPU kernel variant compiled in and supported here (default, avx2, avx512)."""
     bbam._extension.cpu_kernels(request.param)
     yield request.param
     bbam._extension.cpu_kernels("auto")

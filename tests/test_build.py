@@ -147,12 +147,30 @@ def test_guard_passes_again_after_patches():
 # ---------------------------------------------------------------------------
 # CPU kernel variants
 # ---------------------------------------------------------------------------
-def _cpu_has_avx2() -> bool:
+def _cpu_flags() -> set:
     try:
-        flags = Path("/proc/cpuinfo").read_text().split()
+        return set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
-        return False
-    return {"avx2", "fma", "f16c"} <= set(flags)
+        return set()
+
+
+def _cpu_has_avx2() -> bool:
+    return {"avx2", "fma", "f16c"} <= _cpu_flags()
+
+
+def _cpu_has_avx512() -> bool:
+    return _cpu_has_avx2() and {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= _cpu_flags()
+
+
+def _expected_auto() -> str:
+    """The variant 'auto' must pick: the widest compiled + supported, capped by ATen's choice."""
+    aten = torch.backends.cpu.get_cpu_capability().lower()
+    compiled = _extension.BUILD_INFO["cpu_kernels"].split(",")
+    if aten == "avx512" and "avx512" in compiled and _cpu_has_avx512():
+        return "avx512"
+    if aten in ("avx2", "avx512") and "avx2" in compiled and _cpu_has_avx2():
+        return "avx2"
+    return "default"
 
 
 def _small_loss() -> float:
@@ -180,7 +198,7 @@ def test_cpu_kernels_default_selectable(restore_cpu_kernels):
     assert _extension.cpu_kernels("default") == "default"
     assert _extension.cpu_kernels() == "default"
     assert _small_loss() == pytest.approx(_small_loss_by_hand(), rel=1e-5)
-    assert _extension.cpu_kernels("auto") in ("default", "avx2")
+    assert _extension.cpu_kernels("auto") == _expected_auto()
 
 
 @pytest.mark.skipif(not _cpu_has_avx2(), reason="CPU without AVX2 + FMA + F16C")
@@ -201,9 +219,24 @@ def test_cpu_kernels_auto_restores(restore_cpu_kernels):
     assert _extension.cpu_kernels() == restored
     if "BBAM_CPU_KERNELS" not in os.environ:
         assert restored == before
-    aten_baseline = torch.backends.cpu.get_cpu_capability().lower() in ("default", "no avx")
-    compiled = "avx2" in _extension.BUILD_INFO["cpu_kernels"].split(",")
-    assert restored == ("avx2" if compiled and _cpu_has_avx2() and not aten_baseline else "default")
+    assert restored == _expected_auto()
+
+
+@pytest.mark.skipif(not _cpu_has_avx512(), reason="CPU without AVX-512 F/BW/VL/DQ")
+def test_cpu_kernels_avx512_selectable(restore_cpu_kernels):
+    if "avx512" not in _extension.BUILD_INFO["cpu_kernels"].split(","):
+        pytest.skip("AVX-512 kernels not compiled into this build")
+    assert _extension.cpu_kernels("avx512") == "avx512"
+    assert _small_loss() == pytest.approx(_small_loss_by_hand(), rel=1e-5)
+
+
+def test_aten_capability_caps_the_variant():
+    code = "import bbam._extension as e; print(e.cpu_kernels())"
+    env = {k: v for k, v in os.environ.items() if k != "BBAM_CPU_KERNELS"}
+    env["ATEN_CPU_CAPABILITY"] = "default"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "default"
 
 
 def test_cpu_kernels_unknown_name(restore_cpu_kernels):

@@ -35,11 +35,12 @@ class Sample:
         return self.name
 
 
-def _coefficients(K, kind, dtype, device):
+def _coefficients(K, kind, dtype, device, gen=None):
     if kind == "identity":
         return torch.ones(2, K, dtype=dtype, device=device), torch.zeros(2, K, dtype=dtype, device=device)
-    a = torch.rand(2, K, dtype=dtype, device=device) + 0.5
-    b = (torch.rand(2, K, dtype=dtype, device=device) - 0.5) * 0.4
+    gen = gen if gen is not None else torch.Generator(device=device).manual_seed(K)
+    a = torch.rand(2, K, dtype=dtype, device=device, generator=gen) + 0.5
+    b = (torch.rand(2, K, dtype=dtype, device=device, generator=gen) - 0.5) * 0.4
     if kind == "mixed":  # some labels balanced, some degenerate (identity)
         keep = torch.arange(K, device=device) % 3 == 0
         a[:, keep], b[:, keep] = 1.0, 0.0
@@ -146,6 +147,10 @@ def test_bbam_loss_matches_reference(sample, dtype, device, cpu_kernels):
     out = ops.bbam_loss(c1, t, a.to(dtype), b.to(dtype), **kwargs)
     expected = ref.bbam_loss(c2, t, a.to(dtype), b.to(dtype), **kwargs)
     tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
+    if not sample.smooth and dtype == torch.float32:
+        # at |cos| = 1 the gradient a sin(theta') / sin(theta) divides by sin(theta) ~ 4.5e-4:
+        # fp32 rounding of theta is amplified ~2000x there, in the reference as in the kernel
+        tol = dict(rtol=5e-4, atol=2e-5)
     assert out.dtype == expected.dtype and out.shape == expected.shape
     _cmp(out, expected, what="loss", **tol)
     g = torch.randn_like(out)
@@ -168,6 +173,24 @@ def test_bbam_loss_opcheck(sample):
     args = (cos, t, a, b, kw.get("weight"), float(kw.get("margin", 0.4)), float(kw.get("scale", 20.0)),
             ops.REDUCTIONS[kw.get("reduction", "sum")])
     torch.library.opcheck(torch.ops.bbam.bbam_loss.default, args)
+
+
+@pytest.mark.parametrize("sample", list(loss_samples(requires_grad=True)), ids=repr)
+def test_bbam_loss_with_grad_opcheck_and_both_backward_paths_agree(sample):
+    """The training op (loss + saved gradient) and the op's own recomputing backward agree."""
+    cos, t, a, b = sample.args
+    kw = sample.kwargs
+    args = (cos, t, a, b, kw.get("weight"), float(kw.get("margin", 0.4)), float(kw.get("scale", 20.0)),
+            ops.REDUCTIONS[kw.get("reduction", "sum")])
+    torch.library.opcheck(torch.ops.bbam._bbam_loss_with_grad.default, args)
+    c1, c2 = cos.detach().clone().requires_grad_(), cos.detach().clone().requires_grad_()
+    fused = ops.bbam_loss(c1, t, a, b, **kw)  # _bbam_loss_with_grad
+    direct = torch.ops.bbam.bbam_loss.default(c2, *args[1:])  # bbam_loss + bbam_loss_backward
+    torch.testing.assert_close(fused, direct, rtol=0, atol=0)
+    g = torch.randn_like(fused)
+    (g1,) = torch.autograd.grad(fused, c1, g)
+    (g2,) = torch.autograd.grad(direct, c2, g)
+    torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-12)
 
 
 def test_bbam_loss_finite_at_abs_cos_one():

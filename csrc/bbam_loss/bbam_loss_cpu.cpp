@@ -37,19 +37,25 @@ PreparedLoss prepare(const at::Tensor& cos, const at::Tensor& targets, const at:
   return p;
 }
 
-at::Tensor bbam_loss_cpu(const at::Tensor& cos, const at::Tensor& targets, const at::Tensor& coef_a,
-                         const at::Tensor& coef_b, const std::optional<at::Tensor>& weight,
-                         double margin, double scale, int64_t reduction) {
-  constexpr const char* op = "bbam_loss";
+// One pass: the loss and, when with_grad, d total / d cos (the training path).
+std::tuple<at::Tensor, at::Tensor> forward(const char* op, const at::Tensor& cos, const at::Tensor& targets,
+                                           const at::Tensor& coef_a, const at::Tensor& coef_b,
+                                           const std::optional<at::Tensor>& weight, double margin, double scale,
+                                           int64_t reduction, bool with_grad) {
   const Reduction red =
       check_bbam_loss_inputs(op, cos, targets, coef_a, coef_b, weight, margin, scale, reduction);
   const int64_t B = cos.size(0), K = cos.size(1);
   const auto opmath = opmath_type(cos.scalar_type());
   PreparedLoss p = prepare(cos, targets, coef_a, coef_b, weight, margin, scale);
-  at::Tensor loss_none;
+  at::Tensor loss_none, grad_cos;
   if (red == Reduction::None) {
     loss_none = at::empty({B, K}, cos.options().dtype(opmath));
     p.args.loss = loss_none.data_ptr();
+  }
+  if (with_grad) {
+    grad_cos = at::empty({B, K}, p.cos.options());
+    p.args.grad_cos = grad_cos.data_ptr();
+    p.args.grad_scalar = red == Reduction::Mean ? 1.0 / static_cast<double>(std::max<int64_t>(B * K, 1)) : 1.0;
   }
   const auto& kernels = cpu::kernels();
   const auto dtype = cpu::kernel_dtype(cos.scalar_type());
@@ -65,11 +71,25 @@ at::Tensor bbam_loss_cpu(const at::Tensor& cos, const at::Tensor& targets, const
     }
   });
   if (bad_target) fail_bad_targets(op, "targets");
-  if (red == Reduction::None) return loss_none;
+  if (!grad_cos.defined()) grad_cos = at::empty({0}, cos.options());
+  if (red == Reduction::None) return {loss_none, grad_cos};
   double total = 0.0;  // chunk partials summed in a fixed order: deterministic
   for (double v : partial) total += v;
   if (red == Reduction::Mean) total /= static_cast<double>(B * K);
-  return at::scalar_tensor(total, cos.options().dtype(opmath));
+  return {at::scalar_tensor(total, cos.options().dtype(opmath)), grad_cos};
+}
+
+at::Tensor bbam_loss_cpu(const at::Tensor& cos, const at::Tensor& targets, const at::Tensor& coef_a,
+                         const at::Tensor& coef_b, const std::optional<at::Tensor>& weight,
+                         double margin, double scale, int64_t reduction) {
+  return std::get<0>(forward("bbam_loss", cos, targets, coef_a, coef_b, weight, margin, scale, reduction, false));
+}
+
+std::tuple<at::Tensor, at::Tensor> bbam_loss_with_grad_cpu(const at::Tensor& cos, const at::Tensor& targets,
+                                                           const at::Tensor& coef_a, const at::Tensor& coef_b,
+                                                           const std::optional<at::Tensor>& weight, double margin,
+                                                           double scale, int64_t reduction) {
+  return forward("bbam_loss", cos, targets, coef_a, coef_b, weight, margin, scale, reduction, true);
 }
 
 at::Tensor bbam_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& cos,
@@ -108,6 +128,7 @@ at::Tensor bbam_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& cos,
 
 TORCH_LIBRARY_IMPL(bbam, CPU, m) {
   m.impl("bbam_loss", &bbam_loss_cpu);
+  m.impl("_bbam_loss_with_grad", &bbam_loss_with_grad_cpu);
   m.impl("bbam_loss_backward", &bbam_loss_backward_cpu);
 }
 

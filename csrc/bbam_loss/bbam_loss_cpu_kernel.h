@@ -22,6 +22,11 @@ double bbam_loss_forward_impl(const LossArgs& A, int64_t row_begin, int64_t row_
   const V v_margin(margin), v_scale(scale), v_zero(op_t(0)), v_one(op_t(1));
   std::vector<op_t> cos_buf, weight_buf, y_buf(K);
 
+  const bool with_grad = A.grad_cos != nullptr;
+  const op_t grad_scale = static_cast<op_t>(A.grad_scalar);
+  const V v_grad_scale(grad_scale);
+  std::vector<op_t> grad_buf(with_grad ? K : 0);
+
   double total = 0.0;
   bool targets_ok = true;
   for (int64_t r = row_begin; r < row_end; ++r) {
@@ -32,6 +37,9 @@ double bbam_loss_forward_impl(const LossArgs& A, int64_t row_begin, int64_t row_
     targets_ok &= targets_as_opmath(A.targets + r * K, K, y_buf.data());
     const op_t* y = y_buf.data();
     op_t* out = A.loss == nullptr ? nullptr : static_cast<op_t*>(A.loss) + r * K;
+    scalar_t* grad_dst = with_grad ? static_cast<scalar_t*>(A.grad_cos) + r * K : nullptr;
+    op_t* grad = !with_grad ? nullptr
+                 : std::is_same_v<scalar_t, op_t> ? reinterpret_cast<op_t*>(grad_dst) : grad_buf.data();
 
     V acc(op_t(0));
     int64_t k = 0;
@@ -41,8 +49,15 @@ double bbam_loss_forward_impl(const LossArgs& A, int64_t row_begin, int64_t row_
       const V av = V::blendv(V::loadu(a_neg + k), V::loadu(a_pos + k), pos);
       const V bv = V::blendv(V::loadu(b_neg + k), V::loadu(b_pos + k), pos);
       const V wv = w == nullptr ? v_one : V::loadu(w + k);
-      const V l = math::bbam_loss_element<V, op_t>(V::loadu(c + k), yv, yv >= v_zero, av, bv, wv,
-                                                   v_margin, v_scale);
+      V l;
+      if (with_grad) {
+        V g;
+        math::bbam_loss_element_and_grad<V, op_t>(V::loadu(c + k), yv, yv >= v_zero, av, bv, wv, v_margin,
+                                                  v_scale, &l, &g);
+        (g * v_grad_scale).store(grad + k);
+      } else {
+        l = math::bbam_loss_element<V, op_t>(V::loadu(c + k), yv, yv >= v_zero, av, bv, wv, v_margin, v_scale);
+      }
       if (out != nullptr) l.store(out + k);
       acc = acc + l;
     }
@@ -50,14 +65,22 @@ double bbam_loss_forward_impl(const LossArgs& A, int64_t row_begin, int64_t row_
     acc.store(lanes);
     double row_sum = 0.0;
     for (int64_t j = 0; j < L; ++j) row_sum += lanes[j];
-    for (; k < K; ++k) {  // tail: the same formula on scalars
+    for (; k < K; ++k) {  // tail: the same formulas on scalars
       const bool pos = y[k] == op_t(1);
-      const op_t l = math::bbam_loss_element<op_t, op_t>(
-          c[k], y[k], y[k] >= op_t(0), pos ? a_pos[k] : a_neg[k], pos ? b_pos[k] : b_neg[k],
-          w == nullptr ? op_t(1) : w[k], margin, scale);
+      const op_t av = pos ? a_pos[k] : a_neg[k], bv = pos ? b_pos[k] : b_neg[k];
+      const op_t wv = w == nullptr ? op_t(1) : w[k];
+      op_t l;
+      if (with_grad) {
+        op_t g;
+        math::bbam_loss_element_and_grad<op_t, op_t>(c[k], y[k], y[k] >= op_t(0), av, bv, wv, margin, scale, &l, &g);
+        grad[k] = g * grad_scale;
+      } else {
+        l = math::bbam_loss_element<op_t, op_t>(c[k], y[k], y[k] >= op_t(0), av, bv, wv, margin, scale);
+      }
       if (out != nullptr) out[k] = l;
       row_sum += l;
     }
+    if (with_grad) store_row<scalar_t>(grad, K, grad_dst);
     total += row_sum;
   }
   if (!targets_ok) *bad_target = true;

@@ -21,6 +21,15 @@ bool cpu_has_avx2() {
 #endif
 }
 
+bool cpu_has_avx512() {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#else
+  return false;
+#endif
+}
+
 std::string lower(std::string s) {
   for (auto& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
   return s;
@@ -28,18 +37,25 @@ std::string lower(std::string s) {
 
 const KernelTable* choose(const std::string& name) {
   const KernelTable* avx2 = avx2_kernel_table();
+  const KernelTable* avx512 = avx512_kernel_table();
   if (name == "default") return default_kernel_table();
   if (name == "avx2") {
     TORCH_CHECK(avx2 != nullptr, "bbam: AVX2 CPU kernels were not built into this binary");
     TORCH_CHECK(cpu_has_avx2(), "bbam: this CPU does not support AVX2 + FMA + F16C");
     return avx2;
   }
+  if (name == "avx512") {
+    TORCH_CHECK(avx512 != nullptr, "bbam: AVX-512 CPU kernels were not built into this binary");
+    TORCH_CHECK(cpu_has_avx512(), "bbam: this CPU does not support AVX-512 F/BW/VL/DQ");
+    return avx512;
+  }
   TORCH_CHECK(name == "auto", "bbam: unknown CPU kernel variant '", name,
-              "' (expected 'auto', 'default' or 'avx2')");
-  // Follow ATen when it was told to stay on the baseline (ATEN_CPU_CAPABILITY=default).
+              "' (expected 'auto', 'default', 'avx2' or 'avx512')");
+  // Never wider than ATen's own choice (ATEN_CPU_CAPABILITY=default|avx2 caps both).
   const std::string aten = lower(at::get_cpu_capability());
-  const bool aten_baseline = aten == "default" || aten == "no avx";
-  return (avx2 != nullptr && cpu_has_avx2() && !aten_baseline) ? avx2 : default_kernel_table();
+  if (aten == "avx512" && avx512 != nullptr && cpu_has_avx512()) return avx512;
+  if ((aten == "avx2" || aten == "avx512") && avx2 != nullptr && cpu_has_avx2()) return avx2;
+  return default_kernel_table();
 }
 
 std::atomic<const KernelTable*>& current() {

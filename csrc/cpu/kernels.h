@@ -1,6 +1,6 @@
 // Raw-pointer CPU kernels, compiled once per CPU capability (kernels_default.cpp
-// with the baseline flags, kernels_avx2.cpp with -mavx2 -mfma) and picked at run
-// time. They see no at::Tensor: the host code of each op (checks, allocation,
+// with the baseline flags, kernels_avx2.cpp with -mavx2 -mfma -mf16c,
+// kernels_avx512.cpp with -mavx512f/bw/vl/dq) and picked at run time. They see no at::Tensor: the host code of each op (checks, allocation,
 // threading, GEMMs) lives in <op>/<op>_cpu.cpp and hands them pointers.
 #pragma once
 
@@ -25,7 +25,8 @@ struct LossArgs {
   void* loss = nullptr;            // forward, reduction none: [B, K] opmath, else null
   const void* grad_loss = nullptr; // backward, reduction none: [B, K] opmath, else null
   double grad_scalar = 0.0;        // backward, reduction sum/mean: d total / d element
-  void* grad_cos = nullptr;        // backward: [B, K] input dtype
+  void* grad_cos = nullptr;        // backward: [B, K] input dtype. Forward: if set, also store
+                                   // d total / d cos (times grad_scalar: 1 sum, 1/(B*K) mean)
 };
 
 // angle_transform forward (phi) or backward (grad of cos) over rows.
@@ -64,15 +65,17 @@ struct KernelTable {
   void (*label_angle_stats_tile)(bool float64, const StatsTileArgs& args, bool* bad_target);
 };
 
-// Defined by kernels_default.cpp (always) and kernels_avx2.cpp (null when the
-// compiler could not target AVX2, e.g. on aarch64).
+// Defined by kernels_default.cpp (always), kernels_avx2.cpp and kernels_avx512.cpp
+// (null when the compiler could not target that instruction set, e.g. on aarch64).
 const KernelTable* default_kernel_table();
 const KernelTable* avx2_kernel_table();
+const KernelTable* avx512_kernel_table();
 
-// The kernels for this CPU: AVX2 when compiled in and supported (and not
-// disabled by BBAM_CPU_KERNELS=default or ATEN_CPU_CAPABILITY=default), else DEFAULT.
+// The kernels for this CPU: the widest variant compiled in, supported by the CPU and
+// allowed by ATen's own choice (ATEN_CPU_CAPABILITY=default|avx2 caps it), unless
+// BBAM_CPU_KERNELS=default|avx2|avx512 names one.
 const KernelTable& kernels();
-// Select a variant by name ("default", "avx2" or "auto"); returns the one now in use.
+// Select a variant by name ("default", "avx2", "avx512" or "auto"); returns the one now in use.
 std::string set_kernels(const std::string& name);
 
 }  // namespace cpu

@@ -45,7 +45,9 @@ void label_angle_stats_tile(bool float64, const StatsTileArgs& args, bool* bad_t
   if (!ok) *bad_target = true;
 }
 
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr const char* kName = "avx512";
+#elif defined(CPU_CAPABILITY_AVX2)
 constexpr const char* kName = "avx2";
 #else
 constexpr const char* kName = "default";
