@@ -254,6 +254,8 @@ def test_angle_transform_matches_reference(sample, dtype, device, cpu_kernels):
     c1, c2 = cos.clone().requires_grad_(), cos.clone().requires_grad_()
     out, expected = ops.angle_transform(c1, a, b, t), ref.angle_transform(c2, a, b, t)
     tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    if not sample.smooth and dtype == torch.float32:
+        tol = dict(rtol=5e-4, atol=1e-5)  # see test_bbam_loss_matches_reference: 1/sin(theta) at |cos| = 1
     assert out.dtype == dtype
     _cmp(out, expected, what="phi", **tol)
     g = torch.randn_like(out)
