@@ -20,6 +20,7 @@ CONFIGS = Path(config_dir())
 METHODS = sorted(p.stem for p in (CONFIGS / "method").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in (CONFIGS / "data").glob("*.yaml"))
 FILE_DATASETS = {"npz": "path_or_name", "arff": "path", "libsvm": "path"}
+RAW_DATASETS = {"text_jsonl", "image_folder"}  # need files made by the test
 
 FAST_DATA = ["data.num_samples=500", "data.num_labels=6", "data.num_features=16"]
 FAST = [
@@ -49,12 +50,26 @@ def test_every_config_composes_and_instantiates(method, data, shared_data_dir, t
         overrides.append(f"data.{FILE_DATASETS[data]}={shared_data_dir / 'emotions' / ('emotions.npz' if data == 'npz' else 'emotions-train.arff')}")
         if data == "libsvm":
             pytest.skip("no LIBSVM file among the shared datasets (the loader is tested in test_datasets.py)")
+    if data == "text_jsonl":
+        from test_inputs import _write_docs
+
+        _write_docs(tmp_path / "docs.jsonl", n=20)
+        overrides.append(f"data.path={tmp_path / 'docs.jsonl'}")
+    if data == "image_folder":
+        from test_inputs import _write_images
+
+        _write_images(tmp_path, n=6)
+        overrides.append(f"data.root={tmp_path}")
     cfg = _compose(overrides)
     assert cfg.method.name == method
-    if data in ("synthetic", "emotions", "npz", "arff"):  # the others are larger: composition is enough
+    in_dim = 8
+    if data in ("synthetic", "emotions", "npz", "arff", *RAW_DATASETS):  # the others are larger: composing is enough
         dataset = instantiate(cfg.data)
         assert dataset.num_labels >= 1
-    instantiate(cfg.model.encoder, in_dim=8)
+        in_dim = dataset.num_features
+    elif data == "reuters21578_text":
+        in_dim = cfg.data.max_len
+    instantiate(cfg.model.encoder, in_dim=in_dim)
     instantiate(cfg.method.loss)
     instantiate(cfg.method.warmup_loss)
     instantiate(cfg.method.sampling)

@@ -4,13 +4,14 @@ exponential moving average (EMA) copy of the weights."""
 from __future__ import annotations
 
 import copy
+import math
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MLPEncoder", "CosineClassifier", "LinearClassifier", "MultiLabelModel", "ModelEMA", "build_model"]
+__all__ = ["MLPEncoder", "BackboneEncoder", "TextEncoder", "ImageEncoder", "CosineClassifier", "LinearClassifier", "MultiLabelModel", "ModelEMA", "build_model"]
 
 
 class MLPEncoder(nn.Module):
@@ -37,8 +38,8 @@ class BackboneEncoder(nn.Module):
     with its ``fc`` replaced by ``nn.Identity``); ``out_dim`` is its feature size.
     """
 
-    def __init__(self, backbone: nn.Module, out_dim: int):
-        super().__init__()
+    def __init__(self, backbone: nn.Module, out_dim: int, in_dim: Optional[int] = None):
+        super().__init__()  # in_dim (the data's width, passed by the app) is not needed here
         self.backbone, self.out_dim = backbone, out_dim
 
     def forward(self, x):
@@ -114,3 +115,52 @@ class ModelEMA(nn.Module):
 
     def forward(self, x):
         return self.module(x)
+
+
+class TextEncoder(nn.Module):
+    """Token ids ``[B, L]`` (0 = padding, stored as floats) -> mean word embedding -> MLP.
+
+    A light text encoder for :func:`bbam.app.inputs.load_text_jsonl`; a pretrained text
+    backbone (e.g. BERT) plugs in through :class:`BackboneEncoder` instead.
+    """
+
+    def __init__(self, in_dim: int, vocab_size: int = 20000, embed_dim: int = 128, out_dim: int = 128,
+                 dropout: float = 0.1):
+        super().__init__()
+        self.embed = nn.EmbeddingBag(vocab_size, embed_dim, mode="mean", padding_idx=0)
+        self.mlp = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                                 nn.Linear(embed_dim, out_dim))
+        self.vocab_size, self.out_dim = vocab_size, out_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        ids = x.long()
+        if ids.numel() and int(ids.max()) >= self.vocab_size:
+            raise ValueError(f"TextEncoder: token id {int(ids.max())} >= vocab_size {self.vocab_size} "
+                             f"(set model.encoder.vocab_size to the data's vocab_size)")
+        return self.mlp(self.embed(ids))
+
+
+class ImageEncoder(nn.Module):
+    """Flattened RGB images ``[B, 3 * S * S]`` -> features.
+
+    ``backbone``: any module mapping ``[B, 3, S, S]`` to ``[B, backbone_dim]`` (e.g.
+    ``torchvision.models.resnet50`` with ``fc`` replaced by ``nn.Identity``, built from its
+    ``_target_``); by default a small CNN. A linear layer maps to ``out_dim``.
+    """
+
+    def __init__(self, in_dim: int, backbone: Optional[nn.Module] = None, backbone_dim: int = 64,
+                 out_dim: int = 128):
+        super().__init__()
+        side = math.isqrt(in_dim // 3)
+        if 3 * side * side != in_dim:
+            raise ValueError(f"ImageEncoder: in_dim {in_dim} is not 3 * S * S (flattened RGB images)")
+        self.side = side
+        if backbone is None:
+            backbone = nn.Sequential(
+                nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+                nn.Conv2d(32, backbone_dim, 3, padding=1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
+                nn.Flatten())
+        self.backbone, self.proj, self.out_dim = backbone, nn.Linear(backbone_dim, out_dim), out_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.backbone(x.view(-1, 3, self.side, self.side)))

@@ -1,0 +1,156 @@
+"""Pluggable raw inputs: text documents and image folders, as :class:`MultiLabelData`.
+
+Both keep the engine's contract (``X`` a float32 ``[N, D]`` tensor) and leave the
+encoding to the model's encoder:
+
+* text: ``X`` holds token ids (0 = padding) of a vocabulary built on the training
+  documents; encode with :class:`bbam.app.models.TextEncoder` (an embedding bag) or
+  any text backbone that takes token ids;
+* images: ``X`` holds flattened RGB pixels in ``[0, 1]``; encode with
+  :class:`bbam.app.models.ImageEncoder` (a small CNN by default, or any backbone such
+  as a torchvision ResNet given by ``_target_``).
+
+Application layer: imports only the standard library, numpy, torch (and Pillow for images).
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .datasets import DatasetFormatError, MultiLabelData, _check_exists
+
+__all__ = ["tokenize", "load_text_jsonl", "load_image_folder"]
+
+_TOKEN = re.compile(r"[a-z]{2,}")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-case alphabetic tokens of two letters or more."""
+    return _TOKEN.findall(text.lower())
+
+
+def load_text_jsonl(path, text_keys: Sequence[str] = ("title", "body"), labels_key: str = "labels",
+                    split_key: str | None = "split", vocab_size: int = 20000, max_len: int = 256,
+                    name: str | None = None) -> MultiLabelData:
+    """Documents of a JSON-lines file (one object per line) as token-id rows.
+
+    Args:
+        path: the ``.jsonl`` file (e.g. ``reuters21578_texts.jsonl``).
+        text_keys: fields concatenated into the document text.
+        labels_key: field holding the document's list of label names.
+        split_key: field with ``"train"`` / ``"test"`` (the official split), or None.
+        vocab_size: ids 1..vocab_size-1 go to the most frequent training-set tokens (by
+            document frequency; ties alphabetical); 0 is padding; other tokens are dropped.
+        max_len: tokens kept per document (the first ones); shorter rows are zero-padded.
+
+    Returns:
+        :class:`MultiLabelData` with ``X`` float32 ``[N, max_len]`` token ids, ``Y`` int8
+        ``[N, K]`` (labels sorted by name), the official split when ``split_key`` is present,
+        and an extra attribute ``vocab`` (id -> token; id 0 is ``"<pad>"``).
+    """
+    path = Path(path)
+    _check_exists(path)
+    if vocab_size < 2 or max_len < 1:
+        raise ValueError(f"load_text_jsonl: 'vocab_size' must be >= 2 and 'max_len' >= 1, got {vocab_size}, {max_len}")
+    docs, labels, splits = [], [], []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DatasetFormatError(path, f"not valid JSON ({err.msg})", lineno) from None
+            if not isinstance(obj, dict) or not isinstance(obj.get(labels_key), list):
+                raise DatasetFormatError(path, f"expected an object with a list '{labels_key}'", lineno)
+            docs.append(tokenize(" ".join(str(obj.get(k) or "") for k in text_keys)))
+            labels.append([str(v) for v in obj[labels_key]])
+            if split_key is not None:
+                split = obj.get(split_key)
+                if split not in ("train", "test"):
+                    raise DatasetFormatError(path, f"'{split_key}' must be 'train' or 'test', got {split!r}", lineno)
+                splits.append(split)
+    if not docs:
+        raise DatasetFormatError(path, "no documents")
+    train_rows = [i for i, s in enumerate(splits) if s == "train"] if splits else list(range(len(docs)))
+    df = Counter(tok for i in train_rows for tok in set(docs[i]))
+    vocab = ["<pad>"] + [tok for tok, _ in sorted(df.items(), key=lambda kv: (-kv[1], kv[0]))[: vocab_size - 1]]
+    index = {tok: i for i, tok in enumerate(vocab)}
+    X = np.zeros((len(docs), max_len), dtype=np.float32)
+    for i, doc in enumerate(docs):
+        ids = [index[t] for t in doc if t in index][:max_len]
+        X[i, : len(ids)] = ids
+    label_names = sorted({name for row in labels for name in row})
+    col = {name: j for j, name in enumerate(label_names)}
+    Y = np.zeros((len(docs), len(label_names)), dtype=np.int8)
+    for i, row in enumerate(labels):
+        Y[i, [col[name] for name in row]] = 1
+    split_idx = {}
+    if splits:
+        split_idx = {"train_idx": torch.tensor(train_rows, dtype=torch.long),
+                     "test_idx": torch.tensor([i for i, s in enumerate(splits) if s == "test"], dtype=torch.long)}
+    data = MultiLabelData(X=torch.from_numpy(X), Y=torch.from_numpy(Y), label_names=label_names,
+                          feature_names=[f"token{j}" for j in range(max_len)], name=name or path.stem,
+                          source=str(path), **split_idx)
+    data.vocab = vocab  # id -> token
+    return data
+
+
+def load_image_folder(root, labels_file: str = "labels.tsv", image_size: int = 64,
+                      name: str | None = None) -> MultiLabelData:
+    """Images of a folder with a label file, as flattened RGB pixels.
+
+    Args:
+        root: the folder.
+        labels_file: a text file in ``root`` (or a path), one image a line:
+            ``<path relative to root><TAB><label>[,<label>...]`` (an empty label list is
+            allowed); ``#`` starts a comment.
+        image_size: images are converted to RGB and resized to ``image_size x image_size``.
+
+    Returns:
+        :class:`MultiLabelData` with ``X`` float32 ``[N, 3 * image_size**2]`` in ``[0, 1]``
+        (channel-major, reshaped by :class:`bbam.app.models.ImageEncoder`), labels sorted.
+    """
+    try:
+        from PIL import Image
+    except ImportError as err:  # pragma: no cover - Pillow ships with matplotlib
+        raise ImportError("load_image_folder needs Pillow (pip install pillow)") from err
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(2, f"image folder not found: {root}", str(root))
+    label_path = Path(labels_file) if Path(labels_file).is_absolute() else root / labels_file
+    _check_exists(label_path)
+    rows = []
+    for lineno, line in enumerate(label_path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.split("#", 1)[0].rstrip("\n")
+        if not line.strip():
+            continue
+        rel, _, labs = line.partition("\t")
+        rows.append((lineno, rel.strip(), [s.strip() for s in labs.split(",") if s.strip()]))
+    if not rows:
+        raise DatasetFormatError(label_path, "no images listed")
+    pixels = np.zeros((len(rows), 3, image_size, image_size), dtype=np.float32)
+    for i, (lineno, rel, _) in enumerate(rows):
+        img_path = root / rel
+        if not img_path.is_file():
+            raise DatasetFormatError(label_path, f"image {img_path} not found", lineno)
+        try:
+            with Image.open(img_path) as img:
+                arr = np.asarray(img.convert("RGB").resize((image_size, image_size)), dtype=np.float32) / 255.0
+        except OSError as err:
+            raise DatasetFormatError(label_path, f"cannot read image {img_path} ({err})", lineno) from None
+        pixels[i] = arr.transpose(2, 0, 1)
+    label_names = sorted({name for _, _, labs in rows for name in labs})
+    col = {n: j for j, n in enumerate(label_names)}
+    Y = np.zeros((len(rows), len(label_names)), dtype=np.int8)
+    for i, (_, _, labs) in enumerate(rows):
+        Y[i, [col[n] for n in labs]] = 1
+    return MultiLabelData(X=torch.from_numpy(pixels.reshape(len(rows), -1)), Y=torch.from_numpy(Y),
+                          label_names=label_names, feature_names=[f"px{j}" for j in range(pixels[0].size)],
+                          name=name or root.name, source=str(label_path))
