@@ -279,7 +279,7 @@ class SelfTrainingEngine:
         weight[rows] = keep.float()
         n_lb = len(lb)
         return {"targets_ub": pseudo_t, "weight_lb": weight[:n_lb], "weight_ub": weight[n_lb:],
-                "thresholds": self.cap.thresholds(scores_u),
+                "thresholds": self.cap.thresholds(scores_u) if self.tc.save_epoch_state else None,
                 "pseudo_precision": self._pseudo_precision(pseudo_t, ub.y)}
 
     @staticmethod
