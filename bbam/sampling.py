@@ -54,18 +54,22 @@ FAISS backend in brief (details in :meth:`NegativeSampler._select_faiss`):
   0.92 on bibtex and 0.60 on isotropic data at eta 1. ``4 * sqrt(N)`` cells (FAISS's
   usual advice) cost ~10x more k-means time here (176 s at N = 1M on 2 cores) for
   an index rebuilt every epoch.
-* **Threads.** CPU FAISS runs with ``faiss_threads`` OpenMP threads (default: torch's
-  count); see :class:`NegativeSampler`.
+* **Threads.** CPU FAISS runs single-threaded by default (``faiss_threads=1``: its
+  OpenMP runtime and torch's fight over the cores otherwise); torch keeps its threads.
+  See :class:`NegativeSampler`.
 * **Ties / precision.** Similarities are float32 inner products of normalised vectors
   (BLAS in FAISS, torch in the dense route); negatives tied at a label's boundary are
   broken arbitrarily (by FAISS's result order or ``torch.topk``). Exactly ``m_k``
   negatives are always selected. With ``index="flat"`` every selected negative has
   float32 similarity ``>=`` every unselected one (the exact backend works in float64
   for float64 inputs, so near-ties within float32 rounding may resolve differently).
-* **Memory.** ``O(N * D)`` float32 for the index (plus the ``N x K`` bool output), and
-  per search call ``A x k`` results, bounded by ``2**23`` entries (~100 MB with
-  temporaries; one label with larger ``k`` goes alone); dense blocks are bounded by
-  ``2**25`` float32 similarities (128 MiB).
+* **Memory.** ``4 * N * D`` bytes for the index (flat: the index storage doubles as the
+  normalised features of the dense route; IVF: plus ``8 * N`` of ids and the centroids),
+  plus the ``N x K`` bool output, plus per search call ``A x k`` results bounded by
+  ``2**23`` entries (~0.2 GB with their temporaries; one label with a larger ``k`` goes
+  alone), plus dense blocks of <= ``2**25`` float32 similarities (128 MiB) with their
+  ``[N, A_g]`` target slices. Measured at N = 1M, D = 256, K = 1000: see
+  ``bench/sampling.py`` (< 4 GiB extra including the 1 GB output).
 """
 from __future__ import annotations
 
@@ -73,6 +77,7 @@ import contextlib
 import math
 from typing import Any, Iterator, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -146,13 +151,23 @@ def negative_sample_counts(targets: Tensor, eta: float = 5.0) -> Tuple[Tensor, T
 
 def _counts(targets: Tensor, eta: float) -> Tuple[Tensor, Tensor, Tensor]:
     N, K = targets.shape
-    n_pos = torch.zeros(K, dtype=torch.int64, device=targets.device)
-    n_neg = torch.zeros(K, dtype=torch.int64, device=targets.device)
-    rows = max(1, (1 << 22) // max(K, 1))   # row blocks: sum(dtype=int64) casts its input
-    for s in range(0, N, rows):
-        t = targets[s:s + rows]
-        n_pos += (t == 1).sum(0, dtype=torch.int64)
-        n_neg += (t == 0).sum(0, dtype=torch.int64)
+    rows = max(1, (1 << 22) // max(K, 1))   # row blocks: no N x K temporaries
+    if targets.device.type == "cpu":
+        # numpy's column sums of an int8 [N, K] array are ~10x faster than torch's here
+        a = targets.numpy()
+        pos = np.zeros(K, dtype=np.int64)
+        neg = np.zeros(K, dtype=np.int64)
+        for s in range(0, N, rows):
+            pos += (a[s:s + rows] == 1).sum(0, dtype=np.int64)
+            neg += (a[s:s + rows] == 0).sum(0, dtype=np.int64)
+        n_pos, n_neg = torch.from_numpy(pos), torch.from_numpy(neg)
+    else:
+        n_pos = torch.zeros(K, dtype=torch.int64, device=targets.device)
+        n_neg = torch.zeros(K, dtype=torch.int64, device=targets.device)
+        for s in range(0, N, rows):   # (sum(dtype=int64) casts its input: blocks bound that copy)
+            t = targets[s:s + rows]
+            n_pos += (t == 1).sum(0, dtype=torch.int64)
+            n_neg += (t == 0).sum(0, dtype=torch.int64)
     x = eta * n_pos.to(torch.float64)
     r = torch.round(x)
     near = (x - r).abs() <= _SNAP_RTOL * x.abs().clamp(min=1.0)
@@ -304,9 +319,9 @@ class _FaissIndex:
 
 
 @contextlib.contextmanager
-def _faiss_threads(faiss: Any, n: int) -> Iterator[None]:
-    """FAISS's OpenMP thread count set to ``n`` for the block, then restored."""
-    if faiss is None or not hasattr(faiss, "omp_set_num_threads"):
+def _faiss_threads(faiss: Any, n: Optional[int]) -> Iterator[None]:
+    """FAISS's OpenMP thread count set to ``n`` for the block, then restored (``None``: unchanged)."""
+    if n is None or faiss is None or not hasattr(faiss, "omp_set_num_threads"):
         yield
         return
     old = faiss.omp_get_max_threads()
@@ -352,18 +367,23 @@ class NegativeSampler:
             (approximate); used by the FAISS backend only.
         nprobe: IVF cells probed at least (FAISS ``"ivf"`` only); a search of ``k``
             neighbours probes ``max(nprobe, ceil(16 * k * nlist / N))`` cells. The default
-            16 gives >= 0.95 recall of the selected negatives on clustered random data
-            and MULAN bibtex (``tests/test_sampling.py``).
+            16 gives >= 0.95 recall of the selected negatives on clustered and isotropic
+            random data and MULAN bibtex (``tests/test_sampling.py``; figures in the
+            module docstring).
         nlist: IVF cells (FAISS ``"ivf"`` only); ``None`` chooses
             ``round(sqrt(N))``, capped at ``N // 39`` (see :func:`default_nlist`).
         chunk_size: rows of ``features`` processed at a time (exact backend; FAISS
             backend: rows normalised and added to the index at a time).
-        faiss_threads: OpenMP threads of CPU FAISS during ``select`` (restored after);
-            ``None``: ``torch.get_num_threads()``. FAISS wheels bundle their own OpenMP
-            runtime beside torch's: on a shared or oversubscribed CPU their spinning,
-            barrier-heavy parallel regions can make a FAISS search several times slower
-            than single-threaded (measured 5-10x on 2 loaded cores, see
-            ``bench/sampling.py``); ``faiss_threads=1`` avoids that.
+        faiss_threads: OpenMP threads of CPU FAISS during ``select`` (set, then
+            restored; no effect on GPU FAISS); ``None`` leaves FAISS's own setting (``OMP_NUM_THREADS`` /
+            ``faiss.omp_set_num_threads``, all cores by default). Default 1: FAISS wheels
+            bundle their own OpenMP runtime beside torch's, and as ``select`` alternates
+            torch ops and FAISS searches, each runtime's spin-waiting threads steal the
+            other's cores; with FAISS's barrier-heavy blocked search this made
+            multi-threaded FAISS 3-10x *slower* than single-threaded on the 2-core
+            development machine (``bench/sampling.py``: faiss-flat vs faiss-flat-mt;
+            see also pytorch/pytorch#98836, facebookresearch/faiss#2499). torch keeps its
+            threads either way (the dense route, normalisation, bookkeeping).
 
     ``select(features [N, D], prototypes [K, D], targets [N, K] int8) -> [N, K] bool``:
     True for every positive and for each label's ``m_k`` negatives most cosine-similar
@@ -372,8 +392,10 @@ class NegativeSampler:
     ``m_k = n_neg_k``) are not read, so they may be zero or NaN.
 
     Ties: negatives with equal similarity at a label's boundary are broken arbitrarily
-    (by ``torch.topk``); exactly ``m_k`` negatives are always selected, and every
-    selected negative has similarity ``>=`` every unselected negative of that label.
+    (by ``torch.topk``, or FAISS's result order); exactly ``m_k`` negatives are always
+    selected, and every selected negative has similarity ``>=`` every unselected negative
+    of that label (FAISS backend: in its float32 arithmetic; ``index="ivf"``: only
+    approximately).
 
     Memory of the exact backend: ``O(N * D + chunk_size * K)`` plus the ``N x K`` bool
     output; labels are searched in groups whose running top-``m`` buffers hold at most
@@ -384,7 +406,7 @@ class NegativeSampler:
     """
 
     def __init__(self, eta: float = 5.0, backend: str = "auto", index: str = "flat", nprobe: int = 16,
-                 nlist: Optional[int] = None, chunk_size: int = 65536, faiss_threads: Optional[int] = None):
+                 nlist: Optional[int] = None, chunk_size: int = 65536, faiss_threads: Optional[int] = 1):
         self.eta = _check_eta("NegativeSampler", eta)
         if backend not in _BACKENDS:
             raise ValueError(f"NegativeSampler: 'backend' must be one of {_BACKENDS}, got {backend!r}")
@@ -447,7 +469,7 @@ class NegativeSampler:
         if backend == "exact":
             self._select_exact(features, protos, targets, search, m.index_select(0, search), out)
         elif backend == "faiss":
-            with _faiss_threads(_import_faiss(), self.faiss_threads or torch.get_num_threads()):
+            with _faiss_threads(_import_faiss(), self.faiss_threads):
                 self._select_faiss(features, protos, targets, search, m.index_select(0, search), out,
                                    n_pos=n_pos.index_select(0, search), n_neg=n_neg.index_select(0, search))
         else:  # pragma: no cover - guarded in __init__

@@ -11,9 +11,11 @@ Usage::
 Methods (all select every positive and each label's ``m_k = min(floor(eta * n_pos_k),
 n_neg_k)`` negatives most cosine-similar to its prototype, eta = 5):
 
-* ``faiss-flat``: ``NegativeSampler(backend="faiss", index="flat")`` (exact).
-* ``faiss-flat-t1``: the same with ``faiss_threads=1`` (FAISS single-threaded; torch keeps
-  its threads): robust against OpenMP oversubscription on a shared CPU.
+* ``faiss-flat``: ``NegativeSampler(backend="faiss", index="flat")`` (exact; FAISS
+  single-threaded, the default ``faiss_threads=1``; torch keeps its threads).
+* ``faiss-flat-mt``: the same with ``faiss_threads=None`` (FAISS's own OpenMP threads,
+  all cores): shows the cost of two OpenMP runtimes fighting over the cores. Not run at
+  N >= 1M by default (``--big-methods``).
 * ``faiss-ivf``: ``NegativeSampler(backend="faiss", index="ivf")`` (approximate; default
   ``nlist`` / ``nprobe``).
 * ``exact``: ``NegativeSampler(backend="exact")`` (chunked torch).
@@ -68,7 +70,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 2.0**30
 ETA = 5.0
-ALL_METHODS = ("faiss-flat", "faiss-flat-t1", "faiss-ivf", "exact", "naive", "naive-research")
+ALL_METHODS = ("faiss-flat", "faiss-flat-mt", "faiss-ivf", "exact", "naive", "naive-research")
+BIG_METHODS = "faiss-flat,faiss-ivf,exact,naive,naive-research"   # default for N >= 1M
 DEFAULT_SIZES = "100000x80,100000x1000,1000000x80,1000000x1000"
 NAIVE_BYTES = {"naive": 18, "naive-research": 27}   # per N x K entry
 
@@ -158,8 +161,8 @@ def method_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
     from bbam.sampling import NegativeSampler
     if name == "faiss-flat":
         return NegativeSampler(eta=ETA, backend="faiss", index="flat").select
-    if name == "faiss-flat-t1":
-        return NegativeSampler(eta=ETA, backend="faiss", index="flat", faiss_threads=1).select
+    if name == "faiss-flat-mt":
+        return NegativeSampler(eta=ETA, backend="faiss", index="flat", faiss_threads=None).select
     if name == "faiss-ivf":
         return NegativeSampler(eta=ETA, backend="faiss", index="ivf").select
     if name == "exact":
@@ -294,6 +297,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--sizes", default=None, help=f"NxK list (default {DEFAULT_SIZES})")
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--methods", default=",".join(ALL_METHODS))
+    p.add_argument("--big-methods", default=BIG_METHODS, help="methods for sizes with N >= 1M")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per case with N < 1M")
     p.add_argument("--big-repeats", type=int, default=1, help="timed calls per case with N >= 1M")
     p.add_argument("--max-naive-gib", type=float, default=10.0)
@@ -314,6 +318,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     sizes_s = args.sizes or ("20000x80,20000x300" if args.quick else DEFAULT_SIZES)
     sizes = [tuple(int(v) for v in s.lower().split("x")) for s in sizes_s.split(",")]
     methods = [m for m in args.methods.split(",") if m]
+    big_methods = [m for m in args.big_methods.split(",") if m in methods]
     for m in methods:
         if m not in ALL_METHODS:
             p.error(f"unknown method {m!r}; choose from {ALL_METHODS}")
@@ -330,7 +335,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"# data N={N} K={K} D={args.dim}: {time.perf_counter() - t0:.1f}s", flush=True)
         masks: Dict[str, Path] = {}
         case_rows: List[Dict[str, Any]] = []
-        for method in methods:
+        for method in (big_methods if N >= 1_000_000 else methods):
             need = NAIVE_BYTES.get(method, 0) * N * K
             if need and need > args.max_naive_gib * GIB:
                 row = {"method": method, "N": N, "K": K, "D": args.dim,
@@ -350,7 +355,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         # agreement with the exact backend (else faiss-flat), speed-up over naive
         ref_name = "exact" if "exact" in masks else ("faiss-flat" if "faiss-flat" in masks else None)
         if ref_name is not None:
-            targets = np.load(paths["targets"], mmap_mode="r")
+            targets = np.load(paths["targets"])
             ref = _unpack(masks[ref_name], (N, K))
             for row in case_rows:
                 if row["method"] in masks and row["method"] != "naive-research":  # its threshold keeps ties
