@@ -102,7 +102,7 @@ def train(cfg) -> Dict[str, Any]:
     from bbam.app.datasets import split_indices
     from bbam.app.diagnostics import angle_diagnostics
     from bbam import distributed as D
-    from bbam.app.engine import SelfTrainingEngine, _atomic_write_text, seed_everything
+    from bbam.app.engine import SelfTrainingEngine, atomic_write_text, seed_everything
     from bbam.app.models import MultiLabelModel
 
     out_dir = Path(cfg.out_dir)
@@ -114,7 +114,7 @@ def train(cfg) -> Dict[str, Any]:
     splits = split_indices(data, cfg.split.lb_ratio, cfg.split.val_ratio, cfg.split.test_ratio, seed=int(cfg.seed))
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     tensors = _split_tensors(data, splits, device, bool(cfg.train.standardize))
     torch.manual_seed(int(cfg.seed))  # model init independent of what data loading consumed
     encoder = instantiate(cfg.model.encoder, in_dim=data.num_features)
@@ -142,8 +142,8 @@ def train(cfg) -> Dict[str, Any]:
     result["world_size"] = D.world_size()
     if not is_main:
         return result
-    _atomic_write_text(out_dir / "final_metrics.json", json.dumps(result, indent=2))
-    _atomic_write_text(out_dir / "diagnostics.json", json.dumps({"label_names": data.label_names, **diag}))
+    atomic_write_text(out_dir / "final_metrics.json", json.dumps(result, indent=2))
+    atomic_write_text(out_dir / "diagnostics.json", json.dumps({"label_names": data.label_names, **diag}))
     report.write_report(out_dir)
     if cfg.train.progress:
         print(report.metrics_table(result), file=sys.stderr)

@@ -35,7 +35,7 @@ from bbam.stats import LabelAngleStats
 
 from .models import ModelEMA, MultiLabelModel
 
-__all__ = ["SelfTrainingEngine", "atomic_save", "seed_everything", "resolve_device"]
+__all__ = ["SelfTrainingEngine", "atomic_save", "atomic_write_text", "seed_everything", "resolve_device"]
 
 
 # ---------------------------------------------------------------------------
@@ -72,7 +72,7 @@ def atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -362,7 +362,7 @@ class SelfTrainingEngine:
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng_cuda"]])
 
     def _write_history(self) -> None:
-        _atomic_write_text(self.out_dir / "metrics.jsonl",
+        atomic_write_text(self.out_dir / "metrics.jsonl",
                            "".join(json.dumps(rec) + "\n" for rec in self.state.history))
 
     # ----------------------------------------------------------------- main loop

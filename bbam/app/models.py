@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MLPEncoder", "BackboneEncoder", "TextEncoder", "ImageEncoder", "CosineClassifier", "LinearClassifier", "MultiLabelModel", "ModelEMA", "build_model"]
+__all__ = ["MLPEncoder", "BackboneEncoder", "TextEncoder", "ImageEncoder", "CosineClassifier", "LinearClassifier", "MultiLabelModel", "ModelEMA"]
 
 
 class MLPEncoder(nn.Module):
@@ -81,10 +81,6 @@ class MultiLabelModel(nn.Module):
     def forward(self, x):
         z = self.encoder(x)
         return z, self.head(z)
-
-
-def build_model(encoder: nn.Module, num_labels: int, head: str) -> MultiLabelModel:
-    return MultiLabelModel(encoder, num_labels, head)
 
 
 class ModelEMA(nn.Module):

@@ -113,6 +113,8 @@ def write_report(out_dir: Path) -> Path:
                 _fmt(diag["coefficients"]["a"][0][k]), _fmt(diag["coefficients"]["a"][1][k])]) + " |")
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
+    from .engine import atomic_write_text
+
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
