@@ -7,6 +7,8 @@
 
 #include "../checks.h"
 
+#include <ATen/ops/cat.h>
+
 namespace bbam {
 
 // Checks shared by the CPU and CUDA implementations; returns the reduction.
@@ -35,6 +37,23 @@ inline Reduction check_bbam_loss_inputs(const char* op, const at::Tensor& cos,
   BBAM_CHECK_ARG(std::isfinite(scale) && scale > 0, op, "scale", "must be finite and > 0, got ",
                  scale);
   return check_reduction(op, reduction);
+}
+
+// Kernel-ready inputs, shared by the CPU and CUDA host code: contiguous cos / targets,
+// weight in cos's dtype (or undefined), coefficients as one [4, K] opmath table
+// (a_neg, a_pos, b_neg, b_pos).
+struct LossInputs {
+  at::Tensor cos, targets, weight, coef;
+};
+
+inline LossInputs prepare_loss_inputs(const at::Tensor& cos, const at::Tensor& targets, const at::Tensor& coef_a,
+                                      const at::Tensor& coef_b, const std::optional<at::Tensor>& weight) {
+  LossInputs p;
+  p.cos = cos.contiguous();
+  p.targets = targets.contiguous();
+  if (weight.has_value() && weight->defined()) p.weight = weight->to(cos.scalar_type()).contiguous();
+  p.coef = at::cat({coef_a, coef_b}).to(opmath_type(cos.scalar_type())).contiguous();
+  return p;
 }
 
 }  // namespace bbam

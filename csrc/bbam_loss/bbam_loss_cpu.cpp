@@ -14,19 +14,14 @@
 namespace bbam {
 namespace {
 
-struct PreparedLoss {
-  at::Tensor cos, targets, weight, coef;  // contiguous; coef [4, K] opmath
+struct PreparedLoss : LossInputs {
   cpu::LossArgs args;
 };
 
 PreparedLoss prepare(const at::Tensor& cos, const at::Tensor& targets, const at::Tensor& coef_a,
                      const at::Tensor& coef_b, const std::optional<at::Tensor>& weight,
                      double margin, double scale) {
-  PreparedLoss p;
-  p.cos = cos.contiguous();
-  p.targets = targets.contiguous();
-  if (weight.has_value() && weight->defined()) p.weight = weight->to(cos.scalar_type()).contiguous();
-  p.coef = at::cat({coef_a, coef_b}).to(opmath_type(cos.scalar_type())).contiguous();
+  PreparedLoss p{prepare_loss_inputs(cos, targets, coef_a, coef_b, weight), {}};
   p.args.num_labels = cos.size(1);
   p.args.cos = p.cos.data_ptr();
   p.args.targets = p.targets.data_ptr<int8_t>();

@@ -91,20 +91,6 @@ __global__ void bbam_loss_backward_kernel(const at::opmath_type<scalar_t>* __res
   }
 }
 
-struct Prepared {
-  at::Tensor cos, targets, weight, coef;
-};
-
-Prepared prepare(const at::Tensor& cos, const at::Tensor& targets, const at::Tensor& coef_a,
-                 const at::Tensor& coef_b, const std::optional<at::Tensor>& weight) {
-  Prepared p;
-  p.cos = cos.contiguous();
-  p.targets = targets.contiguous();
-  if (weight.has_value() && weight->defined()) p.weight = weight->to(cos.scalar_type()).contiguous();
-  p.coef = at::cat({coef_a, coef_b}).to(opmath_type(cos.scalar_type())).contiguous();
-  return p;
-}
-
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& cos, const at::Tensor& targets, const at::Tensor& coef_a,
                                            const at::Tensor& coef_b, const std::optional<at::Tensor>& weight,
                                            double margin, double scale, int64_t reduction, bool with_grad) {
@@ -113,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& cos, const at::Tens
   const c10::cuda::CUDAGuard guard(cos.device());
   const int64_t B = cos.size(0), K = cos.size(1), numel = B * K;
   const auto opmath = opmath_type(cos.scalar_type());
-  Prepared p = prepare(cos, targets, coef_a, coef_b, weight);
+  const LossInputs p = prepare_loss_inputs(cos, targets, coef_a, coef_b, weight);
   at::Tensor loss_none = red == Reduction::None ? at::empty({B, K}, cos.options().dtype(opmath)) : at::Tensor();
   at::Tensor grad_cos = at::empty({with_grad ? B : 0, with_grad ? K : 0}, p.cos.options());
   const double grad_scale = red == Reduction::Mean ? 1.0 / static_cast<double>(std::max<int64_t>(numel, 1)) : 1.0;
@@ -162,7 +148,7 @@ at::Tensor bbam_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& cos
   const c10::cuda::CUDAGuard guard(cos.device());
   const int64_t B = cos.size(0), K = cos.size(1), numel = B * K;
   const auto opmath = opmath_type(cos.scalar_type());
-  Prepared p = prepare(cos, targets, coef_a, coef_b, weight);
+  const LossInputs p = prepare_loss_inputs(cos, targets, coef_a, coef_b, weight);
   at::Tensor grad_c, grad_scalar;
   double grad_multiplier = 1.0;
   if (red == Reduction::None) {
