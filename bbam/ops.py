@@ -18,7 +18,7 @@ from torch import Tensor
 
 from . import _extension  # noqa: F401  (loads bbam._C: schemas + kernels)
 
-__all__ = ["label_angle_stats", "merge_stats", "bbam_loss", "angle_transform", "REDUCTIONS"]
+__all__ = ["label_angle_stats", "merge_stats", "bbam_loss", "angle_transform", "negative_select", "REDUCTIONS"]
 
 REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
 
@@ -263,3 +263,54 @@ def _angle_transform_backward(ctx, grad):
 torch.library.register_autograd(
     "bbam::angle_transform", _angle_transform_backward, setup_context=_angle_transform_setup_context
 )
+
+
+# ---------------------------------------------------------------------------
+# negative_select
+# ---------------------------------------------------------------------------
+def negative_select(features: Tensor, prototypes: Tensor, targets: Tensor, num_kept: Tensor,
+                    sample_size: int = 0, band_z: float = 5.0) -> Tensor:
+    """Prototype negative sampling mask (DESIGN.md §1), exact; the engine of
+    :class:`bbam.sampling.NegativeSampler`'s ``"exact"`` backend.
+
+    Args:
+        features: ``[N, D]`` float (fp32/fp64/fp16/bf16) sample features ``z_i`` (raw).
+        prototypes: ``[K, D]`` float label prototypes ``p_k`` (any norm). Rows of labels
+            that need no ranking (``num_kept[k]`` 0 or all negatives) are not read.
+        targets: ``[N, K]`` int8, ``1`` positive, ``0`` negative, ``-1`` unknown.
+        num_kept: ``[K]`` int64, negatives to keep per label, ``0 <= num_kept[k] <=``
+            the label's negative count.
+        sample_size: rows sampled (seeded, with replacement) to place each label's band
+            of candidate cosines; ``0``: no sample (every negative is a candidate). Only
+            the speed depends on it, never the result.
+        band_z: band half-width in binomial standard deviations of the sampled rank
+            (``>= 0``). Only the speed depends on it: a label whose threshold falls
+            outside its band is scanned again.
+
+    Returns:
+        ``[N, K]`` bool: every positive, and for each label ``k`` its ``num_kept[k]``
+        negatives with the largest cosine ``<z_i / max(|z_i|, eps), p_k / max(|p_k|, eps)>``
+        (eps 1e-12, computed in float32, float64 for float64 features); ties broken
+        towards the lower row, whatever the thread count. Unknowns are never selected.
+        No ``N x K`` score matrix is materialised. No gradient.
+
+    Raises:
+        RuntimeError naming the argument on bad shapes, dtypes, devices, target values
+        outside ``{-1, 0, 1}``, ``num_kept`` out of range, non-finite features or
+        (searched labels') prototypes.
+    """
+    return torch.ops.bbam.negative_select.default(features.detach(), prototypes.detach(), targets, num_kept,
+                                                  int(sample_size), float(band_z))
+
+
+@torch.library.register_fake("bbam::negative_select")
+def _negative_select_fake(features, prototypes, targets, num_kept, sample_size, band_z):
+    torch._check(features.dim() == 2, lambda: "negative_select: 'features' must be 2-D [N, D]")
+    torch._check(targets.dim() == 2, lambda: "negative_select: 'targets' must be 2-D [N, K]")
+    return features.new_empty((features.shape[0], targets.shape[1]), dtype=torch.bool)
+
+
+@torch.library.register_fake("bbam::_label_counts")
+def _label_counts_fake(targets):
+    torch._check(targets.dim() == 2, lambda: "_label_counts: 'targets' must be 2-D [N, K]")
+    return targets.new_empty((3, targets.shape[1]), dtype=torch.int64)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["COS_EPS", "label_angle_stats", "bbam_loss", "angle_transform"]
+__all__ = ["COS_EPS", "label_angle_stats", "bbam_loss", "angle_transform", "negative_select"]
 
 # Clamp of the cosine in the BBAM angle path (csrc/bbam_math.h CosEps).
 COS_EPS = {torch.float32: 1e-7, torch.float64: 1e-12}
@@ -102,3 +102,19 @@ def label_angle_stats(features: Tensor, prototypes: Tensor, targets: Tensor) -> 
         means.append(mean)
         m2s.append(m2)
     return torch.stack(counts), torch.stack(means), torch.stack(m2s)
+
+
+def negative_select(features: Tensor, prototypes: Tensor, targets: Tensor, num_kept: Tensor,
+                    sample_size: int = 0, band_z: float = 5.0) -> Tensor:
+    """Reference of :func:`bbam.ops.negative_select` (materialises the N x K cosines;
+    ``sample_size`` and ``band_z`` only tune the op's speed)."""
+    opmath = _opmath(features.dtype)
+    x = features.to(opmath)
+    p = F.normalize(prototypes.to(opmath), dim=1, eps=1e-12)
+    cos = (x @ p.T) * torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp(min=1e-12).reciprocal()   # [N, K]
+    mask = targets == 1
+    for k, m in enumerate(num_kept.tolist()):
+        neg = (targets[:, k] == 0).nonzero().flatten()          # increasing rows
+        order = torch.sort(cos[neg, k], descending=True, stable=True).indices   # ties: lower row first
+        mask[neg[order[:m]], k] = True
+    return mask

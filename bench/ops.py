@@ -65,7 +65,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import torch
 
 MIB = 2.0**20
-ALL_OPS = ("loss", "transform", "stats")
+ALL_OPS = ("loss", "transform", "stats", "select")
 NOISY_SPREAD = 1.5  # a case whose slowest repeat is > 1.5x its fastest is flagged
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
@@ -77,10 +77,12 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 FULL_SIZES = {
     "elementwise": [(256, 80, "fp32"), (256, 1000, "fp32"), (256, 1000, "bf16"), (256, 10000, "fp32")],
     "stats": [(n, 256, k, "fp32") for n in (10_000, 200_000) for k in (20, 80, 1000)],
+    "select": [(100_000, 256, 80, "fp32"), (100_000, 256, 1000, "fp32"), (10_000, 256, 80, "fp32")],
 }
 QUICK_SIZES = {
     "elementwise": [(16, 8, "fp32"), (16, 64, "fp32"), (16, 64, "bf16")],
     "stats": [(256, 32, 4, "fp32"), (512, 32, 16, "fp32")],
+    "select": [(2000, 32, 8, "fp32")],
 }
 
 
@@ -314,12 +316,17 @@ def machine_limits(device: torch.device, timer: Timer, quick: bool, probe: Optio
     b = torch.randn(kdim, k, device=device)
     c = torch.empty(m, k, device=device)
     mm = lambda: torch.mm(a, b, out=c)  # noqa: E731
-    mm_t = time_interleaved({"mm": mm}, timer, 5, 0.05 if not quick else 0.005, 30, probe)
-    t_mm = mm_t["mm"]["median_s"]
+    fns = {"mm": mm}
+    if device.type == "cpu" and hasattr(torch.ops, "mkldnn") and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        bt = b.t().contiguous()   # oneDNN's matmul, which the CPU ops use for float32 (csrc/cpu/gemm.h)
+        fns["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(a, bt, None, "none", [], "")
+    mm_t = time_interleaved(fns, timer, 5, 0.05 if not quick else 0.005, 30, probe)
+    t_mm = min(mm_t[name]["median_s"] for name in fns)
     return {
         "copy_GBps": 2 * n * 4 / t_copy / 1e9,
         "copy_bytes": 2 * n * 4,
-        "sgemm_GFLOPs": 2 * m * kdim * k / t_mm / 1e9,
+        "sgemm_GFLOPs": 2 * m * kdim * k / t_mm / 1e9,   # the faster of torch.mm and oneDNN
+        "sgemm_by": {name: 2 * m * kdim * k / mm_t[name]["median_s"] / 1e9 for name in fns},
         "sgemm_shape": [m, kdim, k],
         "contended": copy_t["_contention"]["contended"] or mm_t["_contention"]["contended"],
     }
@@ -457,6 +464,40 @@ def _stats_cases(N, D, K, dname, device, gen, compile_ref) -> Iterator[Case]:
     bytes_moved = N * D * elt + K * D * elt + N * K * 1 + 3 * 2 * K * 8  # features, prototypes, targets, outputs
     yield Case("label_angle_stats", "fwd", dname, f"N={N} D={D} K={K}", call(ops.label_angle_stats),
                call(reference.label_angle_stats), bytes_moved, flops=2 * N * D * K, elements=N * K,
+               compiled=call(compiled_fn), meta=dict(N=N, D=D, K=K))
+
+
+def select_cases(sizes, device, gen, compile_ref) -> Iterator[Case]:
+    for N, D, K, dname in sizes:
+        yield from _select_cases(N, D, K, dname, device, gen, compile_ref)
+
+
+def _select_cases(N, D, K, dname, device, gen, compile_ref) -> Iterator[Case]:
+    """negative_select with the method's eta = 5 on long-tailed labels (frequencies
+    log-spaced 0.2 -> 0.001, 1% unknown), bands sampled as NegativeSampler does."""
+    import math
+
+    from bbam import ops, reference
+    from bbam.sampling import band_sample_size, negative_sample_counts
+
+    dtype = DTYPES[dname]
+    elt = torch.empty((), dtype=dtype).element_size()
+    features = torch.randn(N, D, generator=gen).to(device=device, dtype=dtype)
+    prototypes = torch.randn(K, D, generator=gen).to(device=device, dtype=dtype)
+    freq = torch.logspace(math.log10(0.2), math.log10(0.001), K)
+    targets = (torch.rand(N, K, generator=gen) < freq).to(torch.int8)
+    targets[torch.rand(N, K, generator=gen) < 0.01] = -1
+    targets = targets.to(device)
+    m = negative_sample_counts(targets, 5.0)[2]
+    size = band_sample_size(N)
+    compiled_fn = torch.compile(reference.negative_select) if compile_ref else None
+
+    def call(f, *extra):
+        return None if f is None else (lambda: f(features, prototypes, targets, m, *extra))
+
+    bytes_moved = N * D * elt + K * D * elt + N * K * 1 + N * K * 1  # features, prototypes, targets, mask
+    yield Case("negative_select", "fwd", dname, f"N={N} D={D} K={K}", call(ops.negative_select, size),
+               call(reference.negative_select), bytes_moved, flops=2 * N * D * K, elements=N * K,
                compiled=call(compiled_fn), meta=dict(N=N, D=D, K=K))
 
 
@@ -624,7 +665,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=7, help="timed repeats per case (median reported)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, 3 repeats of >= 2 ms: a smoke test")
     p.add_argument("--json", default=None, help="output path (default bench/results/ops-<device>.json)")
-    p.add_argument("--ops", default=",".join(ALL_OPS), help="comma-separated subset of loss,transform,stats")
+    p.add_argument("--ops", default=",".join(ALL_OPS), help="comma-separated subset of loss,transform,stats,select")
     p.add_argument("--compile-reference", action="store_true", help="also time torch.compile(reference)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     p.add_argument("--max-case-seconds", type=float, default=120.0,
@@ -682,6 +723,7 @@ def main(argv=None) -> int:
         "loss": lambda: loss_cases(sizes["elementwise"], device, gen, args.compile_reference),
         "transform": lambda: transform_cases(sizes["elementwise"], device, gen, args.compile_reference),
         "stats": lambda: stats_cases(sizes["stats"], device, gen, args.compile_reference),
+        "select": lambda: select_cases(sizes["select"], device, gen, args.compile_reference),
     }
     rows = []
     for op in args.ops:
@@ -734,7 +776,8 @@ def main(argv=None) -> int:
               "was busy, OpenMP regions stalled; the numbers are not trustworthy. Rerun on a quiet machine.")
     if any(r["noisy"] and not r["contended"] for r in rows):
         print(f"x?: noisy case (slowest used repeat > {NOISY_SPREAD}x the fastest, fused or reference).")
-    print("% roof: fused GFLOP/s vs this machine's sgemm (stats), else fused GB/s vs its copy bandwidth.")
+    print("% roof: fused GFLOP/s vs this machine's sgemm (stats, select: the faster of torch.mm and oneDNN), "
+          "else fused GB/s vs its copy bandwidth.")
     for c in checks:
         verdict = "UNRELIABLE (contended)" if c["met"] is None else "MET" if c["met"] else "NOT MET"
         print(f"{verdict:<8} {c['target']}: {c['value']}")

@@ -231,5 +231,19 @@ BBAM_HOST_DEVICE void chan_merge(double& n_a, double& mean_a, double& m2_a, doub
 // A target value is valid iff it is -1, 0 or 1.
 BBAM_HOST_DEVICE bool target_is_valid(int8_t t) { return t >= -1 && t <= 1; }
 
+// ---------------------------------------------------------------------------
+// Negative sampling band scan (negative_band_scan): where the cosine `score` of a
+// negative with its label's prototype falls relative to the label's band
+// [lower, upper]. Above the band the negative is certainly among the label's m_k
+// most similar (selected now); inside it is a candidate, ranked exactly later;
+// below it is certainly not selected. NaN scores compare false: never selected.
+// ---------------------------------------------------------------------------
+enum BandClass : int8_t { kBelowBand = 0, kInBand = 1, kAboveBand = 2 };
+
+template <typename T>
+BBAM_HOST_DEVICE int8_t band_class(T score, T lower, T upper) {
+  return score > upper ? kAboveBand : (score >= lower ? kInBand : kBelowBand);
+}
+
 }  // namespace math
 }  // namespace bbam

@@ -47,6 +47,25 @@ inline void check_same_device(const char* op, const char* arg, const at::Tensor&
                  "' (", ref.device(), "), got ", t.device());
 }
 
+// features [N, D] and prototypes [K, D] floating, targets [N, K] int8, one device:
+// the inputs of the ops that relate samples to label prototypes.
+inline void check_features_prototypes_targets(const char* op, const at::Tensor& features,
+                                              const at::Tensor& prototypes, const at::Tensor& targets) {
+  check_dim(op, "features", features, 2);
+  check_floating(op, "features", features);
+  check_dim(op, "prototypes", prototypes, 2);
+  check_floating(op, "prototypes", prototypes);
+  const int64_t N = features.size(0), D = features.size(1), K = prototypes.size(0);
+  BBAM_CHECK_ARG(prototypes.size(1) == D, op, "prototypes",
+                 "must have shape [K, D] with D = features.size(1) = ", D, ", got ",
+                 shape_str(prototypes));
+  check_same_device(op, "prototypes", prototypes, "features", features);
+  check_dim(op, "targets", targets, 2);
+  check_shape(op, "targets", targets, {N, K}, "[N, K] (N = features.size(0), K = prototypes.size(0))");
+  check_targets_dtype(op, "targets", targets);
+  check_same_device(op, "targets", targets, "features", features);
+}
+
 // Raised after a kernel saw a target outside {-1, 0, 1} (checked inside the fused pass).
 [[noreturn]] inline void fail_bad_targets(const char* op, const char* arg) {
   TORCH_CHECK(false, op, ": argument '", arg,

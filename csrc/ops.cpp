@@ -61,6 +61,13 @@ TORCH_LIBRARY(bbam, m) {
   m.def("angle_transform(Tensor cos, Tensor coef_a, Tensor coef_b, Tensor? targets) -> Tensor");
   m.def("angle_transform_backward(Tensor grad, Tensor cos, Tensor coef_a, Tensor coef_b, "
         "Tensor? targets) -> Tensor");
+  // Per-label counts of negatives, positives and unknowns ([3, K] int64), validating targets.
+  m.def("_label_counts(Tensor targets) -> Tensor");
+  // Prototype negative sampling mask (bbam.sampling.NegativeSampler, exact backend):
+  // every positive and, per label, its num_kept[k] negatives most cosine-similar to
+  // prototypes[k]; sample_size rows place each label's band (0: no sample).
+  m.def("negative_select(Tensor features, Tensor prototypes, Tensor targets, Tensor num_kept, "
+        "int sample_size, float band_z) -> Tensor");
   // Introspection (no tensors): build facts, and the CPU kernel variant in use
   // ("default", "avx2" or "avx512"; pass a name to switch, e.g. to test each).
   m.def("_build_info() -> str", &build_info);

@@ -197,7 +197,7 @@ def test_inputs_not_mutated(backend, index):
 
 
 def test_backends(monkeypatch):
-    assert NegativeSampler().resolved_backend == ("faiss" if faiss is not None else "exact")
+    assert NegativeSampler().resolved_backend == "exact"   # the fastest measured (bench/sampling.py)
     assert NegativeSampler(backend="exact").resolved_backend == "exact"
     assert NegativeSampler(backend="faiss").resolved_backend == "faiss"
     features, prototypes, targets = _data(200, 4, 3, seed=6)
@@ -210,6 +210,50 @@ def test_backends(monkeypatch):
     assert torch.equal(NegativeSampler().select(features, prototypes, targets), ref)
     with pytest.raises(ImportError, match="faiss"):
         NegativeSampler(backend="faiss").select(features, prototypes, targets)
+
+
+@pytest.mark.parametrize("eta", [1.0, 5.0])
+def test_exact_with_sampled_bands_matches_oracle(monkeypatch, eta):
+    # small sample floor: N = 6000 takes the sampled-band path (band_sample_size > 0)
+    monkeypatch.setattr(sampling, "_BAND_SAMPLE_MIN", 256)
+    assert sampling.band_sample_size(6000) == 256 and sampling.band_sample_size(500) == 0
+    features, prototypes, targets = _clustered(6000, 16, 20, seed=4)
+    features = features.double()
+    mask = NegativeSampler(eta=eta, backend="exact").select(features, prototypes.double(), targets)
+    assert torch.equal(mask, _oracle(features, prototypes.double(), targets, eta))
+
+
+def test_band_sample_size():
+    assert sampling.band_sample_size(0) == 0
+    assert sampling.band_sample_size(8192) == 0            # N <= 2 * 4096: every negative a candidate
+    assert sampling.band_sample_size(8193) == 4096
+    assert sampling.band_sample_size(1_000_000) == 31250   # N / 32
+    assert sampling.band_sample_size(10**8) == 65536
+
+
+DATASETS = ["bibtex", "emotions", "enron", "medical", "reuters21578", "scene", "yeast"]
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_exact_on_mulan_data(shared_data_dir, monkeypatch, name):
+    """Exact backend on the shared MULAN sets, bands placed from a sample: the contract,
+    and every selected negative at least as similar (float64) as every unselected one."""
+    path = shared_data_dir / name / f"{name}.npz"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    monkeypatch.setattr(sampling, "_BAND_SAMPLE_MIN", 256)
+    data = np.load(path)
+    features = torch.from_numpy(data["X"]).float()
+    targets = torch.from_numpy(data["Y"]).to(torch.int8)
+    prototypes = _positive_means(features, targets)
+    sims = F.normalize(features.double(), dim=1) @ F.normalize(prototypes.double(), dim=1).T
+    neg = targets == 0
+    for eta in (1.0, 5.0):
+        mask = NegativeSampler(eta=eta, backend="exact").select(features, prototypes, targets)
+        _check_contract(mask, targets, eta)
+        lo = torch.where(mask & neg, sims, torch.inf).amin(0)
+        hi = torch.where(~mask & neg, sims, -torch.inf).amax(0)
+        assert bool((lo >= hi - 1e-6).all())
 
 
 # -- FAISS backend ------------------------------------------------------------------------------
@@ -453,10 +497,11 @@ def test_errors():
         s.select(features[0], prototypes, targets)
     with pytest.raises(ValueError, match="features"):
         s.select(features.long(), prototypes, targets)
-    with pytest.raises(ValueError, match="finite"):
-        f = features.clone()
-        f[0, 0] = float("inf")
-        s.select(f, prototypes, targets)
+    f = features.clone()
+    f[0, 0] = float("inf")
+    for cfg in CONFIGS:   # eta 0.5: labels are ranked, so the features are read (and checked)
+        with pytest.raises(ValueError, match="finite"):
+            NegativeSampler(eta=0.5, **cfg).select(f, prototypes, targets)
     with pytest.raises(ValueError, match="eta"):
         NegativeSampler(eta=-1.0)
     with pytest.raises(ValueError, match="eta"):

@@ -50,6 +50,26 @@ struct StatsTileArgs {
   double* acc = nullptr;            // running [3, 2, K]: count, mean, m2 (Chan-merged)
 };
 
+// negative_select: one tile of raw dot products with all K (normalised, zero for the
+// columns not ranked) prototypes -> cosines, mask row updates, above-band counts and the
+// flat indices of in-band negatives.
+struct SelectTileArgs {
+  int64_t rows = 0;
+  int64_t num_labels = 0;           // K
+  void* dots = nullptr;             // [rows, K] opmath: <z_i, p_k / |p_k|>; overwritten with cosines
+  const void* inv_norm = nullptr;   // [rows] opmath: 1 / max(|z_i|, eps)
+  const int8_t* targets = nullptr;  // [rows, K]
+  const bool* keep_all = nullptr;   // [K] labels whose negatives are all kept (init_mask only)
+  const bool* ranked = nullptr;     // [K] labels ranked in this scan
+  const void* lower = nullptr;      // [K] opmath band
+  const void* upper = nullptr;      // [K] opmath band
+  bool init_mask = false;           // write whole mask rows, else only ranked columns' negatives
+  bool* mask = nullptr;             // [rows, K]
+  int32_t* above = nullptr;         // [K] above-band counts, added to (zeroed by the caller)
+  uint8_t* scratch = nullptr;       // [K] scratch
+  int64_t* band_index = nullptr;    // [rows * K] out: i * K + k of each in-band negative
+};
+
 // One table of entry points per CPU capability.
 struct KernelTable {
   const char* name;
@@ -63,6 +83,8 @@ struct KernelTable {
   void (*angle_transform_backward)(DType dtype, const TransformArgs& args, int64_t row_begin,
                                    int64_t row_end);
   void (*label_angle_stats_tile)(bool float64, const StatsTileArgs& args, bool* bad_target);
+  // Returns the number of in-band negatives written to args.band_index.
+  int64_t (*negative_select_tile)(bool float64, const SelectTileArgs& args);
 };
 
 // Defined by kernels_default.cpp (always), kernels_avx2.cpp and kernels_avx512.cpp

@@ -6,6 +6,7 @@
 #include "../angle_transform/angle_transform_cpu_kernel.h"
 #include "../bbam_loss/bbam_loss_cpu_kernel.h"
 #include "../label_angle_stats/label_angle_stats_cpu_kernel.h"
+#include "../negative_select/negative_select_cpu_kernel.h"
 
 namespace bbam {
 namespace cpu {
@@ -45,6 +46,13 @@ void label_angle_stats_tile(bool float64, const StatsTileArgs& args, bool* bad_t
   if (!ok) *bad_target = true;
 }
 
+int64_t negative_select_tile(bool float64, const SelectTileArgs& args) {
+  if (float64) {
+    return args.init_mask ? negative_select_tile_impl<double, true>(args) : negative_select_tile_impl<double, false>(args);
+  }
+  return args.init_mask ? negative_select_tile_impl<float, true>(args) : negative_select_tile_impl<float, false>(args);
+}
+
 #if defined(CPU_CAPABILITY_AVX512)
 constexpr const char* kName = "avx512";
 #elif defined(CPU_CAPABILITY_AVX2)
@@ -54,7 +62,7 @@ constexpr const char* kName = "default";
 #endif
 const KernelTable kTable = {
     kName, &bbam_loss_forward, &bbam_loss_backward, &angle_transform,
-    &angle_transform_backward, &label_angle_stats_tile};
+    &angle_transform_backward, &label_angle_stats_tile, &negative_select_tile};
 
 }  // namespace CPU_CAPABILITY
 }  // namespace cpu

@@ -12,19 +12,7 @@ namespace bbam {
 inline void check_label_angle_stats_inputs(const char* op, const at::Tensor& features,
                                            const at::Tensor& prototypes,
                                            const at::Tensor& targets) {
-  check_dim(op, "features", features, 2);
-  check_floating(op, "features", features);
-  check_dim(op, "prototypes", prototypes, 2);
-  check_floating(op, "prototypes", prototypes);
-  const int64_t N = features.size(0), D = features.size(1), K = prototypes.size(0);
-  BBAM_CHECK_ARG(prototypes.size(1) == D, op, "prototypes",
-                 "must have shape [K, D] with D = features.size(1) = ", D, ", got ",
-                 shape_str(prototypes));
-  check_same_device(op, "prototypes", prototypes, "features", features);
-  check_dim(op, "targets", targets, 2);
-  check_shape(op, "targets", targets, {N, K}, "[N, K] (N = features.size(0), K = prototypes.size(0))");
-  check_targets_dtype(op, "targets", targets);
-  check_same_device(op, "targets", targets, "features", features);
+  check_features_prototypes_targets(op, features, prototypes, targets);
 }
 
 // Merge per-block partials [blocks, 3, 2, K] (count, mean, m2) in order with

@@ -1,5 +1,5 @@
 // label_angle_stats on CPU. Rows are processed in tiles: a GEMM of the tile's
-// features with the normalised prototypes (at::mm_out into a [tile, K] buffer),
+// features with the normalised prototypes (cpu::rows_times_protos: oneDNN for float32),
 // then the vectorised kernel turns the tile into angles and per (polarity,
 // label) partials. Tiles are grouped into at most 64 groups (a number that does
 // not depend on the thread count), each group runs on one thread, and the group
@@ -8,6 +8,7 @@
 #include "label_angle_stats.h"
 
 #include "../bbam_math.h"
+#include "../cpu/gemm.h"
 #include "../cpu/host_utils.h"
 
 #include <ATen/ATen.h>
@@ -33,11 +34,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> label_angle_stats_cpu(const at::T
   check_label_angle_stats_inputs(op, features, prototypes, targets);
   const int64_t N = features.size(0), K = prototypes.size(0);
   const auto opmath = opmath_type(features.scalar_type());
-  // p_k / max(|p_k|, eps), transposed to [D, K] for the GEMM (a view, no copy).
+  // p_k / max(|p_k|, eps), [K, D] contiguous.
   const at::Tensor protos = prototypes.to(opmath);
-  const at::Tensor protos_hat_t =
+  const at::Tensor protos_hat =
       (protos / at::linalg_vector_norm(protos, 2, {1}, /*keepdim=*/true).clamp_min(math::kNormEps))
-          .t();
+          .contiguous();
   const at::Tensor targets_c = targets.contiguous();
   const int64_t rows = tile_rows(K);
   const int64_t num_tiles = cpu::ceil_div(N, rows);
@@ -48,14 +49,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> label_angle_stats_cpu(const at::T
   std::atomic<bool> bad_target{false};
 
   at::parallel_for(0, num_groups, 1, [&](int64_t g0, int64_t g1) {
-    at::Tensor dots = at::empty({rows, K}, protos.options());
     std::vector<double> tile_sums(6 * K);
     for (int64_t g = g0; g < g1; ++g) {
       for (int64_t t = g * tiles_per_group; t < std::min(num_tiles, (g + 1) * tiles_per_group); ++t) {
         const int64_t r0 = t * rows, n = std::min(rows, N - r0);
         const at::Tensor feat = features.narrow(0, r0, n).to(opmath);
-        at::Tensor tile = dots.narrow(0, 0, n);
-        at::mm_out(tile, feat, protos_hat_t);
+        at::Tensor tile = cpu::rows_times_protos(feat, protos_hat);  // [n, K], overwritten below
         const at::Tensor inv_norm =
             at::linalg_vector_norm(feat, 2, {1}).clamp_min_(math::kNormEps).reciprocal_();
         cpu::StatsTileArgs args;
