@@ -59,9 +59,10 @@ def _instantiate_data(cfg):
         raise
 
 
-def _init_distributed(cfg):
+def _init_distributed(cfg) -> bool:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU,
-    nccl on GPU, with a timeout on collectives so a dead rank brings the job down."""
+    nccl on GPU, with a timeout on collectives so a dead rank brings the job down.
+    Returns whether this call created the group (then :func:`train` destroys it)."""
     import datetime
     import os
 
@@ -69,12 +70,13 @@ def _init_distributed(cfg):
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 or dist.is_initialized():
-        return
+        return False
     use_cuda = torch.cuda.is_available() and str(cfg.device) in ("auto", "cuda")
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if use_cuda else "gloo",
                             timeout=datetime.timedelta(seconds=float(cfg.dist.timeout_s)))
+    return True
 
 
 def _device(cfg) -> torch.device:
@@ -93,8 +95,23 @@ def train(cfg) -> Dict[str, Any]:
 
     Writes into ``cfg.out_dir``: ``config.yaml``, ``metrics.jsonl`` (one line per epoch),
     ``checkpoints/{best,last}.pt``, ``final_metrics.json``, ``diagnostics.json``,
-    ``report.md`` and PNG plots.
+    ``report.md`` and PNG plots. Under torchrun it joins the process group (and leaves
+    it at the end) unless the caller already did.
     """
+    owns_group = _init_distributed(cfg)
+    try:
+        return _train(cfg)
+    finally:
+        if owns_group:
+            # Explicit teardown, as torch asks: a group left to interpreter shutdown can
+            # abort a rank at exit (one CI run saw "terminate called without an active
+            # exception" from a torchrun rank; not reproduced in 11 runs since).
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(cfg) -> Dict[str, Any]:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -106,7 +123,6 @@ def train(cfg) -> Dict[str, Any]:
     from bbam.app.models import MultiLabelModel
 
     out_dir = Path(cfg.out_dir)
-    _init_distributed(cfg)
     is_main = D.rank() == 0  # only rank 0 writes
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
     device = _device(cfg)
