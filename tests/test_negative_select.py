@@ -230,7 +230,7 @@ def test_negative_select_inputs_not_mutated():
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("N, K", [(0, 3), (1, 1), (5, 7), (1000, 80), (70000, 3)])
-def test_label_counts(N, K, device):
+def test_label_counts(N, K, device, cpu_kernels):
     dev = _device(device)
     t = torch.randint(-1, 2, (N, K), dtype=torch.int8)
     expected = torch.stack([(t == 0).sum(0), (t == 1).sum(0), (t == -1).sum(0)])

@@ -85,6 +85,9 @@ struct KernelTable {
   void (*label_angle_stats_tile)(bool float64, const StatsTileArgs& args, bool* bad_target);
   // Returns the number of in-band negatives written to args.band_index.
   int64_t (*negative_select_tile)(bool float64, const SelectTileArgs& args);
+  // label_counts: adds the negatives / positives / unknowns of rows [n, K] (row stride K)
+  // to counts [3, K]; returns false if a target is not in {-1, 0, 1}.
+  bool (*count_targets)(const int8_t* targets, int64_t rows, int64_t num_labels, int32_t* counts);
 };
 
 // Defined by kernels_default.cpp (always), kernels_avx2.cpp and kernels_avx512.cpp

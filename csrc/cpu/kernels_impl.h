@@ -53,6 +53,28 @@ int64_t negative_select_tile(bool float64, const SelectTileArgs& args) {
   return args.init_mask ? negative_select_tile_impl<float, true>(args) : negative_select_tile_impl<float, false>(args);
 }
 
+// One row: branch-free over K with byte flags and restrict pointers, so it vectorises.
+inline uint8_t count_row(const int8_t* __restrict__ t, int64_t K, int32_t* __restrict__ neg,
+                         int32_t* __restrict__ pos, int32_t* __restrict__ unk) {
+  uint8_t bad = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    const int8_t v = t[k];
+    neg[k] += v == 0;
+    pos[k] += v == 1;
+    unk[k] += v == -1;
+    bad |= static_cast<uint8_t>(!math::target_is_valid(v));
+  }
+  return bad;
+}
+
+bool count_targets(const int8_t* targets, int64_t rows, int64_t num_labels, int32_t* counts) {
+  uint8_t bad = 0;
+  for (int64_t i = 0; i < rows; ++i) {
+    bad |= count_row(targets + i * num_labels, num_labels, counts, counts + num_labels, counts + 2 * num_labels);
+  }
+  return bad == 0;
+}
+
 #if defined(CPU_CAPABILITY_AVX512)
 constexpr const char* kName = "avx512";
 #elif defined(CPU_CAPABILITY_AVX2)
@@ -62,7 +84,7 @@ constexpr const char* kName = "default";
 #endif
 const KernelTable kTable = {
     kName, &bbam_loss_forward, &bbam_loss_backward, &angle_transform,
-    &angle_transform_backward, &label_angle_stats_tile, &negative_select_tile};
+    &angle_transform_backward, &label_angle_stats_tile, &negative_select_tile, &count_targets};
 
 }  // namespace CPU_CAPABILITY
 }  // namespace cpu

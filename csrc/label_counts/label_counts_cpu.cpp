@@ -1,9 +1,8 @@
 // label_counts on CPU: rows split into at most 64 fixed chunks (independent of the
-// thread count), each counted with int32 column counters in a branch-free loop that
-// vectorises over K, then summed into int64 in chunk order.
+// thread count), each counted with int32 column counters by the vectorised kernel
+// (cpu::KernelTable::count_targets), then summed into int64 in chunk order.
 #include "label_counts.h"
 
-#include "../bbam_math.h"
 #include "../cpu/host_utils.h"
 
 #include <ATen/ATen.h>
@@ -30,23 +29,11 @@ at::Tensor count_labels_cpu(const char* op, const at::Tensor& targets) {
   std::vector<int32_t> partial(num_chunks * 3 * K, 0);
   std::atomic<bool> bad_target{false};
   const int8_t* src = t.data_ptr<int8_t>();
+  const auto& kernels = cpu::kernels();
   at::parallel_for(0, num_chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      int32_t* neg = partial.data() + c * 3 * K;
-      int32_t* pos = neg + K;
-      int32_t* unk = neg + 2 * K;
-      uint8_t bad = 0;
-      for (int64_t i = c * rows; i < std::min(N, (c + 1) * rows); ++i) {
-        const int8_t* row = src + i * K;
-        for (int64_t k = 0; k < K; ++k) {
-          const int8_t v = row[k];
-          neg[k] += v == 0;
-          pos[k] += v == 1;
-          unk[k] += v == -1;
-          bad |= static_cast<uint8_t>(!math::target_is_valid(v));
-        }
-      }
-      if (bad) bad_target = true;
+      const int64_t r0 = c * rows, n = std::min(N, (c + 1) * rows) - r0;
+      if (!kernels.count_targets(src + r0 * K, n, K, partial.data() + c * 3 * K)) bad_target = true;
     }
   });
   if (bad_target) fail_bad_targets(op, "targets");
