@@ -168,20 +168,24 @@ def _bbam_loss_fake(cos, targets, coef_a, coef_b, weight, margin, scale, reducti
 
 @torch.library.register_fake("bbam::_bbam_loss_with_grad")
 def _bbam_loss_with_grad_fake(cos, targets, coef_a, coef_b, weight, margin, scale, reduction):
-    return _bbam_loss_fake(cos, targets, coef_a, coef_b, weight, margin, scale, reduction), cos.new_empty(cos.shape)
+    return (_bbam_loss_fake(cos, targets, coef_a, coef_b, weight, margin, scale, reduction),
+            cos.new_empty(cos.shape, dtype=_opmath(cos.dtype)))
 
 
 def _bbam_loss_with_grad_setup_context(ctx, inputs, output):
     _, grad_cos = output
     ctx.save_for_backward(grad_cos)
     ctx.mark_non_differentiable(grad_cos)
+    ctx.cos_dtype = inputs[0].dtype
 
 
 def _bbam_loss_with_grad_backward(ctx, grad_loss, _unused):
-    (dloss_dcos,) = ctx.saved_tensors  # d total / d cos from the forward pass (already / (B*K) for mean)
+    # d total / d cos from the forward pass, in opmath (already / (B*K) for mean): the
+    # upstream factor (e.g. a GradScaler's 2**16) is applied before rounding to fp16/bf16.
+    (dloss_dcos,) = ctx.saved_tensors
     grad_cos = None
     if ctx.needs_input_grad[0]:
-        grad_cos = (grad_loss.to(_opmath(dloss_dcos.dtype)) * dloss_dcos).to(dloss_dcos.dtype)
+        grad_cos = (grad_loss.to(dloss_dcos.dtype) * dloss_dcos).to(ctx.cos_dtype)
     return grad_cos, None, None, None, None, None, None, None
 
 

@@ -497,8 +497,9 @@ class NegativeSampler:
         return out
 
     # -- backends -----------------------------------------------------------------------------
-    # Each backend gets the labels to search (``labels [A]`` int64, with ``0 < m_k < n_neg_k``),
-    # their prototypes ``[A, D]`` (finite, not normalised) and kept counts ``m [A]``, and sets
+    # _select_exact returns the whole mask from the kept counts m [K]. _select_faiss gets the
+    # labels to search (``labels [A]`` int64, with ``0 < m_k < n_neg_k``), their prototypes
+    # ``[A, D]`` (finite, not normalised) and kept counts ``m [A]``, and sets
     # ``out[i, labels[j]] = True`` for the ``m[j]`` selected negatives ``i`` of each label.
 
     def _select_exact(self, features: Tensor, prototypes: Tensor, targets: Tensor, m: Tensor) -> Tensor:

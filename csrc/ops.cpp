@@ -53,7 +53,8 @@ TORCH_LIBRARY(bbam, m) {
         "-> (Tensor count, Tensor mean, Tensor m2)");
   m.def("bbam_loss(Tensor cos, Tensor targets, Tensor coef_a, Tensor coef_b, Tensor? weight, "
         "float margin, float scale, int reduction) -> Tensor");
-  // Training path: the loss and d loss / d cos in one pass (backward = one multiply).
+  // Training path: the loss and d loss / d cos (float32, float64 for float64 cos) in one
+  // pass (backward = one multiply).
   m.def("_bbam_loss_with_grad(Tensor cos, Tensor targets, Tensor coef_a, Tensor coef_b, Tensor? weight, "
         "float margin, float scale, int reduction) -> (Tensor loss, Tensor grad_cos)");
   m.def("bbam_loss_backward(Tensor grad, Tensor cos, Tensor targets, Tensor coef_a, "

@@ -230,13 +230,22 @@ def test_cpu_kernels_avx512_selectable(restore_cpu_kernels):
     assert _small_loss() == pytest.approx(_small_loss_by_hand(), rel=1e-5)
 
 
-def test_aten_capability_caps_the_variant():
+def _expected_with_cap(cap: str) -> str:
+    """'auto' under ATEN_CPU_CAPABILITY=cap: the widest compiled + supported, not above cap."""
+    compiled = _extension.BUILD_INFO["cpu_kernels"].split(",")
+    if cap == "avx2" and "avx2" in compiled and _cpu_has_avx2():
+        return "avx2"
+    return "default"
+
+
+@pytest.mark.parametrize("cap", ["default", "avx2"])
+def test_aten_capability_caps_the_variant(cap):
     code = "import bbam._extension as e; print(e.cpu_kernels())"
     env = {k: v for k, v in os.environ.items() if k != "BBAM_CPU_KERNELS"}
-    env["ATEN_CPU_CAPABILITY"] = "default"
+    env["ATEN_CPU_CAPABILITY"] = cap
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "default"
+    assert proc.stdout.strip() == _expected_with_cap(cap)
 
 
 def test_cpu_kernels_unknown_name(restore_cpu_kernels):

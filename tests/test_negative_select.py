@@ -110,7 +110,7 @@ def test_ties_go_to_the_lower_row():
     t[::7] = 1
     m = torch.tensor([10])
     for size in (0, 16):
-        mask = ops.negative_select(f.repeat(1, 1), torch.tensor([[1.0, 2.0, 3.0]]), t, m, sample_size=size)
+        mask = ops.negative_select(f, torch.tensor([[1.0, 2.0, 3.0]]), t, m, sample_size=size)
         neg_rows = (t[:, 0] == 0).nonzero().flatten()
         assert torch.equal(mask[:, 0].nonzero().flatten(),
                            torch.cat([neg_rows[:10], (t[:, 0] == 1).nonzero().flatten()]).sort().values)

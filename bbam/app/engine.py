@@ -28,6 +28,7 @@ from torch import Tensor
 import bbam
 from bbam import distributed as D
 from bbam import metrics as M
+from bbam.app.atomic import atomic_save, atomic_write_text
 from bbam.cap import CAPLabeler
 from bbam.functional import identity_coefficients
 from bbam.losses import BBAMLoss
@@ -58,24 +59,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"config key 'device' is {name!r} but CUDA is not available")
     return device
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``:
-    a crash leaves either the old or the new file, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @dataclass

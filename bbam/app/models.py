@@ -130,7 +130,9 @@ class TextEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         ids = x.long()
-        if ids.numel() and int(ids.max()) >= self.vocab_size:
+        # A clear error for ids past the vocabulary, on CPU only: on CUDA the check would
+        # synchronise every step (the embedding's device assert catches it there).
+        if not ids.is_cuda and ids.numel() and int(ids.max()) >= self.vocab_size:
             raise ValueError(f"TextEncoder: token id {int(ids.max())} >= vocab_size {self.vocab_size} "
                              f"(set model.encoder.vocab_size to the data's vocab_size)")
         return self.mlp(self.embed(ids))

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List
 
+from .atomic import atomic_write_text
+
 __all__ = ["write_report", "metrics_table", "PAPER_METRICS"]
 
 # The paper's five metrics, then the rest (name in results -> column title, higher is better?)
@@ -113,8 +115,6 @@ def write_report(out_dir: Path) -> Path:
                 _fmt(diag["coefficients"]["a"][0][k]), _fmt(diag["coefficients"]["a"][1][k])]) + " |")
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
-    from .engine import atomic_write_text
-
     path = out_dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -33,10 +33,11 @@ PreparedLoss prepare(const at::Tensor& cos, const at::Tensor& targets, const at:
 }
 
 // One pass: the loss and, when with_grad, d total / d cos (the training path).
-std::tuple<at::Tensor, at::Tensor> forward(const char* op, const at::Tensor& cos, const at::Tensor& targets,
+std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& cos, const at::Tensor& targets,
                                            const at::Tensor& coef_a, const at::Tensor& coef_b,
                                            const std::optional<at::Tensor>& weight, double margin, double scale,
                                            int64_t reduction, bool with_grad) {
+  constexpr const char* op = "bbam_loss";
   const Reduction red =
       check_bbam_loss_inputs(op, cos, targets, coef_a, coef_b, weight, margin, scale, reduction);
   const int64_t B = cos.size(0), K = cos.size(1);
@@ -48,7 +49,7 @@ std::tuple<at::Tensor, at::Tensor> forward(const char* op, const at::Tensor& cos
     p.args.loss = loss_none.data_ptr();
   }
   if (with_grad) {
-    grad_cos = at::empty({B, K}, p.cos.options());
+    grad_cos = at::empty({B, K}, cos.options().dtype(opmath));  // opmath: see the kernel
     p.args.grad_cos = grad_cos.data_ptr();
     p.args.grad_scalar = red == Reduction::Mean ? 1.0 / static_cast<double>(std::max<int64_t>(B * K, 1)) : 1.0;
   }
@@ -66,7 +67,6 @@ std::tuple<at::Tensor, at::Tensor> forward(const char* op, const at::Tensor& cos
     }
   });
   if (bad_target) fail_bad_targets(op, "targets");
-  if (!grad_cos.defined()) grad_cos = at::empty({0}, cos.options());
   if (red == Reduction::None) return {loss_none, grad_cos};
   double total = 0.0;  // chunk partials summed in a fixed order: deterministic
   for (double v : partial) total += v;
@@ -77,14 +77,14 @@ std::tuple<at::Tensor, at::Tensor> forward(const char* op, const at::Tensor& cos
 at::Tensor bbam_loss_cpu(const at::Tensor& cos, const at::Tensor& targets, const at::Tensor& coef_a,
                          const at::Tensor& coef_b, const std::optional<at::Tensor>& weight,
                          double margin, double scale, int64_t reduction) {
-  return std::get<0>(forward("bbam_loss", cos, targets, coef_a, coef_b, weight, margin, scale, reduction, false));
+  return std::get<0>(forward(cos, targets, coef_a, coef_b, weight, margin, scale, reduction, false));
 }
 
 std::tuple<at::Tensor, at::Tensor> bbam_loss_with_grad_cpu(const at::Tensor& cos, const at::Tensor& targets,
                                                            const at::Tensor& coef_a, const at::Tensor& coef_b,
                                                            const std::optional<at::Tensor>& weight, double margin,
                                                            double scale, int64_t reduction) {
-  return forward("bbam_loss", cos, targets, coef_a, coef_b, weight, margin, scale, reduction, true);
+  return forward(cos, targets, coef_a, coef_b, weight, margin, scale, reduction, true);
 }
 
 at::Tensor bbam_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& cos,

@@ -25,7 +25,6 @@ double bbam_loss_forward_impl(const LossArgs& A, int64_t row_begin, int64_t row_
   const bool with_grad = A.grad_cos != nullptr;
   const op_t grad_scale = static_cast<op_t>(A.grad_scalar);
   const V v_grad_scale(grad_scale);
-  std::vector<op_t> grad_buf(with_grad ? K : 0);
 
   double total = 0.0;
   bool targets_ok = true;
@@ -37,9 +36,8 @@ double bbam_loss_forward_impl(const LossArgs& A, int64_t row_begin, int64_t row_
     targets_ok &= targets_as_opmath(A.targets + r * K, K, y_buf.data());
     const op_t* y = y_buf.data();
     op_t* out = A.loss == nullptr ? nullptr : static_cast<op_t*>(A.loss) + r * K;
-    scalar_t* grad_dst = with_grad ? static_cast<scalar_t*>(A.grad_cos) + r * K : nullptr;
-    op_t* grad = !with_grad ? nullptr
-                 : std::is_same_v<scalar_t, op_t> ? reinterpret_cast<op_t*>(grad_dst) : grad_buf.data();
+    // d total / d cos stays in opmath: fp16 would flush the small (mean-scaled) values
+    op_t* grad = with_grad ? static_cast<op_t*>(A.grad_cos) + r * K : nullptr;
 
     V acc(op_t(0));
     int64_t k = 0;
@@ -80,7 +78,6 @@ double bbam_loss_forward_impl(const LossArgs& A, int64_t row_begin, int64_t row_
       if (out != nullptr) out[k] = l;
       row_sum += l;
     }
-    if (with_grad) store_row<scalar_t>(grad, K, grad_dst);
     total += row_sum;
   }
   if (!targets_ok) *bad_target = true;

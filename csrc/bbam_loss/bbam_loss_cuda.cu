@@ -21,7 +21,8 @@ __global__ void bbam_loss_forward_kernel(const scalar_t* __restrict__ cos, const
                                          int64_t K, at::opmath_type<scalar_t> margin,
                                          at::opmath_type<scalar_t> scale, at::opmath_type<scalar_t>* __restrict__ loss,
                                          at::opmath_type<scalar_t>* __restrict__ block_sums,
-                                         scalar_t* __restrict__ grad_cos, at::opmath_type<scalar_t> grad_scale) {
+                                         at::opmath_type<scalar_t>* __restrict__ grad_cos,
+                                         at::opmath_type<scalar_t> grad_scale) {
   using op_t = at::opmath_type<scalar_t>;
   op_t acc = op_t(0);
   const int64_t packs = numel / VEC;
@@ -31,7 +32,7 @@ __global__ void bbam_loss_forward_kernel(const scalar_t* __restrict__ cos, const
     Pack<scalar_t, VEC> w;
     if (weight != nullptr) w = reinterpret_cast<const Pack<scalar_t, VEC>*>(weight)[p];
     Pack<op_t, VEC> out;
-    Pack<scalar_t, VEC> grad;
+    Pack<op_t, VEC> grad;  // opmath: fp16 would flush the small (mean-scaled) values
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       const int64_t k = (p * VEC + j) % K;
@@ -44,14 +45,14 @@ __global__ void bbam_loss_forward_kernel(const scalar_t* __restrict__ cos, const
       if (grad_cos != nullptr) {
         op_t g;
         math::bbam_loss_element_and_grad<op_t, op_t>(cj, yj, tj >= 0, a, b, wj, margin, scale, &out.v[j], &g);
-        grad.v[j] = static_cast<scalar_t>(g * grad_scale);
+        grad.v[j] = g * grad_scale;
       } else {
         out.v[j] = math::bbam_loss_element<op_t, op_t>(cj, yj, tj >= 0, a, b, wj, margin, scale);
       }
       acc += out.v[j];
     }
     if (loss != nullptr) reinterpret_cast<Pack<op_t, VEC>*>(loss)[p] = out;
-    if (grad_cos != nullptr) reinterpret_cast<Pack<scalar_t, VEC>*>(grad_cos)[p] = grad;
+    if (grad_cos != nullptr) reinterpret_cast<Pack<op_t, VEC>*>(grad_cos)[p] = grad;
   }
   acc = cuda::block_sum(acc);
   if (threadIdx.x == 0) block_sums[blockIdx.x] = acc;
@@ -101,7 +102,7 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& cos, const at::Tens
   const auto opmath = opmath_type(cos.scalar_type());
   const LossInputs p = prepare_loss_inputs(cos, targets, coef_a, coef_b, weight);
   at::Tensor loss_none = red == Reduction::None ? at::empty({B, K}, cos.options().dtype(opmath)) : at::Tensor();
-  at::Tensor grad_cos = at::empty({with_grad ? B : 0, with_grad ? K : 0}, p.cos.options());
+  at::Tensor grad_cos = with_grad ? at::empty({B, K}, cos.options().dtype(opmath)) : at::Tensor();
   const double grad_scale = red == Reduction::Mean ? 1.0 / static_cast<double>(std::max<int64_t>(numel, 1)) : 1.0;
   // Grid fixed by the size and the device (not by timing): the block sums, and so the
   // total, are bitwise reproducible on a device.
@@ -112,7 +113,7 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& cos, const at::Tens
       using op_t = at::opmath_type<scalar_t>;
       const scalar_t* w = p.weight.defined() ? p.weight.data_ptr<scalar_t>() : nullptr;
       op_t* out = loss_none.defined() ? loss_none.data_ptr<op_t>() : nullptr;
-      scalar_t* g = with_grad ? grad_cos.data_ptr<scalar_t>() : nullptr;
+      op_t* g = with_grad ? grad_cos.data_ptr<op_t>() : nullptr;
       BBAM_LAUNCH_VEC(bbam_loss_forward_kernel, grid, numel,
                       (std::initializer_list<const void*>{p.cos.data_ptr(), p.targets.data_ptr(), w, out, g}),
                       p.cos.data_ptr<scalar_t>(), p.targets.data_ptr<int8_t>(), w, p.coef.data_ptr<op_t>(), numel, K,

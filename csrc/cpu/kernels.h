@@ -1,7 +1,8 @@
 // Raw-pointer CPU kernels, compiled once per CPU capability (kernels_default.cpp
 // with the baseline flags, kernels_avx2.cpp with -mavx2 -mfma -mf16c,
-// kernels_avx512.cpp with -mavx512f/bw/vl/dq) and picked at run time. They see no at::Tensor: the host code of each op (checks, allocation,
-// threading, GEMMs) lives in <op>/<op>_cpu.cpp and hands them pointers.
+// kernels_avx512.cpp with -mavx512f/bw/vl/dq) and picked at run time. They see no
+// at::Tensor: the host code of each op (checks, allocation, threading, GEMMs) lives
+// in <op>/<op>_cpu.cpp and hands them pointers.
 #pragma once
 
 #include <cstdint>
@@ -25,7 +26,7 @@ struct LossArgs {
   void* loss = nullptr;            // forward, reduction none: [B, K] opmath, else null
   const void* grad_loss = nullptr; // backward, reduction none: [B, K] opmath, else null
   double grad_scalar = 0.0;        // backward, reduction sum/mean: d total / d element
-  void* grad_cos = nullptr;        // backward: [B, K] input dtype. Forward: if set, also store
+  void* grad_cos = nullptr;        // backward: [B, K] input dtype. Forward: if set, [B, K] opmath
                                    // d total / d cos (times grad_scalar: 1 sum, 1/(B*K) mean)
 };
 

@@ -1,6 +1,6 @@
-// Definitions of the BBAM_CPU_KERNEL_DECLS entry points for one CPU capability.
-// Included once by kernels_default.cpp and once by kernels_avx2.cpp, each of
-// which defines CPU_CAPABILITY (and its compiler flags) first.
+// Definitions of the KernelTable entry points for one CPU capability. Included once
+// by each of kernels_default.cpp, kernels_avx2.cpp and kernels_avx512.cpp, which
+// define CPU_CAPABILITY (and are compiled with their own flags) first.
 #pragma once
 
 #include "../angle_transform/angle_transform_cpu_kernel.h"

@@ -27,6 +27,9 @@
 
 #include "../checks.h"
 
+#include <algorithm>
+#include <cmath>
+
 namespace bbam {
 
 inline void check_negative_select_inputs(const char* op, const at::Tensor& features,
@@ -54,6 +57,23 @@ inline void check_num_kept(const char* op, const at::Tensor& num_kept_cpu, const
                    "must lie in [0, negatives of the label]; label ", k, " has ", n_neg[k],
                    " negatives, got ", m[k]);
   }
+}
+
+// Ranks, in decreasing order among a label's n sample negatives, of its band's ends
+// (step 1): the threshold should sit near rank f * n (f = num_kept / negatives), with
+// binomial standard deviation sqrt(n f (1 - f)); the band reaches band_z of them plus 2
+// ranks either side. upper = the value at rank `hi` if 0 <= hi < n (else +inf), lower =
+// the value at rank `lo` if 0 <= lo < n (else -inf). Shared by the CPU and CUDA code.
+struct BandRanks {
+  int64_t hi, lo;
+};
+inline BandRanks band_ranks(int64_t num_kept, int64_t negatives, int64_t n, double band_z) {
+  constexpr double kSlack = 2.0;
+  const double f = static_cast<double>(num_kept) / static_cast<double>(negatives);
+  const double rank = f * n, spread = band_z * std::sqrt(n * f * (1.0 - f)) + kSlack;
+  // clamped to [-1, n]: both ends outside [0, n) mean "no bound on that side"
+  auto clamp = [n](double r) { return static_cast<int64_t>(std::min(std::max(r, -1.0), double(n))); };
+  return {clamp(std::floor(rank - spread)), clamp(std::ceil(rank + spread))};
 }
 
 // Row r of the band sample (with replacement): splitmix64 of (seed, r), the same on

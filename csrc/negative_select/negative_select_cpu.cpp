@@ -31,7 +31,6 @@ namespace {
 
 constexpr const char* kOp = "negative_select";
 constexpr int64_t kMaxGroups = 64;
-constexpr double kBandSlack = 2.0;  // sample ranks added on each side of the band
 
 int64_t tile_rows(int64_t num_labels) {
   return std::clamp<int64_t>(65536 / std::max<int64_t>(num_labels, 1), 64, 1024);
@@ -96,17 +95,15 @@ class Selector {
         auto& vk = v[k];
         const int64_t n = static_cast<int64_t>(vk.size());
         if (n == 0) continue;
-        const double f = static_cast<double>(num_kept_[k]) / static_cast<double>(n_neg[k]);
-        const double rank = f * n, spread = band_z * std::sqrt(n * f * (1.0 - f)) + kBandSlack;
-        const double j_hi = std::floor(rank - spread), j_lo = std::ceil(rank + spread);
+        const BandRanks r = band_ranks(num_kept_[k], n_neg[k], n, band_z);
         auto desc = [](op_t x, op_t y) { return x > y; };
-        if (j_hi >= 0 && j_hi < n) {
-          std::nth_element(vk.begin(), vk.begin() + static_cast<int64_t>(j_hi), vk.end(), desc);
-          s.upper[k] = vk[static_cast<int64_t>(j_hi)];
+        if (r.hi >= 0 && r.hi < n) {
+          std::nth_element(vk.begin(), vk.begin() + r.hi, vk.end(), desc);
+          s.upper[k] = vk[r.hi];
         }
-        if (j_lo >= 0 && j_lo < n) {
-          std::nth_element(vk.begin(), vk.begin() + static_cast<int64_t>(j_lo), vk.end(), desc);
-          s.lower[k] = vk[static_cast<int64_t>(j_lo)];
+        if (r.lo >= 0 && r.lo < n) {
+          std::nth_element(vk.begin(), vk.begin() + r.lo, vk.end(), desc);
+          s.lower[k] = vk[r.lo];
         }
       }
     });

@@ -25,7 +25,6 @@ namespace bbam {
 namespace {
 
 constexpr const char* kOp = "negative_select";
-constexpr double kBandSlack = 2.0;  // sample ranks added on each side of the band
 
 // One thread per (row, label) of the tile (grid-stride). code: math::BandClass of a
 // ranked negative, kBelowBand for every other entry.
@@ -87,11 +86,9 @@ class Selector {
     for (int64_t k : s.labels) {
       const int64_t n = n_a[k];
       if (n == 0) continue;
-      const double f = static_cast<double>(kept[k]) / static_cast<double>(n_neg[k]);
-      const double rank = f * n, spread = band_z * std::sqrt(n * f * (1.0 - f)) + kBandSlack;
-      const double hi = std::floor(rank - spread), lo = std::ceil(rank + spread);
-      if (hi >= 0 && hi < n) { j_hi[k] = static_cast<int64_t>(hi); has_hi[k] = 1; }
-      if (lo >= 0 && lo < n) { j_lo[k] = static_cast<int64_t>(lo); has_lo[k] = 1; }
+      const BandRanks r = band_ranks(kept[k], n_neg[k], n, band_z);
+      if (r.hi >= 0 && r.hi < n) { j_hi[k] = r.hi; has_hi[k] = 1; }
+      if (r.lo >= 0 && r.lo < n) { j_lo[k] = r.lo; has_lo[k] = 1; }
     }
     const auto dev = features_.device();
     auto pick = [&](const std::vector<int64_t>& j, const std::vector<uint8_t>& has, const at::Tensor& fallback) {
