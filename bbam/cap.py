@@ -1,6 +1,6 @@
 """Class-aware pseudo-labels (CAP) for the unlabeled set.
 
-The method (DESIGN.md §1): estimate the positive rate ``pi_k`` of every label on the
+The method (docs/METHOD.md): estimate the positive rate ``pi_k`` of every label on the
 labeled set; score the unlabeled set (EMA model, *inference* transform, sigmoid);
 for each label the threshold is the score of rank ``ceil(pi_k * N_u)`` in descending
 order (rank 1 = highest); scores at or above it are pseudo-positives, the others

@@ -19,7 +19,7 @@ class BAMLoss(nn.Module):
 
     Args:
         margin: ``m`` (0.4 images, 0.2 text).
-        scale: ``s`` (20 images, 10 text).
+        scale: ``s`` (the method: 20 images, 10 text).
         reduction: ``"sum"`` (default, the method's), ``"mean"`` or ``"none"``.
 
     Shape: ``forward(cos [B, K], targets [B, K] int8, weight [B, K] | None)``.

@@ -139,7 +139,7 @@ def bbam_loss(
         weight: optional ``[B, K]`` element weights in ``[0, 1]`` (negative sampling x
             pseudo-label confidence; bool accepted); no gradient.
         margin: angular margin ``m`` (0.4 images, 0.2 text).
-        scale: logit scale ``s`` (20 images, 10 text).
+        scale: logit scale ``s`` (the method: 20 images, 10 text).
         reduction: ``"sum"`` (the method's), ``"mean"`` (sum / (B*K), like torch's
             losses) or ``"none"`` (``[B, K]``).
 
@@ -274,7 +274,7 @@ torch.library.register_autograd(
 # ---------------------------------------------------------------------------
 def negative_select(features: Tensor, prototypes: Tensor, targets: Tensor, num_kept: Tensor,
                     sample_size: int = 0, band_z: float = 5.0) -> Tensor:
-    """Prototype negative sampling mask (DESIGN.md §1), exact; the engine of
+    """Prototype negative sampling mask (docs/METHOD.md), exact; the engine of
     :class:`bbam.sampling.NegativeSampler`'s ``"exact"`` backend.
 
     Args:

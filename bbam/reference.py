@@ -1,7 +1,7 @@
 """Readable, eager, pure-PyTorch versions of every bbam op.
 
 The oracle of the tests and the baseline of the benchmarks: each function is the
-formula of ``../DESIGN.md`` written as plainly as possible (it may materialise
+formula of ``docs/METHOD.md`` written as plainly as possible (it may materialise
 ``N x K`` matrices; the fused ops never do). The numerical conventions are those
 of the kernels (``csrc/bbam_math.h``): same clamp constants, same identity rule.
 """

@@ -1,6 +1,6 @@
 """Prototype-based negative sampling.
 
-The method (DESIGN.md §1): over all training samples (labeled + pseudo-labeled), for
+The method (docs/METHOD.md): over all training samples (labeled + pseudo-labeled), for
 each label ``k`` keep every positive and only the
 
     ``m_k = min(floor(eta * n_pos_k), n_neg_k)``
@@ -403,6 +403,12 @@ class NegativeSampler:
             development machine (``bench/sampling.py``: faiss-flat vs faiss-flat-mt;
             see also pytorch/pytorch#98836, facebookresearch/faiss#2499). torch keeps its
             threads either way (the dense route, normalisation, bookkeeping).
+        random_share: besides the ``m_k`` hardest, keep each other negative with this
+            probability (0, the method's rule: hardest only). The hardest negatives of a
+            rare label look like its positives -- with noisy pseudo-labels often hidden
+            positives -- and a label trained only on them never sees an easy negative;
+            a random share of the rest restores some. Drawn from ``select``'s
+            ``generator``.
 
     ``select(features [N, D], prototypes [K, D], targets [N, K] int8) -> [N, K] bool``:
     True for every positive and for each label's ``m_k`` negatives most cosine-similar
@@ -425,8 +431,13 @@ class NegativeSampler:
     """
 
     def __init__(self, eta: float = 5.0, backend: str = "auto", index: str = "flat", nprobe: int = 16,
-                 nlist: Optional[int] = None, chunk_size: int = 65536, faiss_threads: Optional[int] = 1):
+                 nlist: Optional[int] = None, chunk_size: int = 65536, faiss_threads: Optional[int] = 1,
+                 random_share: float = 0.0):
         self.eta = _check_eta("NegativeSampler", eta)
+        if not (isinstance(random_share, (int, float)) and not isinstance(random_share, bool)
+                and 0.0 <= float(random_share) <= 1.0):
+            raise ValueError(f"NegativeSampler: 'random_share' must be a number in [0, 1], got {random_share!r}")
+        self.random_share = float(random_share)
         if backend not in _BACKENDS:
             raise ValueError(f"NegativeSampler: 'backend' must be one of {_BACKENDS}, got {backend!r}")
         if index not in _INDEXES:
@@ -454,7 +465,8 @@ class NegativeSampler:
         return negative_sample_counts(targets, self.eta)
 
     @torch.no_grad()
-    def select(self, features: Tensor, prototypes: Tensor, targets: Tensor) -> Tensor:
+    def select(self, features: Tensor, prototypes: Tensor, targets: Tensor,
+               generator: Optional[torch.Generator] = None) -> Tensor:
         """Sampling mask.
 
         Args:
@@ -462,6 +474,7 @@ class NegativeSampler:
             prototypes: ``[K, D]`` floating label prototypes (see
                 :func:`bbam.label_prototypes`).
             targets: ``[N, K]`` int8 (1 positive, 0 negative, -1 unknown), same device.
+            generator: CPU generator of the ``random_share`` draws (ignored when it is 0).
 
         Returns:
             ``[N, K]`` bool on ``features.device`` (see the class docstring).
@@ -471,6 +484,20 @@ class NegativeSampler:
             ``{-1, 0, 1}``; non-finite features or prototypes of labels that need ranking
             (features are read only when some label does).
         """
+        mask = self._select_hardest(features, prototypes, targets)
+        if self.random_share > 0:
+            self._add_random_negatives(mask, targets, generator)
+        return mask
+
+    def _add_random_negatives(self, mask: Tensor, targets: Tensor, generator: Optional[torch.Generator]) -> None:
+        """Keep each unselected negative with probability ``random_share`` (row chunks: no
+        ``N x K`` float temporary). Labels that keep all negatives are unaffected."""
+        for start in range(0, mask.shape[0], self.chunk_size):
+            t, m = targets[start:start + self.chunk_size], mask[start:start + self.chunk_size]
+            draw = torch.rand(t.shape, generator=generator).to(m.device) < self.random_share
+            m |= (t == 0) & draw
+
+    def _select_hardest(self, features: Tensor, prototypes: Tensor, targets: Tensor) -> Tensor:
         where = "NegativeSampler.select"
         self._check_inputs(features, prototypes, targets)
         n_pos, n_neg, m = _counts(targets, self.eta, where)
@@ -684,6 +711,6 @@ class NegativeSampler:
                              f"{features.device}, {prototypes.device}, {targets.device}")
 
     def __repr__(self) -> str:
-        return (f"NegativeSampler(eta={self.eta}, backend={self.backend!r}, index={self.index!r}, "
+        return (f"NegativeSampler(random_share={self.random_share}, eta={self.eta}, backend={self.backend!r}, index={self.index!r}, "
                 f"nprobe={self.nprobe}, nlist={self.nlist}, chunk_size={self.chunk_size}, "
                 f"faiss_threads={self.faiss_threads})")

@@ -19,7 +19,7 @@ from typing import Any, Dict
 
 import torch
 
-__all__ = ["train", "main", "config_dir"]
+__all__ = ["train", "main", "config_dir", "load_run_data", "build_engine", "compose_config"]
 
 
 def config_dir() -> str:
@@ -33,16 +33,56 @@ def config_dir() -> str:
     raise FileNotFoundError("bbam: Hydra configs not found (expected bbam/configs or the repository's configs/)")
 
 
-def _split_tensors(data, splits: Dict[str, torch.Tensor], device: torch.device, standardize: bool):
-    from bbam.app.engine import Split
+def compose_config(overrides=(), config_name: str = "train"):
+    """The app's config composed with Hydra ``overrides`` (outside a Hydra run: ``out_dir``
+    must then be set by the caller before :func:`train`)."""
+    from hydra import compose, initialize_config_dir
 
-    x = data.X
-    if standardize:
-        # statistics of the training pool only (labeled + unlabeled inputs; no labels, no val/test)
-        pool = torch.cat([splits["labeled"], splits["unlabeled"]])
-        mean, std = x[pool].mean(0), x[pool].std(0).clamp(min=1e-6)
-        x = (x - mean) / std
-    return {name: Split(x[idx].to(device), data.Y[idx].to(device)) for name, idx in splits.items()}
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def _split_tensors(data, splits: Dict[str, torch.Tensor], device: torch.device, scaling: str):
+    """Each split's (scaled) inputs and targets on ``device``, and the fitted scaler.
+
+    The scaler's statistics come from the training pool only (labeled + unlabeled
+    inputs; no labels, no validation or test rows): see :mod:`bbam.app.preprocess`."""
+    from bbam.app.engine import Split
+    from bbam.app.preprocess import FeatureScaler
+
+    pool = torch.cat([splits["labeled"], splits["unlabeled"]])
+    scaler = FeatureScaler(scaling).fit(data.X[pool])
+    x = scaler.transform(data.X)
+    return {name: Split(x[idx].to(device), data.Y[idx].to(device)) for name, idx in splits.items()}, scaler
+
+
+def load_run_data(cfg, device: torch.device = torch.device("cpu")):
+    """The run's dataset, its split (from ``cfg.split`` and ``cfg.seed``) and scaled split tensors.
+
+    Returns ``(data, {"labeled", "unlabeled", "val", "test"}: Split, scaler)``; the same
+    rows and inputs for the app, ``bench/baseline.py`` and prediction."""
+    from bbam.app.datasets import split_indices
+
+    data = _instantiate_data(cfg)
+    splits = split_indices(data, cfg.split.lb_ratio, cfg.split.val_ratio, cfg.split.test_ratio, seed=int(cfg.seed),
+                           min_val_size=int(cfg.split.min_val_size), max_val_ratio=float(cfg.split.max_val_ratio))
+    tensors, scaler = _split_tensors(data, splits, device, str(cfg.train.scaling))
+    return data, tensors, scaler
+
+
+def build_engine(cfg, data, tensors, device: torch.device, out_dir):
+    """The model (seeded by ``cfg.seed``), losses, sampler and :class:`SelfTrainingEngine` of a run."""
+    from hydra.utils import instantiate
+
+    from bbam.app.engine import SelfTrainingEngine
+    from bbam.app.models import MultiLabelModel
+
+    torch.manual_seed(int(cfg.seed))  # model init independent of what data loading consumed
+    encoder = instantiate(cfg.model.encoder, in_dim=data.num_features)
+    model = MultiLabelModel(encoder, data.num_labels, head=cfg.method.head)
+    losses = {"warmup": instantiate(cfg.method.warmup_loss), "train": instantiate(cfg.method.loss)}
+    sampler = instantiate(cfg.method.sampling) if cfg.method.negative_sampling else None
+    return SelfTrainingEngine(cfg, model, losses, sampler, tensors, device, Path(out_dir), data.label_names)
 
 
 def _instantiate_data(cfg):
@@ -54,7 +94,7 @@ def _instantiate_data(cfg):
         return instantiate(cfg.data)
     except InstantiationException as err:
         cause = err.__cause__ or err
-        if isinstance(cause, (FileNotFoundError, ValueError)):
+        if isinstance(cause, (FileNotFoundError, ValueError, ImportError)):
             raise cause from None
         raise
 
@@ -112,32 +152,22 @@ def train(cfg) -> Dict[str, Any]:
 
 
 def _train(cfg) -> Dict[str, Any]:
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from bbam.app import report
-    from bbam.app.datasets import split_indices
     from bbam.app.diagnostics import angle_diagnostics
     from bbam import distributed as D
-    from bbam.app.engine import SelfTrainingEngine, atomic_write_text, seed_everything
-    from bbam.app.models import MultiLabelModel
+    from bbam.app.engine import atomic_write_text, seed_everything
 
     out_dir = Path(cfg.out_dir)
     is_main = D.rank() == 0  # only rank 0 writes
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
     device = _device(cfg)
-    data = _instantiate_data(cfg)  # bad files fail here, before anything is written
-    splits = split_indices(data, cfg.split.lb_ratio, cfg.split.val_ratio, cfg.split.test_ratio, seed=int(cfg.seed))
+    data, tensors, _ = load_run_data(cfg, device)  # bad files fail here, before anything is written
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    tensors = _split_tensors(data, splits, device, bool(cfg.train.standardize))
-    torch.manual_seed(int(cfg.seed))  # model init independent of what data loading consumed
-    encoder = instantiate(cfg.model.encoder, in_dim=data.num_features)
-    model = MultiLabelModel(encoder, data.num_labels, head=cfg.method.head)
-    losses = {"warmup": instantiate(cfg.method.warmup_loss), "train": instantiate(cfg.method.loss)}
-    sampler = instantiate(cfg.method.sampling) if cfg.method.negative_sampling else None
-    engine = SelfTrainingEngine(cfg, model, losses, sampler, tensors, device, out_dir, data.label_names)
+    engine = build_engine(cfg, data, tensors, device, out_dir)
     if cfg.train.resume:
         engine.load_checkpoint(Path(cfg.train.resume))
     status = engine.fit(progress=bool(cfg.train.progress), stop_after_epoch=cfg.train.stop_after_epoch)
@@ -149,9 +179,12 @@ def _train(cfg) -> Dict[str, Any]:
     diag = angle_diagnostics(engine, "test")
     test["vdfd"] = diag["mean_vdfd"]
     test["vdfd_balanced"] = diag["mean_vdfd_after"]
+    test["vdfd_prototype"] = diag["mean_vdfd_prototype"]
+    test["vdfd_prototype_balanced"] = diag["mean_vdfd_prototype_after"]
     result = {
         "dataset": data.name, "method": str(cfg.method.name), "lb_ratio": float(cfg.split.lb_ratio),
-        "seed": int(cfg.seed), "best_epoch": int(best["best_epoch"]), "epochs_run": int(engine.state.epoch),
+        "seed": int(cfg.seed), "best_epoch": int(best["best_epoch"]), "selected_phase": engine.selected_phase(),
+        "self_training_started_from_epoch": engine.warmup_start_epoch, "epochs_run": int(engine.state.epoch),
         "best_val_mAP": float(best["best_map"]), "test": test,
         "sizes": {k: len(v) for k, v in tensors.items()}, "num_labels": data.num_labels,
     }

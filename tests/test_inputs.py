@@ -51,6 +51,15 @@ def test_text_jsonl_errors(tmp_path):
         load_text_jsonl(tmp_path / "missing.jsonl")
 
 
+def test_text_jsonl_sentence_encoder_settings_checked(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    _write_docs(path, n=10)
+    with pytest.raises(TypeError, match="'sentence_encoder' must be a mapping"):
+        load_text_jsonl(path, sentence_encoder="all-MiniLM-L6-v2")
+    with pytest.raises(ValueError, match=r"unknown 'sentence_encoder' setting\(s\) \['modle'\]"):
+        load_text_jsonl(path, sentence_encoder={"modle": "x"})  # checked before any model is loaded
+
+
 def test_reuters_texts_match_the_npz(shared_data_dir):
     path = shared_data_dir / "reuters21578" / "reuters21578_texts.jsonl"
     if not path.exists():

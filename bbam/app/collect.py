@@ -24,7 +24,8 @@ DEFAULT_METRICS = ["micro_f1", "macro_f1", "mAP", "hamming_loss", "one_error", "
 _PERCENT = {"micro_f1", "macro_f1", "lrap"}
 _TITLES = {"micro_f1": "Micro-F1", "macro_f1": "Macro-F1", "mAP": "mAP", "hamming_loss": "Hamming",
            "one_error": "One-error", "vdfd": "VDFD", "coverage": "Coverage", "ranking_loss": "Rank loss",
-           "lrap": "LRAP", "vca": "VCA", "vdfd_balanced": "VDFD bal."}
+           "lrap": "LRAP", "vca": "VCA", "vdfd_balanced": "VDFD bal.",
+           "vdfd_prototype": "VDFD proto", "vdfd_prototype_balanced": "VDFD proto bal."}
 
 
 def find_runs(paths: Iterable[Path]) -> List[Dict]:

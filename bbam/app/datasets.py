@@ -1,6 +1,6 @@
 """Multi-label datasets: container, synthetic generator, file loaders, splits.
 
-Application layer (see ``DESIGN.md`` §3): imports only the standard library,
+Application layer: imports only the standard library,
 ``numpy`` and ``torch``; no Hydra.
 
 Public API
@@ -1240,6 +1240,8 @@ def split_indices(
     val_ratio: float = 0.1,
     test_ratio: float = 0.2,
     seed: int = 0,
+    min_val_size: int = 0,
+    max_val_ratio: float = 0.5,
 ) -> dict[str, torch.Tensor]:
     """Split one run's samples into ``labeled``/``unlabeled``/``val``/``test``.
 
@@ -1247,8 +1249,10 @@ def split_indices(
       then ignored), else an iterative-stratified ``test_ratio`` share;
     * the rest is the training pool (with an official split: every sample
       not in ``test_idx``);
-    * val: an iterative-stratified ``val_ratio`` share of the pool (model
-      selection never looks at the test set);
+    * val: an iterative-stratified share of the pool (model selection never
+      looks at the test set) of ``max(val_ratio * pool, min_val_size)`` samples,
+      at most ``max_val_ratio * pool``: a validation split of a few dozen rows
+      ranks checkpoints by noise, so small pools give it a larger share;
     * labeled: an iterative-stratified ``lb_ratio`` share of what remains
       (at least one sample); unlabeled: the remainder (its labels are not for
       the learner).
@@ -1269,6 +1273,11 @@ def split_indices(
         test, pool = np.flatnonzero(a == 1), np.flatnonzero(a == 0)
     if pool.size == 0:
         raise ValueError(f"dataset {data.name!r}: no training samples left after the test split")
+    if min_val_size < 0:
+        raise ValueError(f"min_val_size must be >= 0, got {min_val_size}")
+    mvr = _check_ratio("max_val_ratio", max_val_ratio, low_open=False, high_closed=False)
+    if vr > 0:  # never below val_ratio; min_val_size raises it up to max_val_ratio
+        vr = max(vr, min(min_val_size / pool.size, mvr))
     a = _stratify(Yb[pool], _fold_sizes(pool.size, [1.0 - vr, vr]), np.random.default_rng(_sub_seed(seed, 1)))
     val, rest = pool[a == 1], pool[a == 0]
     if rest.size == 0:

@@ -1,23 +1,40 @@
-"""Per-label angle diagnostics of a trained model (VDFD, histograms before/after balancing)."""
+"""Per-label angle diagnostics of a trained model: what the BBAM balancing does.
+
+Two angle families are measured on an evaluation split with its true labels:
+
+* ``prototype``: ``beta_ik = angle(z_i, p_k)`` to the label prototypes — the angles the
+  paper takes its statistics on (``method.stats_angles = prototype``);
+* ``classifier``: ``theta_ik = angle(z_i, w_k)`` to the classifier weights — the angles the
+  loss transforms (and the ``method.stats_angles = classifier`` variant's statistics).
+
+Each family gets its per-label variances before and after the run's transform
+``theta' = a_{s,k} theta + b_{s,k}`` (``s`` = the sample's polarity). The transform is affine
+in the angle per polarity, so the variance after is exactly ``a_{s,k}^2 var_{s,k}``: no
+transformed angles are needed. On the family (and the data) the statistics were taken on,
+both polarities end with the same variance ``v_k``, so VDFD after is 0 there; on the other
+family, or on other data, it need not be.
+"""
 from __future__ import annotations
 
 import math
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from torch import Tensor
 
 import bbam
 from bbam import metrics as M
-from bbam.functional import unbiased_variance
+from bbam.functional import MIN_COUNT, unbiased_variance
 from bbam.stats import label_prototypes
 
-__all__ = ["angle_diagnostics", "BINS"]
+__all__ = ["angle_diagnostics", "family_stats", "mean_finite", "BINS", "FAMILIES"]
 
 BINS = 60  # histogram bins over [0, pi]
+FAMILIES = ("prototype", "classifier")
 
 
-def _hist(theta: torch.Tensor, mask: torch.Tensor) -> list:
-    """Per-label histograms [K][BINS] of the masked angles."""
+def _hist(theta: Tensor, mask: Tensor) -> list:
+    """Per-label histograms ``[K][BINS]`` of the masked angles (``theta``, ``mask``: ``[N, K]``)."""
     K = theta.shape[1]
     bins = (theta / math.pi * BINS).long().clamp(0, BINS - 1)
     flat = bins + torch.arange(K, device=theta.device) * BINS
@@ -26,56 +43,111 @@ def _hist(theta: torch.Tensor, mask: torch.Tensor) -> list:
     return counts.view(K, BINS).tolist()
 
 
+def _json(t: Tensor) -> list:
+    """A float tensor as (nested) lists with NaN -> None, so the file stays strict JSON."""
+    return [_json(row) for row in t] if t.dim() > 1 else [None if math.isnan(v) else v for v in t.tolist()]
+
+
+def mean_finite(values: List[Optional[float]]) -> Optional[float]:
+    """Mean over the labels with a defined (non-None, finite) value; None when there is none."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+def family_stats(features: Tensor, directions: Tensor, targets: Tensor, coef_a: Tensor) -> Dict[str, Tensor]:
+    """Angle statistics of one family, before and after the transform.
+
+    Args:
+        features: ``[N, D]`` features ``z``.
+        directions: ``[K, D]`` prototypes or classifier weights.
+        targets: ``[N, K]`` int8 true labels (1 positive, 0 negative).
+        coef_a: ``[2, K]`` transform slopes (row 0 negatives, row 1 positives).
+
+    Returns:
+        ``count``, ``mean``, ``var``, ``var_after`` (each ``[2, K]`` float64) and ``vdfd``,
+        ``vdfd_after`` (``[K]``). A variance with fewer than ``MIN_COUNT`` samples is
+        undefined (NaN): the fused op would report 0, which reads as a real variance.
+    """
+    count, mean, m2 = bbam.ops.label_angle_stats(features, directions, targets)  # no N x K matrix
+    var = torch.where(count >= MIN_COUNT, unbiased_variance(count, m2), torch.full_like(m2, math.nan))
+    var_after = coef_a.to(var) ** 2 * var  # Var(a theta + b) = a^2 Var(theta), per polarity
+    return {"count": count, "mean": mean, "var": var, "var_after": var_after,
+            "vdfd": M.vdfd(var), "vdfd_after": M.vdfd(var_after)}
+
+
+def _label_prototypes(engine) -> Tuple[Tensor, str]:
+    """The label prototypes of the run: the engine's last ones (``engine.prototypes``, saved in
+    checkpoints), else the statistics' anchors when those are prototypes, else the labeled
+    split's (a method without self-training, or an older checkpoint)."""
+    prototypes = getattr(engine, "prototypes", None)
+    if prototypes is not None and prototypes.numel():
+        return prototypes, "training (labeled + pseudo-labeled samples, last refresh)"
+    stats = engine.stats
+    # with stats_angles=classifier the statistics' anchors are the classifier weights, not prototypes
+    if stats is not None and stats.prototypes.numel() and engine.mc.get("stats_angles", "prototype") == "prototype":
+        return stats.prototypes, "statistics (labeled + pseudo-labeled samples)"
+    lb = engine.splits["labeled"]
+    _, lb_feats, _ = engine.predict(lb.x)
+    return label_prototypes(lb_feats, lb.y)[0], "labeled split"
+
+
 @torch.no_grad()
-def angle_diagnostics(engine, split: str = "test") -> Dict[str, Any]:
+def angle_diagnostics(engine, split: str = "test", model: Optional[torch.nn.Module] = None) -> Dict[str, Any]:
     """Angle statistics of ``split`` with its true labels (an evaluation, not training).
 
-    * ``classifier``: angles ``theta = acos(cos(z, w_k))`` to the classifier weights — the
-      angles the BBAM transform acts on — before and after balancing (``theta' = a theta + b``
-      with the training coefficients); variances after = ``a^2 var``.
-    * ``prototype``: angles to the label prototypes (the statistics' own angles).
-    * ``vdfd``: ``|var_pos - var_neg|`` per label, for each of the above.
+    Features and classifier weights come from ``model`` (default: the EMA model, the one
+    evaluated; ``engine.model`` matches statistics taken with ``method.features_from=online``).
+    AP / F1 / accuracy are always those of the evaluated (EMA) predictions.
+
+    Returns a JSON-ready dict (undefined values are None):
+
+    * ``prototype`` / ``classifier``: per family ``count``, ``mean``, ``var``, ``var_after``
+      (``[2][K]``, row 0 negatives, row 1 positives; angles in radians, variances in rad^2)
+      and ``vdfd``, ``vdfd_after`` (``[K]``); ``classifier`` also holds the histograms
+      ``hist_{neg,pos}[_after]`` (``[K][BINS]`` over ``[0, pi]``; after = the training transform).
+    * ``mean_vdfd_{prototype,classifier}[_after]``: means over the labels with a value;
+      ``mean_vdfd`` / ``mean_vdfd_after`` are aliases of the classifier ones.
+    * ``features_from``: ``ema`` or ``online`` (``model``);
+      ``stats_angles``: the family the run's statistics were taken on (``none``: no balancing);
+      ``balanced_labels``: labels whose coefficients are not the identity;
+      ``prototype_source``: where the prototypes come from.
+    * ``coefficients``: ``a``, ``b`` (``[2][K]``); ``per_label``: ``ap``, ``f1``, ``accuracy``
+      (percent) and ``positives``.
     """
     s = engine.splits[split]
-    scores, feats, outs = engine.predict(s.x)
     y = s.y
-    weights = engine.ema.module.classifier_weight.detach().float()
+    scores, feats, _ = engine.predict(s.x)
+    online = model is not None and model is not engine.ema.module
+    if online:
+        _, feats, _ = engine.predict(s.x, model)
+    weights = (model if online else engine.ema.module).classifier_weight.detach().float()
     a, b = engine.coefficients()
-    out: Dict[str, Any] = {"split": split, "num_samples": int(y.shape[0])}
-    # statistics with the fused op (no N x K matrix), then the balanced variances analytically
-    count, mean, m2 = bbam.ops.label_angle_stats(feats, weights, y)
-    var = unbiased_variance(count, m2)
-    var_after = a.double() ** 2 * var
-    if engine.stats is not None and engine.stats.prototypes.numel():
-        prototypes = engine.stats.prototypes
-    else:
-        lb = engine.splits["labeled"]
-        _, lb_feats, _ = engine.predict(lb.x)
-        prototypes, _ = label_prototypes(lb_feats, lb.y)
-    p_count, p_mean, p_m2 = bbam.ops.label_angle_stats(feats, prototypes, y)
-    p_var = unbiased_variance(p_count, p_m2)
+    prototypes, source = _label_prototypes(engine)
+    stats_angles = "none" if engine.stats is None else str(engine.mc.get("stats_angles", "prototype"))
+    out: Dict[str, Any] = {"split": split, "num_samples": int(y.shape[0]), "stats_angles": stats_angles,
+                           "features_from": "online" if online else "ema",
+                           "prototype_source": source,
+                           "balanced_labels": int(((a != 1) | (b != 0)).any(0).sum())}
+    for name, directions in (("prototype", prototypes), ("classifier", weights)):
+        fam = family_stats(feats, directions, y, a)
+        out[name] = {key: fam[key].tolist() if key == "count" else _json(fam[key]) for key in fam}
     # histograms need the angles themselves: fine for an evaluation split
     cos = torch.nn.functional.normalize(feats, dim=1) @ torch.nn.functional.normalize(weights, dim=1).T
     theta = torch.acos(cos.clamp(-1, 1))
     theta_after = torch.acos(bbam.ops.angle_transform(cos, a, b, y).clamp(-1, 1))
-    out["classifier"] = {
-        "count": count.tolist(), "mean": mean.tolist(), "var": var.tolist(), "var_after": var_after.tolist(),
-        "vdfd": M.vdfd(var).tolist(), "vdfd_after": M.vdfd(var_after).tolist(),
-        "hist_neg": _hist(theta, y == 0), "hist_pos": _hist(theta, y == 1),
-        "hist_neg_after": _hist(theta_after, y == 0), "hist_pos_after": _hist(theta_after, y == 1),
-    }
-    out["prototype"] = {"count": p_count.tolist(), "mean": p_mean.tolist(), "var": p_var.tolist(),
-                        "vdfd": M.vdfd(p_var).tolist()}
+    c = out["classifier"]
+    c["hist_neg"], c["hist_pos"] = _hist(theta, y == 0), _hist(theta, y == 1)
+    c["hist_neg_after"], c["hist_pos_after"] = _hist(theta_after, y == 0), _hist(theta_after, y == 1)
     out["coefficients"] = {"a": a.tolist(), "b": b.tolist()}
     ap = M.average_precision(scores, y)
     preds = scores >= engine.tc.threshold
     tp = (preds & (y == 1)).sum(0).double()
     f1 = 2 * tp / (preds.sum(0) + (y == 1).sum(0)).double().clamp(min=1)
-    out["per_label"] = {"ap": [None if math.isnan(v) else v * 100 for v in ap.tolist()],
-                        "f1": (f1 * 100).tolist(), "positives": (y == 1).sum(0).tolist(),
-                        "accuracy": M.class_accuracies(scores, y, engine.tc.threshold).tolist()}
-    finite = [v for v in out["classifier"]["vdfd"] if not math.isnan(v)]
-    out["mean_vdfd"] = sum(finite) / max(len(finite), 1)
-    finite_after = [v for v in out["classifier"]["vdfd_after"] if not math.isnan(v)]
-    out["mean_vdfd_after"] = sum(finite_after) / max(len(finite_after), 1)
+    out["per_label"] = {"ap": _json(ap * 100), "f1": (f1 * 100).tolist(), "positives": (y == 1).sum(0).tolist(),
+                        "accuracy": (M.class_accuracies(scores, y, engine.tc.threshold) * 100).tolist()}
+    for name in FAMILIES:
+        out[f"mean_vdfd_{name}"] = mean_finite(out[name]["vdfd"])
+        out[f"mean_vdfd_{name}_after"] = mean_finite(out[name]["vdfd_after"])
+    # the loss acts on the classifier angles: train.py's vdfd / vdfd_balanced read these
+    out["mean_vdfd"], out["mean_vdfd_after"] = out["mean_vdfd_classifier"], out["mean_vdfd_classifier_after"]
     return out

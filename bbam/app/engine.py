@@ -1,6 +1,6 @@
 """The S2ML2-BBAM self-training engine (application layer).
 
-Schedule (DESIGN.md §1): warm-up on labeled data with the unbalanced loss; then
+Schedule (docs/METHOD.md): warm-up on labeled data with the unbalanced loss; then
 every epoch (1) CAP pseudo-labels for the unlabeled set from the EMA model with the
 inference transform (never the unlabeled samples' true labels), (2) features of
 labeled + pseudo-labeled samples -> prototypes and :class:`bbam.LabelAngleStats`,
@@ -81,6 +81,10 @@ class EngineState:
     history: List[Dict[str, Any]] = field(default_factory=list)
 
 
+def _cloned(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
 # ---------------------------------------------------------------------------
 # engine
 # ---------------------------------------------------------------------------
@@ -127,23 +131,43 @@ class SelfTrainingEngine:
         self.state = EngineState()
         self.amp = bool(self.tc.amp) and device.type == "cuda"
         self.last_pseudo: Optional[Dict[str, Tensor]] = None
+        self.prototypes: Optional[Tensor] = None
+        self.warmup_best: Optional[Dict[str, Any]] = None  # best warm-up weights (train.warmup_restore_best)
+        self.warmup_start_epoch: Optional[int] = None  # the warm-up epoch self-training started from
+        if self.tc.select_from not in ("self_training", "any"):
+            raise ValueError(f"config key 'train.select_from' must be 'self_training' or 'any', got {self.tc.select_from!r}")
+        if self.mc.features_from not in ("online", "ema"):
+            raise ValueError(f"config key 'method.features_from' must be 'online' or 'ema', got {self.mc.features_from!r}")
+        if self.mc.stats_angles not in ("prototype", "classifier"):
+            raise ValueError(f"config key 'method.stats_angles' must be 'prototype' or 'classifier', "
+                             f"got {self.mc.stats_angles!r}")
 
     # ----------------------------------------------------------------- batches
-    def _batches(self, n: int, batch_size: int, epoch: int, stream: int):
-        """Shuffled index batches; the order depends only on (seed, epoch, stream) so that
-        a resumed run sees the same batches as an uninterrupted one."""
-        g = torch.Generator().manual_seed(int(self.cfg.seed) * 1_000_003 + epoch * 101 + stream)
-        perm = torch.randperm(n, generator=g)
-        return [perm[i:i + batch_size].to(self.device) for i in range(0, n, batch_size)]
+    def _batches(self, n: int, batch_size: int, epoch: int, stream: int, min_batches: int = 1):
+        """Shuffled index batches, at least ``min_batches`` of them (the rows are reshuffled
+        and passed over again as needed; a last partial batch only ends the final pass).
+        The order depends only on (seed, epoch, stream) so that a resumed run sees the same
+        batches as an uninterrupted one."""
+        batches, rep = [], 0
+        while not batches or len(batches) < min_batches:
+            g = torch.Generator().manual_seed(int(self.cfg.seed) * 1_000_003 + epoch * 101 + stream + 7919 * rep)
+            perm = torch.randperm(n, generator=g)
+            batches += [perm[i:i + batch_size].to(self.device) for i in range(0, n, batch_size)]
+            rep += 1
+        return batches[:max(min_batches, math.ceil(n / batch_size))]
 
     def _local(self, idx: Tensor) -> Tensor:
         """This rank's part of a global batch (every rank sees the same global batches)."""
         return idx[self.rank::self.world]
 
     def _steps_per_epoch(self, phase: str) -> int:
-        if phase == "warmup":
-            return max(1, math.ceil(len(self.splits["labeled"]) / self.tc.batch_size))
-        return max(1, math.ceil(len(self.splits["unlabeled"]) / self.tc.unlabeled_batch_size))
+        """Optimizer steps of one epoch: one pass over the phase's data (labeled rows in the
+        warm-up, unlabeled rows in self-training), and never fewer than
+        ``train.min_steps_per_epoch`` -- small datasets or label ratios pass over their rows
+        several times instead of training for a handful of steps."""
+        n, bs = ((len(self.splits["labeled"]), self.tc.batch_size) if phase == "warmup"
+                 else (len(self.splits["unlabeled"]), self.tc.unlabeled_batch_size))
+        return max(1, math.ceil(n / bs), int(self.tc.min_steps_per_epoch))
 
     def _make_scheduler(self, phase: str) -> torch.optim.lr_scheduler.OneCycleLR:
         # one OneCycle per phase, spanning exactly the epochs that phase runs
@@ -226,7 +250,7 @@ class SelfTrainingEngine:
     def _warmup_epoch(self, epoch: int) -> Dict[str, float]:
         lb = self.splits["labeled"]
         losses = []
-        for idx in self._batches(len(lb), self.tc.batch_size, epoch, 0):
+        for idx in self._batches(len(lb), self.tc.batch_size, epoch, 0, self._steps_per_epoch("warmup")):
             idx = self._local(idx)
             losses.append(self._train_step([(lb.x[idx], lb.y[idx], None, self.losses["warmup"])]))
         return {"train_loss": float(np.mean(losses))}
@@ -239,17 +263,23 @@ class SelfTrainingEngine:
         scores_u, _, _ = self.predict_global(ub.x)
         pseudo, confident = self.cap(scores_u)
         pseudo_t = torch.where(confident, pseudo, torch.full_like(pseudo, -1))  # not confident: unknown
-        # (2) each rank: features of its shard; prototypes / statistics reduced across ranks
+        # (2) each rank: features of its shard; prototypes / statistics reduced across ranks.
+        # The method's code reads the online model's features here (CAP scores above come
+        # from the EMA model); method.features_from: ema is the alternative.
+        feature_model = self.model if self.mc.features_from == "online" else None
         rows_lb, rows_ub = D.shard_indices(len(lb), device=self.device), D.shard_indices(len(ub), device=self.device)
-        _, feats_lb, _ = self.predict(lb.x[rows_lb])
-        _, feats_ub, _ = self.predict(ub.x[rows_ub])
+        _, feats_lb, _ = self.predict(lb.x[rows_lb], feature_model)
+        _, feats_ub, _ = self.predict(ub.x[rows_ub], feature_model)
         feats = torch.cat([feats_lb, feats_ub])
         targets = torch.cat([lb.y[rows_lb], pseudo_t[rows_ub]])
+        prototypes, _ = D.global_prototypes(feats, targets)
+        self.prototypes = prototypes  # the label prototypes of this epoch (diagnostics, checkpoints)
         if self.stats is not None:
-            self.stats.update(feats, targets)
-            prototypes = self.stats.prototypes
-        else:
-            prototypes, _ = D.global_prototypes(feats, targets)
+            # prototype: the method's statistics of the angles to the label prototypes;
+            # classifier: statistics of the angles the transform moves (to the classifier weights)
+            anchors = prototypes if self.mc.stats_angles == "prototype" else \
+                (self.model if feature_model is not None else self.ema.module).classifier_weight.detach().float()
+            self.stats.update(feats, targets, prototypes=anchors)
         # (3) negative sampling needs each label's global m_k-th similarity: select on the
         # gathered features (exact), then scatter the masks back to sample order
         rows = torch.cat([rows_lb, rows_ub + len(lb)])
@@ -257,7 +287,12 @@ class SelfTrainingEngine:
             feats = torch.cat(D.gather_rows(feats))
             targets = torch.cat(D.gather_rows(targets))
             rows = torch.cat(D.gather_rows(rows))
-        keep = self.sampler.select(feats, prototypes, targets) if self.sampler is not None else targets >= 0
+        if self.sampler is not None:
+            # the same draws on every rank (random_share variant): seeded by (seed, epoch)
+            g = torch.Generator().manual_seed(int(self.cfg.seed) * 1_000_003 + self.state.epoch * 101 + 2)
+            keep = self.sampler.select(feats, prototypes, targets, generator=g)
+        else:
+            keep = targets >= 0
         weight = torch.empty_like(keep, dtype=torch.float32)
         weight[rows] = keep.float()
         n_lb = len(lb)
@@ -278,7 +313,8 @@ class SelfTrainingEngine:
         lb_batches = self._batches(len(lb), self.tc.batch_size, epoch, 0)
         lb_cycle = itertools.cycle(lb_batches)
         losses = []
-        for idx_u in self._batches(len(ub), self.tc.unlabeled_batch_size, epoch, 1):
+        for idx_u in self._batches(len(ub), self.tc.unlabeled_batch_size, epoch, 1,
+                                   self._steps_per_epoch("self_training")):
             idx_u, idx_l = self._local(idx_u), self._local(next(lb_cycle))
             losses.append(self._train_step([
                 (lb.x[idx_l], lb.y[idx_l], p["weight_lb"][idx_l], self.losses["train"]),
@@ -309,6 +345,9 @@ class SelfTrainingEngine:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "stats": None if self.stats is None else self.stats.state_dict(),
+            "prototypes": self.prototypes,
+            "warmup_best": self.warmup_best,
+            "warmup_start_epoch": self.warmup_start_epoch,
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "num_labels": self.num_labels,
@@ -328,10 +367,13 @@ class SelfTrainingEngine:
             if ckpt.get(key) != expected:
                 raise ValueError(f"config key 'train.resume': checkpoint {path} has {key}={ckpt.get(key)!r}, "
                                  f"this run has {expected!r}")
+        self._carry_best_checkpoint(path, ckpt)
         self.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
         if self.stats is not None and ckpt["stats"] is not None:
             self.stats.load_state_dict(ckpt["stats"])
+        self.prototypes = ckpt.get("prototypes")
+        self.warmup_best, self.warmup_start_epoch = ckpt.get("warmup_best"), ckpt.get("warmup_start_epoch")
         self.state = EngineState(ckpt["epoch"], ckpt["best_map"], ckpt["best_epoch"], ckpt["bad_epochs"],
                                  list(ckpt["history"]))
         if ckpt["scheduler"] is not None:
@@ -343,6 +385,18 @@ class SelfTrainingEngine:
         torch.set_rng_state(ckpt["rng_cpu"].cpu())
         if ckpt["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng_cuda"]])
+
+    def _carry_best_checkpoint(self, path: Path, ckpt: Dict[str, Any]) -> None:
+        """A run resumed into another folder takes the interrupted run's ``best.pt`` along:
+        its best epoch may lie before the interruption, and the final evaluation needs it."""
+        source = path.parent / "best.pt"
+        target = self.ckpt_dir / "best.pt"
+        if ckpt["best_epoch"] < 0 or source.resolve() == target.resolve() or not self.is_main:
+            return
+        if not source.is_file():
+            raise FileNotFoundError(f"config key 'train.resume': {path} selected epoch {ckpt['best_epoch']} "
+                                    f"but its best checkpoint {source} is missing")
+        atomic_save(torch.load(source, map_location="cpu", weights_only=True), target)
 
     def _write_history(self) -> None:
         atomic_write_text(self.out_dir / "metrics.jsonl",
@@ -360,6 +414,8 @@ class SelfTrainingEngine:
         while self.state.epoch < self.total_epochs:
             epoch = self.state.epoch
             phase = "warmup" if epoch < self.boundary else "self_training"
+            if epoch == self.boundary and self.warmup_best is not None:
+                self._restore_warmup_best()
             if epoch == 0 or epoch == self.boundary or self.scheduler is None:
                 self.scheduler = self._make_scheduler(phase)
             t0 = time.perf_counter()
@@ -370,7 +426,11 @@ class SelfTrainingEngine:
             record.update({f"val_{k}": v for k, v in val.items()})
             record["time_s"] = time.perf_counter() - t0
             self.state.epoch = epoch + 1
-            improved = val["mAP"] > self.state.best_map
+            if (phase == "warmup" and self.self_training and self.tc.warmup_restore_best
+                    and (self.warmup_best is None or val["mAP"] > self.warmup_best["map"])):
+                self.warmup_best = {"map": val["mAP"], "epoch": epoch, "model": _cloned(self.model.state_dict()),
+                                    "ema": _cloned(self.ema.state_dict())}
+            improved = self._selectable(phase) and val["mAP"] > self.state.best_map
             if improved:
                 self.state.best_map, self.state.best_epoch, self.state.bad_epochs = val["mAP"], epoch, 0
             elif phase == "self_training" or not self.self_training:
@@ -396,6 +456,30 @@ class SelfTrainingEngine:
         bar.close()
         return {"interrupted": False}
 
+    def _restore_warmup_best(self) -> None:
+        """Self-training starts from the warm-up epoch with the best validation mAP
+        (``train.warmup_restore_best``): on a small labeled set the last warm-up epoch has
+        often overfitted it. The optimizer's moments start afresh with the new phase."""
+        self.model.load_state_dict(self.warmup_best["model"])
+        self.ema.load_state_dict(self.warmup_best["ema"])
+        self.optimizer.state.clear()
+        self.warmup_start_epoch = int(self.warmup_best["epoch"])
+        self.warmup_best = None
+
+    def _selectable(self, phase: str) -> bool:
+        """Whether an epoch of ``phase`` may be selected as the run's model.
+
+        ``train.select_from: self_training`` (default): a self-training method is the model
+        its own phase trains, never its warm-up model (which is the BAM / ASL baseline);
+        ``any``: every epoch competes on validation mAP."""
+        if not self.self_training or self.tc.select_from == "any" or self.total_epochs <= self.boundary:
+            return True
+        return phase == "self_training"
+
+    def selected_phase(self) -> str:
+        return "warmup" if self.self_training and 0 <= self.state.best_epoch < self.boundary else "self_training" \
+            if self.self_training else "supervised"
+
     def _epoch_state(self) -> Dict[str, Any]:
         """The last self-training epoch's global quantities (tests compare them across world sizes)."""
         p = self.last_pseudo
@@ -411,4 +495,5 @@ class SelfTrainingEngine:
         self.model.load_state_dict(ckpt["model"])
         if self.stats is not None and ckpt["stats"] is not None:
             self.stats.load_state_dict(ckpt["stats"])
+        self.prototypes = ckpt.get("prototypes")
         return ckpt

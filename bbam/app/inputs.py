@@ -5,12 +5,15 @@ encoding to the model's encoder:
 
 * text: ``X`` holds token ids (0 = padding) of a vocabulary built on the training
   documents; encode with :class:`bbam.app.models.TextEncoder` (an embedding bag) or
-  any text backbone that takes token ids;
+  any text backbone that takes token ids. With ``sentence_encoder`` settings
+  (``model=sentence_encoder``) ``X`` holds instead a pretrained sentence model's
+  embeddings (frozen) or its tokenizer's ids (fine-tuning): see :mod:`bbam.app.sentence`;
 * images: ``X`` holds flattened RGB pixels in ``[0, 1]``; encode with
   :class:`bbam.app.models.ImageEncoder` (a small CNN by default, or any backbone such
   as a torchvision ResNet given by ``_target_``).
 
-Application layer: imports only the standard library, numpy, torch (and Pillow for images).
+Application layer: imports only the standard library, numpy, torch (and Pillow for images,
+sentence-transformers for ``sentence_encoder``).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +40,7 @@ def tokenize(text: str) -> list[str]:
 
 def load_text_jsonl(path, text_keys: Sequence[str] = ("title", "body"), labels_key: str = "labels",
                     split_key: str | None = "split", vocab_size: int = 20000, max_len: int = 256,
-                    name: str | None = None) -> MultiLabelData:
+                    name: str | None = None, sentence_encoder: Mapping[str, Any] | None = None) -> MultiLabelData:
     """Documents of a JSON-lines file (one object per line) as token-id rows.
 
     Args:
@@ -48,17 +51,27 @@ def load_text_jsonl(path, text_keys: Sequence[str] = ("title", "body"), labels_k
         vocab_size: ids 1..vocab_size-1 go to the most frequent training-set tokens (by
             document frequency; ties alphabetical); 0 is padding; other tokens are dropped.
         max_len: tokens kept per document (the first ones); shorter rows are zero-padded.
+        sentence_encoder: None (our own vocabulary, above), or the settings of a pretrained
+            sentence model (``model.sentence`` of ``model=sentence_encoder``: ``pretrained``,
+            ``finetune``, ``max_seq_length``, ``batch_size``, ``device``, ``cache_dir``, ``cache``,
+            ``progress``); then ``vocab_size`` and ``max_len`` are not used and the text
+            fields are joined by newlines.
 
     Returns:
         :class:`MultiLabelData` with ``X`` float32 ``[N, max_len]`` token ids, ``Y`` int8
         ``[N, K]`` (labels sorted by name), the official split when ``split_key`` is present,
-        and an extra attribute ``vocab`` (id -> token; id 0 is ``"<pad>"``).
+        and an extra attribute ``vocab`` (id -> token; id 0 is ``"<pad>"``). With
+        ``sentence_encoder``: ``X`` is float32 ``[N, E]`` sentence embeddings (frozen) or
+        ``[N, max_seq_length]`` the model tokenizer's ids (``finetune``), and ``vocab`` is None.
     """
     path = Path(path)
     _check_exists(path)
     if vocab_size < 2 or max_len < 1:
         raise ValueError(f"load_text_jsonl: 'vocab_size' must be >= 2 and 'max_len' >= 1, got {vocab_size}, {max_len}")
-    docs, labels, splits = [], [], []
+    if sentence_encoder is not None and not isinstance(sentence_encoder, Mapping):
+        raise TypeError(f"load_text_jsonl: 'sentence_encoder' must be a mapping of settings or None, "
+                        f"got {type(sentence_encoder).__name__}")
+    docs, labels, splits, texts = [], [], [], []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -69,7 +82,11 @@ def load_text_jsonl(path, text_keys: Sequence[str] = ("title", "body"), labels_k
                 raise DatasetFormatError(path, f"not valid JSON ({err.msg})", lineno) from None
             if not isinstance(obj, dict) or not isinstance(obj.get(labels_key), list):
                 raise DatasetFormatError(path, f"expected an object with a list '{labels_key}'", lineno)
-            docs.append(tokenize(" ".join(str(obj.get(k) or "") for k in text_keys)))
+            if sentence_encoder is None:
+                docs.append(tokenize(" ".join(str(obj.get(k) or "") for k in text_keys)))
+            else:
+                docs.append(None)
+                texts.append("\n".join(str(obj[k]) for k in text_keys if obj.get(k)))
             labels.append([str(v) for v in obj[labels_key]])
             if split_key is not None:
                 split = obj.get(split_key)
@@ -79,13 +96,19 @@ def load_text_jsonl(path, text_keys: Sequence[str] = ("title", "body"), labels_k
     if not docs:
         raise DatasetFormatError(path, "no documents")
     train_rows = [i for i, s in enumerate(splits) if s == "train"] if splits else list(range(len(docs)))
-    df = Counter(tok for i in train_rows for tok in set(docs[i]))
-    vocab = ["<pad>"] + [tok for tok, _ in sorted(df.items(), key=lambda kv: (-kv[1], kv[0]))[: vocab_size - 1]]
-    index = {tok: i for i, tok in enumerate(vocab)}
-    X = np.zeros((len(docs), max_len), dtype=np.float32)
-    for i, doc in enumerate(docs):
-        ids = [index[t] for t in doc if t in index][:max_len]
-        X[i, : len(ids)] = ids
+    if sentence_encoder is None:
+        vocab = _vocabulary(docs, train_rows, vocab_size)
+        index = {tok: i for i, tok in enumerate(vocab)}
+        X = np.zeros((len(docs), max_len), dtype=np.float32)
+        for i, doc in enumerate(docs):
+            ids = [index[t] for t in doc if t in index][:max_len]
+            X[i, : len(ids)] = ids
+        X, feature_names = torch.from_numpy(X), [f"token{j}" for j in range(max_len)]
+    else:
+        from .sentence import sentence_inputs
+
+        vocab = None
+        X, feature_names = sentence_inputs(texts, sentence_encoder)
     label_names = sorted({name for row in labels for name in row})
     col = {name: j for j, name in enumerate(label_names)}
     Y = np.zeros((len(docs), len(label_names)), dtype=np.int8)
@@ -95,11 +118,16 @@ def load_text_jsonl(path, text_keys: Sequence[str] = ("title", "body"), labels_k
     if splits:
         split_idx = {"train_idx": torch.tensor(train_rows, dtype=torch.long),
                      "test_idx": torch.tensor([i for i, s in enumerate(splits) if s == "test"], dtype=torch.long)}
-    data = MultiLabelData(X=torch.from_numpy(X), Y=torch.from_numpy(Y), label_names=label_names,
-                          feature_names=[f"token{j}" for j in range(max_len)], name=name or path.stem,
-                          source=str(path), **split_idx)
-    data.vocab = vocab  # id -> token
+    data = MultiLabelData(X=X, Y=torch.from_numpy(Y), label_names=label_names, feature_names=feature_names,
+                          name=name or path.stem, source=str(path), **split_idx)
+    data.vocab = vocab  # id -> token (None with a sentence encoder)
     return data
+
+
+def _vocabulary(docs: list[list[str]], train_rows: list[int], vocab_size: int) -> list[str]:
+    """``["<pad>"]`` + the ``vocab_size - 1`` tokens in most training documents (ties alphabetical)."""
+    df = Counter(tok for i in train_rows for tok in set(docs[i]))
+    return ["<pad>"] + [tok for tok, _ in sorted(df.items(), key=lambda kv: (-kv[1], kv[0]))[: vocab_size - 1]]
 
 
 def load_image_folder(root, labels_file: str = "labels.tsv", image_size: int = 64,

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MLPEncoder", "BackboneEncoder", "TextEncoder", "ImageEncoder", "CosineClassifier", "LinearClassifier", "MultiLabelModel", "ModelEMA"]
+__all__ = ["LinearEncoder", "MLPEncoder", "BackboneEncoder", "TextEncoder", "ImageEncoder", "CosineClassifier", "LinearClassifier", "MultiLabelModel", "ModelEMA"]
 
 
 class MLPEncoder(nn.Module):
@@ -29,6 +29,22 @@ class MLPEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+class LinearEncoder(nn.Module):
+    """The features as they are (``out_dim=None``) or one linear map ``in_dim -> out_dim``.
+
+    With the linear head and the BCE loss this is a linear logistic model, the same
+    model family as the one-vs-rest logistic-regression floor of ``bench/baseline.py``.
+    """
+
+    def __init__(self, in_dim: int, out_dim: Optional[int] = None):
+        super().__init__()
+        self.proj = nn.Identity() if out_dim is None else nn.Linear(in_dim, out_dim)
+        self.out_dim = in_dim if out_dim is None else out_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x)
 
 
 class BackboneEncoder(nn.Module):

@@ -1,21 +1,30 @@
-"""Run reports: ``report.md`` with the metrics and a per-label table, PNG plots
-(learning curves, per-label angle histograms before/after balancing, VDFD per label)."""
+"""Run reports: ``report.md`` with the metrics, what balancing does and a per-label table,
+PNG plots (learning curves, VDFD per label for both angle families, angle histograms)."""
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 from .atomic import atomic_write_text
 
-__all__ = ["write_report", "metrics_table", "PAPER_METRICS"]
+__all__ = ["write_report", "metrics_table", "PAPER_METRICS", "UNITS"]
 
 # The paper's five metrics, then the rest (name in results -> column title, higher is better?)
 PAPER_METRICS = [("micro_f1", "Micro-F1", True), ("macro_f1", "Macro-F1", True), ("mAP", "mAP", True),
                  ("hamming_loss", "Hamming loss", False), ("one_error", "One-error", False)]
 OTHER_METRICS = [("coverage", "Coverage", False), ("ranking_loss", "Ranking loss", False), ("lrap", "LRAP", True),
-                 ("vca", "VCA", False), ("vdfd", "VDFD", False), ("vdfd_balanced", "VDFD (balanced)", False)]
+                 ("vca", "VCA", False), ("vdfd", "VDFD (classifier angles)", False),
+                 ("vdfd_balanced", "VDFD after balancing (classifier angles)", False)]
+# key -> (factor to the shown value, unit). mAP is stored x100 already; F1 and LRAP as
+# fractions (bbam.metrics.evaluate): all four are shown in percent, as in collect.py.
+UNITS: Dict[str, Tuple[float, str]] = {
+    "micro_f1": (100, "%"), "macro_f1": (100, "%"), "mAP": (1, "%"), "lrap": (100, "%"),
+    "hamming_loss": (1, "fraction of label slots (0–1)"), "one_error": (1, "fraction of samples (0–1)"),
+    "coverage": (1, "labels"), "ranking_loss": (1, "fraction of label pairs (0–1)"),
+    "vca": (1, "variance of per-label accuracies in 0–1"), "vdfd": (1, "rad²"), "vdfd_balanced": (1, "rad²")}
+FAMILY_TITLES = {"prototype": "to label prototypes", "classifier": "to classifier weights"}
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -24,12 +33,95 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
 
 
+def _pct(v: Any) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+
+def _shown(key: str, v: Any) -> Tuple[str, str]:
+    """(value as shown, unit) of a test metric."""
+    factor, unit = UNITS.get(key, (1, ""))
+    if unit == "%":
+        return _pct(None if v is None else v * factor), unit
+    return _fmt(v), unit
+
+
 def metrics_table(result: Dict[str, Any]) -> str:
-    """A plain-text table of a run's test metrics."""
-    rows = [(title, result["test"].get(key)) for key, title, _ in PAPER_METRICS + OTHER_METRICS]
-    width = max(len(t) for t, _ in rows)
+    """A plain-text table of a run's test metrics, with units."""
+    rows = [(title, *_shown(key, result["test"].get(key))) for key, title, _ in PAPER_METRICS + OTHER_METRICS]
+    width, vwidth = max(len(t) for t, _, _ in rows), max(len(v) for _, v, _ in rows)
     head = f"{result['method']} on {result['dataset']} (lb_ratio {result['lb_ratio']}, seed {result['seed']}), test set:"
-    return "\n".join([head] + [f"  {t:<{width}}  {_fmt(v)}" for t, v in rows])
+    return "\n".join([head] + [f"  {t:<{width}}  {v:>{vwidth}}  {u}" for t, v, u in rows])
+
+
+def _nan(values: List[Optional[float]]) -> List[float]:
+    return [math.nan if v is None else v for v in values]
+
+
+def _learning_curves(plt, path: Path, history: List[Dict[str, Any]]) -> None:
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    epochs = [r["epoch"] for r in history]
+    ax1.plot(epochs, [r["train_loss"] for r in history], marker=".", label="training loss")
+    ax1.set(xlabel="epoch", ylabel="training loss (mean per step, log scale)", yscale="log", title="training loss")
+    ax2.plot(epochs, [r["val_mAP"] for r in history], marker=".", label="val mAP")
+    ax2.plot(epochs, [100 * r["val_micro_f1"] for r in history], marker=".", label="val micro-F1")
+    ax2.set(xlabel="epoch", ylabel="validation score (%)", title="validation")
+    # the warm-up / self-training boundary: pseudo-labels and balancing start there
+    start = next((r["epoch"] for r in history if r.get("phase") == "self_training"), None)
+    for ax in (ax1, ax2):
+        if start is not None:
+            ax.axvspan(min(epochs) - 0.5, start - 0.5, color="0.9", zorder=0, label="warm-up (labeled only)")
+            ax.axvline(start - 0.5, color="0.4", linestyle="--", label="self-training starts")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _vdfd_plot(plt, path: Path, diag: Dict[str, Any]) -> None:
+    names, K = diag["label_names"], len(diag["label_names"])
+    fig, axes = plt.subplots(2, 1, figsize=(min(max(8, 0.3 * K), 40), 7), sharex=True)
+    xs = list(range(K))
+    for ax, family in zip(axes, ("prototype", "classifier")):
+        fam = diag[family]
+        ax.bar([x - 0.2 for x in xs], _nan(fam["vdfd"]), width=0.4, label="before balancing")
+        ax.bar([x + 0.2 for x in xs], _nan(fam.get("vdfd_after", fam["vdfd"])), width=0.4, label="after balancing")
+        fitted = " — statistics taken here" if diag.get("stats_angles") == family else ""
+        ax.set(ylabel="VDFD (rad²)", title=f"angles {FAMILY_TITLES[family]}{fitted}")
+        ax.legend(fontsize=8)
+    axes[-1].set_xticks(xs, names, rotation=90, fontsize=7 if K > 30 else 9)
+    axes[-1].set_xlabel("label")
+    fig.suptitle(f"VDFD = |var(angles of positives) − var(angles of negatives)| per label, {diag['split']} set")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _histograms(plt, path: Path, diag: Dict[str, Any]) -> None:
+    names, c = diag["label_names"], diag["classifier"]
+    # the labels with the largest VDFD before balancing: where the transform has most to do
+    order = sorted(range(len(names)), key=lambda k: -(c["vdfd"][k] if c["vdfd"][k] is not None else -1))
+    shown = sorted(order[:6])
+    fig, axes = plt.subplots(2, len(shown), figsize=(3 * len(shown), 5.5), squeeze=False, sharex=True)
+    bins = len(c["hist_pos"][0])
+    centers = [(i + 0.5) * 180 / bins for i in range(bins)]
+    for j, k in enumerate(shown):
+        for row, suffix, when in ((0, "", "before"), (1, "_after", "after")):
+            ax = axes[row][j]
+            for key, label in ((f"hist_neg{suffix}", "negatives"), (f"hist_pos{suffix}", "positives")):
+                counts = c[key][k]
+                total = max(sum(counts), 1)
+                ax.plot(centers, [v / total for v in counts], label=label)
+            ax.set_title(f"{names[k]} ({when} balancing)", fontsize=10)
+            ax.tick_params(labelsize=9)
+    for row in axes:
+        row[0].set_ylabel("share of samples per bin", fontsize=9)
+    axes[0][0].legend(fontsize=9)
+    fig.supxlabel("angle to the classifier weight (degrees)", fontsize=10)
+    fig.suptitle(f"angle distributions of the {len(shown)} labels with the largest VDFD ({diag['split']} set)",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _plots(out_dir: Path, history: List[Dict[str, Any]], diag: Dict[str, Any]) -> List[str]:
@@ -40,53 +132,61 @@ def _plots(out_dir: Path, history: List[Dict[str, Any]], diag: Dict[str, Any]) -
 
     files = []
     if history:
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
-        epochs = [r["epoch"] for r in history]
-        ax1.plot(epochs, [r["train_loss"] for r in history])
-        ax1.set(xlabel="epoch", ylabel="train loss", yscale="log", title="training loss")
-        ax2.plot(epochs, [r["val_mAP"] for r in history], label="val mAP")
-        ax2.plot(epochs, [100 * r["val_micro_f1"] for r in history], label="val micro-F1 ×100")
-        ax2.set(xlabel="epoch", title="validation")
-        ax2.legend()
-        fig.tight_layout()
-        fig.savefig(out_dir / "learning_curves.png", dpi=100)
-        plt.close(fig)
+        _learning_curves(plt, out_dir / "learning_curves.png", history)
         files.append("learning_curves.png")
     if diag:
-        names = diag["label_names"]
-        c = diag["classifier"]
-        K = len(names)
-        fig, ax = plt.subplots(figsize=(max(6, 0.35 * K), 3.5))
-        xs = range(K)
-        ax.bar([x - 0.2 for x in xs], c["vdfd"], width=0.4, label="before balancing")
-        ax.bar([x + 0.2 for x in xs], c["vdfd_after"], width=0.4, label="after balancing")
-        ax.set_xticks(list(xs), names, rotation=90, fontsize=7)
-        ax.set(ylabel="|var pos − var neg|", title="VDFD per label (test angles to classifier weights)")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out_dir / "vdfd_per_label.png", dpi=100)
-        plt.close(fig)
-        files.append("vdfd_per_label.png")
-        shown = list(range(min(K, 8)))
-        fig, axes = plt.subplots(2, len(shown), figsize=(2.2 * len(shown), 4.5), squeeze=False)
-        bins = len(c["hist_pos"][0])
-        centers = [(i + 0.5) * 180 / bins for i in range(bins)]
-        for j, k in enumerate(shown):
-            for row, suffix, title in ((0, "", "before"), (1, "_after", "after")):
-                ax = axes[row][j]
-                for key, label in ((f"hist_neg{suffix}", "neg"), (f"hist_pos{suffix}", "pos")):
-                    counts = c[key][k]
-                    total = max(sum(counts), 1)
-                    ax.plot(centers, [v / total for v in counts], label=label)
-                ax.set_title(f"{names[k]} ({title})", fontsize=7)
-                ax.tick_params(labelsize=6)
-        axes[0][0].legend(fontsize=6)
-        fig.supxlabel("angle to classifier weight (degrees)", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out_dir / "angle_histograms.png", dpi=100)
-        plt.close(fig)
-        files.append("angle_histograms.png")
+        _vdfd_plot(plt, out_dir / "vdfd_per_label.png", diag)
+        _histograms(plt, out_dir / "angle_histograms.png", diag)
+        files += ["vdfd_per_label.png", "angle_histograms.png"]
     return files
+
+
+def _balancing_section(diag: Dict[str, Any], result: Dict[str, Any]) -> List[str]:
+    """"What balancing does": mean VDFD per angle family before / after the transform."""
+    fitted = diag.get("stats_angles", "prototype")
+    K = len(diag["label_names"])
+    lines = ["", "## What balancing does", "",
+             "VDFD is, per label, |variance of the angles of its positive samples − variance of the angles of its "
+             "negative samples| (rad², lower = the two angle distributions are equally spread); BBAM's transform "
+             "θ' = a·θ + b rescales each polarity so both get the same variance, which makes VDFD 0 on the angles "
+             "and samples its statistics were measured on. VCA is the variance over labels of the per-label accuracy "
+             "(accuracies as fractions 0–1; lower = labels are served more evenly).", ""]
+    if fitted == "none":
+        lines.append("This method does not balance: the transform is the identity, so after = before.")
+    else:
+        lines.append(f"Statistics were taken on the angles {FAMILY_TITLES.get(fitted, fitted)} "
+                     f"(`method.stats_angles={fitted}`, training samples, EMA over epochs); the loss transforms the "
+                     f"angles to the classifier weights. {diag.get('balanced_labels', '?')} of {K} labels have "
+                     "non-identity coefficients (a warm-up checkpoint has none).")
+    lines += ["", f"Mean VDFD over labels on the {diag.get('split', 'test')} set (rad²; angles of the "
+              f"{diag.get('features_from', 'ema')} model's features, prototypes from the "
+              f"{diag.get('prototype_source', '?')}):", "",
+              "| angles | before balancing | after balancing |", "|---|---|---|"]
+    for family in ("prototype", "classifier"):
+        mark = " (statistics taken here)" if family == fitted else ""
+        lines.append(f"| {FAMILY_TITLES[family]}{mark} | {_fmt(diag.get(f'mean_vdfd_{family}'))} | "
+                     f"{_fmt(diag.get(f'mean_vdfd_{family}_after'))} |")
+    lines += ["", f"VCA on the test set: {_fmt(result['test'].get('vca'))} (variance of accuracies in 0–1)."]
+    return lines
+
+
+def _per_label_section(diag: Dict[str, Any]) -> List[str]:
+    p, coef = diag["per_label"], diag["coefficients"]
+    fams = {f: diag.get(f, {}) for f in ("prototype", "classifier")}
+    lines = ["", f"## Per label ({diag.get('split', 'test')} set)", "",
+             "AP, F1 and accuracy in %; VDFD in rad² before → after balancing, for the angles to the prototypes "
+             "and to the classifier weights; a neg / a pos: the transform's slope for the label's negatives / "
+             "positives (θ' = a·θ + b; > 1 spreads that polarity's angles, < 1 narrows them, 1 = untouched). "
+             "Variances are in `diagnostics.json`.", "",
+             "| label | positives | AP (%) | F1 (%) | accuracy (%) | VDFD prototype (rad²) | "
+             "VDFD classifier (rad²) | a neg | a pos |", "|---|---|---|---|---|---|---|---|---|"]
+    for k, name in enumerate(diag["label_names"]):
+        vd = [f"{_fmt(f['vdfd'][k])} → {_fmt(f.get('vdfd_after', f['vdfd'])[k])}" if f else "—"
+              for f in fams.values()]
+        lines.append("| " + " | ".join([str(name), str(p["positives"][k]), _pct(p["ap"][k]), _pct(p["f1"][k]),
+                                        _pct(p["accuracy"][k]), *vd, _fmt(coef["a"][0][k]),
+                                        _fmt(coef["a"][1][k])]) + " |")
+    return lines
 
 
 def write_report(out_dir: Path) -> Path:
@@ -99,20 +199,13 @@ def write_report(out_dir: Path) -> Path:
     plots = _plots(out_dir, history, diag)
     lines = [f"# {result['method']} on {result['dataset']}", "",
              f"lb_ratio {result['lb_ratio']}, seed {result['seed']}; splits {result['sizes']}; "
-             f"best validation mAP {result['best_val_mAP']:.2f} at epoch {result['best_epoch']} "
+             f"best validation mAP {result['best_val_mAP']:.2f} % at epoch {result['best_epoch']} "
              f"({result['epochs_run']} epochs run).", "", "## Test metrics (selected checkpoint, evaluated once)", "",
-             "| metric | value |", "|---|---|"]
-    lines += [f"| {title} | {_fmt(result['test'].get(key))} |" for key, title, _ in PAPER_METRICS + OTHER_METRICS]
+             "| metric | value | unit |", "|---|---|---|"]
+    lines += ["| {} | {} | {} |".format(title, *_shown(key, result["test"].get(key)))
+              for key, title, _ in PAPER_METRICS + OTHER_METRICS]
     if diag:
-        c, p = diag["classifier"], diag["per_label"]
-        lines += ["", "## Per label (test set)", "",
-                  "| label | positives | AP | F1 | accuracy | var neg | var pos | VDFD | VDFD balanced | a neg | a pos |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for k, name in enumerate(diag["label_names"]):
-            lines.append("| " + " | ".join([
-                str(name), str(p["positives"][k]), _fmt(p["ap"][k]), _fmt(p["f1"][k]), _fmt(p["accuracy"][k]),
-                _fmt(c["var"][0][k]), _fmt(c["var"][1][k]), _fmt(c["vdfd"][k]), _fmt(c["vdfd_after"][k]),
-                _fmt(diag["coefficients"]["a"][0][k]), _fmt(diag["coefficients"]["a"][1][k])]) + " |")
+        lines += _balancing_section(diag, result) + _per_label_section(diag)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
     path = out_dir / "report.md"
