@@ -7,6 +7,7 @@ continues where it stopped (runs already in the file are skipped).
     python bench/study.py run --datasets emotions,medical --lb 0.1 --seeds 0,1,2 \\
         --methods logreg,supervised,cap,bam,bbam,bbam_cls --jobs 2 --out study.jsonl [-- key=value ...]
     python bench/study.py table study.jsonl [--out table.md]
+    python bench/study.py summary study.jsonl [--metric mAP] [--pair bbam:bam ...]
 
 ``--variant NAME=override,override`` adds an extra row (a method with overrides), e.g.
 ``--variant bbam-noneg=method=bbam,method.negative_sampling=false``. The table gives each
@@ -65,7 +66,7 @@ def _key(row: str, overrides: Sequence[str]) -> str:
 
 def run(ns) -> None:
     rows: List[Tuple[str, List[str]]] = []
-    for m in ns.methods.split(","):
+    for m in filter(None, ns.methods.split(",")):  # --methods "" : only the --variant rows
         rows.append((m, [] if m == "logreg" else [f"method={m}"]))
     for v in ns.variant or []:
         name, _, ovs = v.partition("=")
@@ -164,6 +165,77 @@ def table(ns) -> str:
     return text
 
 
+def _load(files) -> List[Dict]:
+    return [json.loads(line) for p in files for line in Path(p).read_text().splitlines() if line.strip()]
+
+
+def _by(runs, *keys):
+    out: Dict = defaultdict(list)
+    for r in runs:
+        out[tuple(r[k] for k in keys)].append(r)
+    return out
+
+
+def summary(ns) -> str:
+    """Compact tables: mAP per dataset x method for each labeled ratio, paired comparisons,
+    and mean VDFD per method (both angle families, before / after the transform)."""
+    runs = _load(ns.files)
+    rows = [r for r in ["logreg", "supervised", "cap", "bam", "bbam", "bbam_cls"] if any(x["row"] == r for x in runs)]
+    rows += sorted({x["row"] for x in runs} - set(rows))
+    datasets = list(dict.fromkeys(x["dataset"] for x in runs))
+    cell = _by(runs, "dataset", "lb_ratio", "row")
+    out = []
+    metric, scale = ns.metric, dict((k, s) for k, _, s in METRICS)[ns.metric]
+    for lb in sorted({x["lb_ratio"] for x in runs}):
+        out.append(f"\n**{metric}, labeled ratio {lb}** (mean ± std over seeds)\n")
+        out.append("| method | " + " | ".join(datasets) + " |")
+        out.append("|---" * (len(datasets) + 1) + "|")
+        for row in rows:
+            vals = [_mean_std([r["test"][metric] * scale for r in cell.get((d, lb, row), [])]) for d in datasets]
+            if any(v != "—" for v in vals):
+                out.append(f"| {row} | " + " | ".join(vals) + " |")
+    pairs = [tuple(p.split(":")) for p in ns.pair] if ns.pair else PAIRS
+    out.append(f"\n**Paired by seed ({metric})**: mean difference ± std over seeds; wins / ties / losses "
+               "(|difference| <= 0.05 is a tie)\n")
+    lbs = sorted({x["lb_ratio"] for x in runs})
+    out.append("| comparison | labeled ratio | " + " | ".join(datasets) + " | all cells |")
+    out.append("|---" * (len(datasets) + 3) + "|")
+    for a, b in pairs:
+        for lb in lbs:
+            cells, every = [], []
+            for d in datasets:
+                A = {r["seed"]: r["test"][metric] * scale for r in cell.get((d, lb, a), [])}
+                B = {r["seed"]: r["test"][metric] * scale for r in cell.get((d, lb, b), [])}
+                diffs = [A[s] - B[s] for s in sorted(set(A) & set(B))]
+                every += diffs
+                if not diffs:
+                    cells.append("—")
+                    continue
+                w, l_ = sum(x > 0.05 for x in diffs), sum(x < -0.05 for x in diffs)
+                sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+                cells.append(f"{statistics.mean(diffs):+.2f} ± {sd:.2f} ({w}/{len(diffs) - w - l_}/{l_})")
+            if every:
+                w, l_ = sum(x > 0.05 for x in every), sum(x < -0.05 for x in every)
+                out.append(f"| {a} − {b} | {lb} | " + " | ".join(cells) +
+                           f" | {statistics.mean(every):+.2f} ({w}/{len(every) - w - l_}/{l_}) |")
+    if any("diagnostics" in r for r in runs):
+        out.append("\n**Mean VDFD on the test split** (rad², mean over datasets, labeled ratios and seeds): "
+                   "before → after the transform\n")
+        out.append("| method | prototype angles | classifier angles |")
+        out.append("|---|---|---|")
+        for row in rows:
+            d = [r["diagnostics"] for r in runs if r["row"] == row and "diagnostics" in r]
+            if not d:
+                continue
+            fam = []
+            for f in ("prototype", "classifier"):
+                b = [x[f"mean_vdfd_{f}"] for x in d if x.get(f"mean_vdfd_{f}") is not None]
+                a = [x[f"mean_vdfd_{f}_after"] for x in d if x.get(f"mean_vdfd_{f}_after") is not None]
+                fam.append(f"{statistics.mean(b):.4f} → {statistics.mean(a):.4f}" if b and a else "—")
+            out.append(f"| {row} | {fam[0]} | {fam[1]} |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -180,9 +252,15 @@ def main(argv=None) -> None:
     t.add_argument("files", nargs="+")
     t.add_argument("--pair", action="append", help="extra paired comparison A:B")
     t.add_argument("--out")
+    m = sub.add_parser("summary", help="compact tables across datasets")
+    m.add_argument("files", nargs="+")
+    m.add_argument("--metric", default="mAP", choices=[k for k, _, _ in METRICS])
+    m.add_argument("--pair", action="append", help="paired comparison A:B (default: the standard pairs)")
     ns = parser.parse_args(argv)
     if ns.cmd == "run":
         run(ns)
+    elif ns.cmd == "summary":
+        print(summary(ns))
     else:
         print(table(ns))
 
