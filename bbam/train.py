@@ -135,7 +135,8 @@ def train(cfg) -> Dict[str, Any]:
 
     Writes into ``cfg.out_dir``: ``config.yaml``, ``metrics.jsonl`` (one line per epoch),
     ``checkpoints/{best,last}.pt``, ``final_metrics.json``, ``diagnostics.json``,
-    ``report.md`` and PNG plots. Under torchrun it joins the process group (and leaves
+    ``report.md``, PNG plots, and the prediction files ``scaler.pt``, ``labels.json``,
+    ``thresholds.json`` (see :mod:`bbam.app.predict`). Under torchrun it joins the process group (and leaves
     it at the end) unless the caller already did.
     """
     owns_group = _init_distributed(cfg)
@@ -158,12 +159,13 @@ def _train(cfg) -> Dict[str, Any]:
     from bbam.app.diagnostics import angle_diagnostics
     from bbam import distributed as D
     from bbam.app.engine import atomic_write_text, seed_everything
+    from bbam.app.predict import save_predictor_files
 
     out_dir = Path(cfg.out_dir)
     is_main = D.rank() == 0  # only rank 0 writes
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
     device = _device(cfg)
-    data, tensors, _ = load_run_data(cfg, device)  # bad files fail here, before anything is written
+    data, tensors, scaler = load_run_data(cfg, device)  # bad files fail here, before anything is written
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -176,6 +178,7 @@ def _train(cfg) -> Dict[str, Any]:
 
     best = engine.load_best()  # the checkpoint selected on validation
     test = engine.evaluate("test")
+    val_scores, _, _ = engine.predict_global(tensors["val"].x)  # every rank (collective); for thresholds.json
     diag = angle_diagnostics(engine, "test")
     test["vdfd"] = diag["mean_vdfd"]
     test["vdfd_balanced"] = diag["mean_vdfd_after"]
@@ -193,6 +196,10 @@ def _train(cfg) -> Dict[str, Any]:
         return result
     atomic_write_text(out_dir / "final_metrics.json", json.dumps(result, indent=2))
     atomic_write_text(out_dir / "diagnostics.json", json.dumps({"label_names": data.label_names, **diag}))
+    # what bbam.app.predict.Predictor needs besides config + best.pt: the pool-fitted scaler,
+    # the label names and per-label thresholds tuned on the selected model's validation scores
+    save_predictor_files(out_dir, scaler, data.num_features, data.label_names, val_scores,
+                         tensors["val"].y, float(cfg.train.threshold))
     report.write_report(out_dir)
     if cfg.train.progress:
         print(report.metrics_table(result), file=sys.stderr)

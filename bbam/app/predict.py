@@ -1,0 +1,193 @@
+"""Prediction from a finished run (application layer).
+
+A run folder written by ``python -m bbam.train`` (or by :mod:`bbam.estimator`) holds
+what prediction needs, and :class:`Predictor` reuses exactly that:
+
+* ``config.yaml``: the model's config (encoder, head, margin, scale);
+* ``checkpoints/best.pt``: the selected checkpoint; its EMA weights (``ema``) are the
+  model the run evaluated, its ``stats`` give the inference transform's coefficients;
+* ``scaler.pt``: the :class:`~bbam.app.preprocess.FeatureScaler` fitted on the run's
+  training pool, plus the feature width (``num_features``);
+* ``labels.json``: the ``K`` label names;
+* ``thresholds.json``: ``{"global": t, "tuned": [t_1..t_K]}``: the global threshold
+  (``train.threshold``) and per-label thresholds tuned for F1 on the validation split.
+
+Scores are computed as in ``SelfTrainingEngine.predict``: cosine head ->
+``sigmoid(scale * (angle_transform(cos, a, b) - predict_margin_fraction * margin))``,
+linear head -> ``sigmoid(logits)`` (bf16 autocast on CUDA when the run used ``train.amp``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import bbam
+from bbam.functional import identity_coefficients
+from bbam.stats import LabelAngleStats
+
+from .atomic import atomic_save, atomic_write_text
+from .preprocess import FeatureScaler
+
+__all__ = ["Predictor", "tune_thresholds", "save_predictor_files", "RUN_FILES"]
+
+RUN_FILES = ("config.yaml", "checkpoints/best.pt", "scaler.pt", "labels.json", "thresholds.json")
+
+
+def tune_thresholds(scores: Tensor, targets: Tensor, default: float) -> List[float]:
+    """Per-label thresholds maximising F1 of ``score >= t`` on ``scores``/``targets`` ``[N, K]``.
+
+    Candidates are the label's own scores (every distinct prediction set of the rule is
+    one of them, so the tuned F1 is never below the F1 of any global threshold on these
+    rows). A label with no positive row keeps ``default`` (F1 is 0 for every candidate).
+    Ties keep the highest threshold (fewest predicted positives)."""
+    out: List[float] = []
+    s_all, y_all = scores.detach().float().cpu(), targets.detach().cpu()
+    for k in range(s_all.shape[1]):
+        s, y = s_all[:, k], (y_all[:, k] == 1)
+        n_pos = int(y.sum())
+        if n_pos == 0:
+            out.append(float(default))
+            continue
+        order = torch.argsort(s, descending=True, stable=True)
+        s_sorted, y_sorted = s[order], y[order].double()
+        tp = torch.cumsum(y_sorted, 0)
+        predicted = torch.arange(1, len(s) + 1, dtype=torch.float64)
+        # a threshold at s_sorted[i] predicts every row with an equal score: take the last of each tie run
+        last = torch.ones(len(s), dtype=torch.bool)
+        last[:-1] = s_sorted[1:] != s_sorted[:-1]
+        f1 = torch.where(last, 2 * tp / (predicted + n_pos), torch.full_like(tp, -1.0))
+        out.append(float(s_sorted[int(torch.argmax(f1))]))  # argmax: first (highest) of equal maxima
+    return out
+
+
+def save_predictor_files(out_dir: Path, scaler: FeatureScaler, num_features: int, label_names: Sequence[str],
+                         val_scores: Tensor, val_targets: Tensor, threshold: float) -> None:
+    """Write ``scaler.pt``, ``labels.json`` and ``thresholds.json`` into a run folder.
+
+    ``val_scores``/``val_targets``: ``[N_val, K]`` scores of the selected model and the
+    validation labels (the thresholds are tuned on them, never on the test split)."""
+    out_dir = Path(out_dir)
+    atomic_save({**scaler.state_dict(), "num_features": int(num_features)}, out_dir / "scaler.pt")
+    atomic_write_text(out_dir / "labels.json", json.dumps(list(label_names)))
+    tuned = tune_thresholds(val_scores, val_targets, threshold)
+    atomic_write_text(out_dir / "thresholds.json", json.dumps({"global": float(threshold), "tuned": tuned}))
+
+
+def _check_run(run_dir: Union[str, Path]) -> Path:
+    run = Path(run_dir)
+    if not run.exists():
+        raise FileNotFoundError(f"argument 'run': run folder {run} does not exist")
+    if not run.is_dir():
+        raise ValueError(f"argument 'run': {run} is not a folder")
+    missing = [name for name in RUN_FILES if not (run / name).is_file()]
+    if "config.yaml" in missing or "checkpoints/best.pt" in missing:
+        raise ValueError(f"argument 'run': {run} is not a finished bbam run (missing {', '.join(missing)})")
+    if missing:  # runs from before prediction files were saved
+        raise ValueError(f"argument 'run': {run} lacks {', '.join(missing)} (written at the end of a run "
+                         f"since prediction support; retrain to predict with the run's preprocessing)")
+    return run
+
+
+class Predictor:
+    """The selected model of a finished run, with the run's preprocessing and thresholds.
+
+    Attributes:
+        label_names: ``K`` label names; ``num_features``: the input width ``D``;
+        thresholds: ``{"global": float, "tuned": [K floats]}``; ``cfg``: the run's config.
+    """
+
+    def __init__(self, cfg, model: torch.nn.Module, scaler: FeatureScaler, coefficients, num_features: int,
+                 label_names: List[str], thresholds: Dict[str, object], device: torch.device):
+        self.cfg, self.model, self.scaler = cfg, model.eval(), scaler
+        self.a, self.b = coefficients
+        self.num_features, self.label_names, self.thresholds = num_features, label_names, thresholds
+        self.device = device
+
+    @classmethod
+    def from_run(cls, run_dir: Union[str, Path], device: Union[str, torch.device] = "cpu") -> "Predictor":
+        """Load the run in ``run_dir`` (see the module docstring for the files it reads)."""
+        from hydra.utils import instantiate
+        from omegaconf import OmegaConf
+
+        from .models import MultiLabelModel
+
+        run = _check_run(run_dir)
+        device = torch.device(device)
+        cfg = OmegaConf.load(run / "config.yaml")
+        scaler_state = torch.load(run / "scaler.pt", map_location="cpu", weights_only=True)
+        label_names = list(json.loads((run / "labels.json").read_text()))
+        thresholds = json.loads((run / "thresholds.json").read_text())
+        ckpt = torch.load(run / "checkpoints" / "best.pt", map_location=device, weights_only=True)
+        K, D = len(label_names), int(scaler_state["num_features"])
+        encoder = instantiate(cfg.model.encoder, in_dim=D)
+        model = MultiLabelModel(encoder, K, head=cfg.method.head)
+        # the EMA copy is the model the run validated, selected and tested
+        model.load_state_dict({k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")})
+        model.to(device)
+        if bool(cfg.method.balance) and ckpt.get("stats") is not None:
+            stats = LabelAngleStats(K, gamma=cfg.method.stats_gamma)
+            stats.load_state_dict(ckpt["stats"])
+            coefficients = tuple(c.to(device) for c in stats.to(device).coefficients())
+        else:  # no statistics: the engine's identity transform
+            coefficients = identity_coefficients(K, device=device)
+        return cls(cfg, model, FeatureScaler.from_state_dict(scaler_state), coefficients, D, label_names,
+                   thresholds, device)
+
+    def _inputs(self, x) -> Tensor:
+        x = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
+        if x.dim() != 2 or x.shape[1] != self.num_features:
+            raise ValueError(f"argument 'x': expected [M, {self.num_features}] features (the run's feature width), "
+                             f"got shape {tuple(x.shape)}")
+        x = x.to(torch.float32)
+        if not bool(torch.isfinite(x).all()):
+            r, c = (int(v) for v in torch.nonzero(~torch.isfinite(x))[0])
+            raise ValueError(f"argument 'x': non-finite value at row {r}, column {c}")
+        return self.scaler.transform(x).to(self.device)
+
+    @torch.no_grad()
+    def predict_proba(self, x, batch_size: int = 1024) -> Tensor:
+        """Scores ``[M, K]`` in [0, 1] (float32, CPU) of raw (unscaled) inputs ``x`` ``[M, D]``."""
+        x = self._inputs(x)
+        mc, out_scores = self.cfg.method, []
+        # as the engine: bf16 autocast on CUDA when the run trained with train.amp (so CUDA
+        # scores equal the run's own evaluation); fp32 on CPU
+        amp = self.device.type == "cuda" and bool(self.cfg.train.amp)
+        for i in range(0, x.shape[0], batch_size):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                _, out = self.model(x[i:i + batch_size])
+            out = out.float()
+            if self.model.head_type == "cosine":
+                phi = bbam.ops.angle_transform(out, self.a, self.b)
+                logits = mc.scale * (phi - mc.predict_margin_fraction * mc.margin)
+            else:
+                logits = out
+            out_scores.append(torch.sigmoid(logits).cpu())
+        if not out_scores:
+            return torch.zeros(0, len(self.label_names))
+        return torch.cat(out_scores)
+
+    def threshold_vector(self, threshold: Optional[float] = None, thresholds: str = "global") -> Tensor:
+        """The ``[K]`` thresholds: ``threshold`` for every label if given, else the run's
+        ``"global"`` one (``train.threshold``) or the per-label ``"tuned"`` ones."""
+        K = len(self.label_names)
+        if threshold is not None:
+            return torch.full((K,), float(threshold))
+        if thresholds == "global":
+            return torch.full((K,), float(self.thresholds["global"]))
+        if thresholds == "tuned":
+            return torch.tensor(self.thresholds["tuned"], dtype=torch.float32)
+        raise ValueError(f"argument 'thresholds' must be 'global' or 'tuned', got {thresholds!r}")
+
+    def predict(self, x, threshold: Optional[float] = None, thresholds: str = "global") -> Tensor:
+        """Predicted labels ``[M, K]`` (bool): ``score >= threshold`` (see :meth:`threshold_vector`)."""
+        t = self.threshold_vector(threshold, thresholds)
+        return self.predict_proba(x) >= t
+
+    def __repr__(self) -> str:
+        return (f"Predictor(method={self.cfg.method.name!r}, D={self.num_features}, K={len(self.label_names)}, "
+                f"head={self.model.head_type!r})")

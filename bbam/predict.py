@@ -1,0 +1,128 @@
+"""``python -m bbam.predict``: label new samples with a finished run's model.
+
+Usage::
+
+    python -m bbam.predict run=outputs/<run folder> input=new.npz out=predictions/ [thresholds=global|tuned] [device=cpu]
+
+* ``run``: a run folder written by ``python -m bbam.train`` (``config.yaml``,
+  ``checkpoints/best.pt``, ``scaler.pt``, ``labels.json``, ``thresholds.json``).
+* ``input``: an ``.npz`` file with ``X``: float features ``[M, D]``, raw (unscaled, as in
+  the training data: the run's scaler is applied), ``D`` = the run's feature width.
+  Other arrays in the file (e.g. ``Y``) are ignored.
+* ``out``: a folder (created) receiving
+
+  - ``scores.npz``: ``scores`` float32 ``[M, K]`` in [0, 1], ``predictions`` bool
+    ``[M, K]``, ``label_names`` ``[K]`` str, ``thresholds`` float32 ``[K]``;
+  - ``predictions.csv``: header ``index,labels``, then one row per sample: its row
+    index in ``X`` and its predicted label names joined by ``;`` (empty: none).
+* ``thresholds``: ``global`` (default; the run's ``train.threshold``) or ``tuned``
+  (per-label thresholds tuned for F1 on the run's validation split).
+
+A bad argument exits with status 2 and a message naming the argument.
+"""
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["main", "parse_args", "predict_file"]
+
+_KEYS = {"run": True, "input": True, "out": True, "thresholds": False, "device": False}  # name -> required
+
+
+def parse_args(argv: Sequence[str]) -> Dict[str, str]:
+    """``key=value`` tokens -> dict; unknown, repeated or missing keys raise ``ValueError``."""
+    args: Dict[str, str] = {}
+    for token in argv:
+        key, sep, value = token.partition("=")
+        if not sep or key not in _KEYS:
+            raise ValueError(f"argument {token!r}: expected one of {', '.join(k + '=...' for k in _KEYS)}")
+        if key in args:
+            raise ValueError(f"argument '{key}' given twice")
+        args[key] = value
+    missing = [k for k, required in _KEYS.items() if required and k not in args]
+    if missing:
+        raise ValueError(f"missing argument(s): {', '.join(k + '=...' for k in missing)}")
+    args.setdefault("thresholds", "global")
+    args.setdefault("device", "cpu")
+    if args["thresholds"] not in ("global", "tuned"):
+        raise ValueError(f"argument 'thresholds' must be 'global' or 'tuned', got {args['thresholds']!r}")
+    return args
+
+
+def _read_input(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"argument 'input': file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "X" not in f.files:
+                raise ValueError(f"argument 'input': {path} has no array 'X' (found: {', '.join(f.files) or 'none'})")
+            X = f["X"]
+    except (OSError, ValueError) as err:
+        if str(err).startswith("argument"):
+            raise
+        raise ValueError(f"argument 'input': {path} is not a readable .npz file ({err})") from None
+    if X.ndim != 2 or not (np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_) or np.iscomplexobj(X):
+        raise ValueError(f"argument 'input': X must be a real [M, D] array, got {X.dtype} of shape {X.shape}")
+    return X
+
+
+def predict_file(run: str, input: str, out: str, thresholds: str = "global", device: str = "cpu") -> Dict[str, object]:
+    """Predict the rows of ``input`` with the run in ``run``; write ``out``/{scores.npz, predictions.csv}.
+    Returns ``{"scores": [M, K], "predictions": [M, K], "label_names": [K]}`` (numpy)."""
+    from bbam.app.atomic import _atomic_write
+    from bbam.app.predict import Predictor
+
+    predictor = Predictor.from_run(run, device=device)
+    X = _read_input(Path(input))
+    if X.shape[1] != predictor.num_features:
+        raise ValueError(f"argument 'input': X has {X.shape[1]} features, the run was trained on "
+                         f"{predictor.num_features}")
+    if not np.isfinite(X).all():
+        r, c = (int(v) for v in np.argwhere(~np.isfinite(X))[0])
+        raise ValueError(f"argument 'input': X has a non-finite value at row {r}, column {c}")
+    scores = predictor.predict_proba(X)
+    t = predictor.threshold_vector(thresholds=thresholds)
+    pred = (scores >= t).numpy()
+    names = predictor.label_names
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {"scores": scores.numpy(), "predictions": pred, "label_names": np.asarray(names, dtype=str)}
+    _atomic_write(out_dir / "scores.npz", lambda fh: np.savez(fh, thresholds=t.numpy(), **result))
+    rows: List[List[str]] = [["index", "labels"]]
+    rows += [[str(i), ";".join(n for n, p in zip(names, row) if p)] for i, row in enumerate(pred)]
+
+    def write_csv(fh) -> None:
+        import io
+
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerows(rows)  # quotes names holding ',' or '"'
+        fh.write(text.getvalue().encode("utf-8"))
+
+    _atomic_write(out_dir / "predictions.csv", write_csv)
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    try:
+        args = parse_args(argv)
+        result = predict_file(**args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"bbam.predict: error: {err}", file=sys.stderr)
+        return 2
+    m, k = result["scores"].shape
+    print(f"bbam.predict: {m} samples x {k} labels -> {Path(args['out']) / 'scores.npz'}, "
+          f"{Path(args['out']) / 'predictions.csv'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
