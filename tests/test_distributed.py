@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,12 +23,6 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 FAST = ["data.num_samples=500", "data.num_labels=6", "data.num_features=16", "model.encoder.hidden=[32]",
         "model.encoder.out_dim=16", "model.encoder.dropout=0", "train.epochs=5", "train.warmup_epochs=2",
         "train.batch_size=32", "train.unlabeled_batch_size=64", "train.progress=false", "train.save_epoch_state=true"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _data():
@@ -89,10 +82,15 @@ def _run(out_dir: Path, *overrides, world: int = 1, check=True):
     if world == 1:
         cmd = [sys.executable, "-m", "bbam.train", *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}",
-               f"--master_port={_free_port()}", "-m", "bbam.train", *args]
+        # --standalone: torchrun binds a free port itself (no window in which another
+        # process can take a port chosen beforehand)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
+               "-m", "bbam.train", *args]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=check)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:  # show why: the child's own traceback, not only its exit code
+        raise AssertionError(f"{' '.join(cmd)}\nexited {proc.returncode}; stderr (last 4000 chars):\n{proc.stderr[-4000:]}")
+    return proc
 
 
 def test_two_process_run_equals_one_process(tmp_path):
