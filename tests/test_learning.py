@@ -265,3 +265,21 @@ def test_resume_across_the_warmup_restore_equals_uninterrupted(tmp_path):
     assert resumed["self_training_started_from_epoch"] == full["self_training_started_from_epoch"]
     assert resumed["best_epoch"] == full["best_epoch"]
     assert resumed["test"]["mAP"] == pytest.approx(full["test"]["mAP"], rel=1e-6)
+
+
+def test_resume_refuses_other_settings_and_unreadable_files(tmp_path):
+    common = ["train.epochs=3", "train.warmup_epochs=1", "train.min_steps_per_epoch=2"]
+    train(_cfg(tmp_path / "a", *common, "train.stop_after_epoch=0"))
+    last = tmp_path / "a" / "checkpoints" / "last.pt"
+    with pytest.raises(ValueError, match=r"split\.lb_ratio.*method\.margin|method\.margin.*split\.lb_ratio"):
+        train(_cfg(tmp_path / "b", *common, "split.lb_ratio=0.2", "method.margin=0.3", f"train.resume={last}"))
+    with pytest.raises(ValueError, match=r"train\.epochs.*not supported"):
+        train(_cfg(tmp_path / "c", "train.epochs=6", "train.warmup_epochs=1", "train.min_steps_per_epoch=2",
+                   f"train.resume={last}"))
+    ok = train(_cfg(tmp_path / "d", *common, "train.progress=true", f"train.resume={last}"))  # output-only keys may change
+    assert not ok.get("interrupted")
+    for name, content in (("empty.pt", b""), ("text.pt", b"not a checkpoint\n")):
+        bad = tmp_path / name
+        bad.write_bytes(content)
+        with pytest.raises(ValueError, match=rf"train\.resume.*{name} is not a readable bbam checkpoint"):
+            train(_cfg(tmp_path / f"e_{name}", *common, f"train.resume={bad}"))

@@ -81,6 +81,31 @@ class EngineState:
     history: List[Dict[str, Any]] = field(default_factory=list)
 
 
+# settings a resumed run may change: they do not change what is trained
+_RESUME_FREE = ("train.progress", "train.resume", "train.stop_after_epoch", "train.save_epoch_state")
+_RESUME_FREE_SUFFIXES = (".progress", ".device", ".cache_dir", ".cache")
+
+
+def run_settings(cfg) -> Dict[str, Any]:
+    """The flattened settings that define what a run trains (``seed``, ``data``, ``split``,
+    ``method``, ``model``, ``train`` less output-only keys), for the resume check."""
+    from omegaconf import OmegaConf
+
+    flat: Dict[str, Any] = {"seed": int(cfg.seed)}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}.{key}", value)
+        elif prefix not in _RESUME_FREE and not prefix.endswith(_RESUME_FREE_SUFFIXES):
+            flat[prefix] = node
+
+    for section in ("data", "split", "method", "model", "train"):
+        if section in cfg:
+            walk(section, OmegaConf.to_container(cfg[section], resolve=True))
+    return flat
+
+
 def _cloned(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}
 
@@ -353,6 +378,7 @@ class SelfTrainingEngine:
             "num_labels": self.num_labels,
             "seed": int(self.cfg.seed),
             "method": str(self.mc.name),
+            "settings": run_settings(self.cfg),
         }
 
     def load_checkpoint(self, path: Path) -> None:
@@ -362,11 +388,18 @@ class SelfTrainingEngine:
             path = path / "checkpoints" / "last.pt" if (path / "checkpoints").is_dir() else path / "last.pt"
         if not path.is_file():
             raise FileNotFoundError(f"config key 'train.resume': checkpoint {path} does not exist")
-        ckpt = torch.load(path, map_location=self.device, weights_only=True)
+        try:
+            ckpt = torch.load(path, map_location=self.device, weights_only=True)
+            if not isinstance(ckpt, dict) or "model" not in ckpt:
+                raise ValueError("no model state in it")
+        except Exception as err:  # empty, truncated, a text file, another program's pickle
+            raise ValueError(f"config key 'train.resume': {path} is not a readable bbam checkpoint "
+                             f"({type(err).__name__}: {str(err)[:200]})") from None
         for key, expected in (("num_labels", self.num_labels), ("seed", int(self.cfg.seed)), ("method", str(self.mc.name))):
             if ckpt.get(key) != expected:
                 raise ValueError(f"config key 'train.resume': checkpoint {path} has {key}={ckpt.get(key)!r}, "
                                  f"this run has {expected!r}")
+        self._check_same_settings(path, ckpt.get("settings"))
         self._carry_best_checkpoint(path, ckpt)
         self.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
@@ -385,6 +418,21 @@ class SelfTrainingEngine:
         torch.set_rng_state(ckpt["rng_cpu"].cpu())
         if ckpt["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng_cuda"]])
+
+    def _check_same_settings(self, path: Path, saved: Optional[Dict[str, Any]]) -> None:
+        """A resumed run must train what the interrupted one trained: refuse other data,
+        split, method, model or schedule settings, naming every differing key."""
+        if saved is None:  # a checkpoint written before settings were recorded
+            return
+        now = run_settings(self.cfg)
+        differ = sorted(k for k in set(saved) | set(now) if saved.get(k, "<absent>") != now.get(k, "<absent>"))
+        if not differ:
+            return
+        shown = "; ".join(f"{k}: {saved.get(k, '<absent>')!r} in the checkpoint, {now.get(k, '<absent>')!r} now"
+                          for k in differ[:8])
+        hint = (" Extending or shortening train.epochs on resume is not supported (each phase's learning-rate "
+                "schedule spans its planned epochs): start a new run." if "train.epochs" in differ else "")
+        raise ValueError(f"config key 'train.resume': {path} was trained with other settings ({shown}).{hint}")
 
     def _carry_best_checkpoint(self, path: Path, ckpt: Dict[str, Any]) -> None:
         """A run resumed into another folder takes the interrupted run's ``best.pt`` along:
