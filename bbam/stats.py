@@ -134,8 +134,8 @@ class LabelAngleStats(nn.Module):
         Degenerate: before the first update, or a polarity with fewer than 2 samples in
         the last update, or a variance ``<= 1e-12``. Never NaN.
         """
-        if not bool(self.initialized):
-            return BF.identity_coefficients(self.num_labels, device=self.mean.device, dtype=dtype)
+        # No host-side branch on ``initialized`` (torch.compile(fullgraph=True) cannot guard on
+        # it): before the first update every count is 0, which is degenerate, so the identity.
         a, b = BF.balancing_coefficients(self.count, self.mean, self.var)
         return a.to(dtype), b.to(dtype)
 

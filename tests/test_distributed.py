@@ -109,6 +109,10 @@ def test_two_process_run_equals_one_process(tmp_path):
     for key, value in m1["test"].items():
         assert m2["test"][key] == pytest.approx(value, rel=1e-3, abs=1e-4), key
     assert not (tmp_path / "two" / "checkpoints" / ".last.pt.tmp").exists()
+    h1 = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    h2 = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    for r1, r2 in zip(h1, h2):  # the logged loss is the global batches' loss, not one rank's part
+        assert r2["train_loss"] == pytest.approx(r1["train_loss"], rel=1e-3), r1["epoch"]
 
 
 def test_two_process_resume(tmp_path):

@@ -124,3 +124,18 @@ def test_update_rejects_wrong_label_count():
         LabelAngleStats(3).update(torch.randn(5, 2), torch.zeros(5, 4, dtype=torch.int8))
     with pytest.raises(ValueError, match="'num_labels' must be >= 1"):
         LabelAngleStats(0)
+
+
+def test_bbam_loss_with_statistics_compiles_fullgraph():
+    # coefficients() must not branch on a buffer on the host (no data-dependent guard)
+    torch.manual_seed(0)
+    stats = bbam.LabelAngleStats(num_labels=5)
+    loss_fn = bbam.BBAMLoss(stats, margin=0.4, scale=20.0)
+    cos = torch.rand(8, 5) * 2 - 1
+    targets = torch.randint(-1, 2, (8, 5), dtype=torch.int8)
+    compiled = torch.compile(lambda c, t: loss_fn(c, t), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(cos, targets), loss_fn(cos, targets))  # identity before any update
+    stats.update(torch.randn(40, 6), torch.randint(0, 2, (40, 5), dtype=torch.int8))
+    torch.testing.assert_close(compiled(cos, targets), loss_fn(cos, targets))  # balanced after it
+    a, b = bbam.LabelAngleStats(num_labels=3).coefficients()
+    assert torch.equal(a, torch.ones(2, 3)) and torch.equal(b, torch.zeros(2, 3))

@@ -272,13 +272,23 @@ class SelfTrainingEngine:
         self.ema.update(self.model)
         return float(total.detach())
 
+    def _global_mean(self, losses: List[float]) -> float:
+        """Mean per-step loss of the global batches: each rank's (sum-reduced) loss covers its
+        part of a batch, so the ranks' values add up (one all-reduce per epoch)."""
+        value = float(np.mean(losses))
+        if self.world > 1:
+            t = torch.tensor([value], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(t)
+            value = float(t.item())
+        return value
+
     def _warmup_epoch(self, epoch: int) -> Dict[str, float]:
         lb = self.splits["labeled"]
         losses = []
         for idx in self._batches(len(lb), self.tc.batch_size, epoch, 0, self._steps_per_epoch("warmup")):
             idx = self._local(idx)
             losses.append(self._train_step([(lb.x[idx], lb.y[idx], None, self.losses["warmup"])]))
-        return {"train_loss": float(np.mean(losses))}
+        return {"train_loss": self._global_mean(losses)}
 
     @torch.no_grad()
     def refresh_pseudo_labels_and_masks(self) -> Dict[str, Tensor]:
@@ -346,7 +356,7 @@ class SelfTrainingEngine:
                 (ub.x[idx_u], p["targets_ub"][idx_u], p["weight_ub"][idx_u], self.losses["train"]),
             ]))
         known = p["targets_ub"] >= 0
-        return {"train_loss": float(np.mean(losses)),
+        return {"train_loss": self._global_mean(losses),
                 "pseudo_confident": float(known.float().mean()),
                 "pseudo_accuracy": float(p["pseudo_precision"]),
                 "neg_kept_lb": float(p["weight_lb"][lb.y == 0].mean()) if (lb.y == 0).any() else 1.0}
