@@ -8,12 +8,13 @@ Library layer (this package's top level; no Hydra, no I/O):
 * :mod:`bbam.functional` — the same as functions, plus coefficient helpers.
 * :class:`BAMLoss`, :class:`BBAMLoss`, :class:`LabelAngleStats`.
 * :mod:`bbam.reference` — readable eager versions of every op (test oracle).
-* :mod:`bbam.metrics` — multi-label metrics.
+* :mod:`bbam.metrics` — multi-label metrics; :mod:`bbam.cap` — class-aware pseudo-labels;
+  :mod:`bbam.sampling` — prototype negative sampling.
 
 The application layer (datasets, models, engine, ``python -m bbam.train``) lives in
 :mod:`bbam.app` and :mod:`bbam.train` and is not imported here.
 """
-from . import functional, ops, reference
+from . import cap, functional, metrics, ops, reference, sampling
 from ._extension import BUILD_INFO
 from .losses import AsymmetricLoss, BAMLoss, BBAMLoss, BCELoss
 from .stats import LabelAngleStats, label_prototypes
@@ -24,6 +25,9 @@ __all__ = [
     "ops",
     "functional",
     "reference",
+    "metrics",
+    "cap",
+    "sampling",
     "BAMLoss",
     "BBAMLoss",
     "BCELoss",
