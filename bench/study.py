@@ -111,10 +111,6 @@ def _mean_std(vals: List[float]) -> str:
     return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}"
 
 
-def _fmt(v: float, scale: float) -> float:
-    return v * scale
-
-
 def table(ns) -> str:
     runs = [json.loads(line) for p in ns.files for line in Path(p).read_text().splitlines() if line.strip()]
     groups: Dict[Tuple[str, float], Dict[str, Dict[int, Dict]]] = defaultdict(lambda: defaultdict(dict))
@@ -135,7 +131,7 @@ def table(ns) -> str:
             if row not in by_row:
                 continue
             rs = list(by_row[row].values())
-            cells = [_mean_std([_fmt(r["test"][k], s) for r in rs]) for k, _, s in METRICS]
+            cells = [_mean_std([r["test"][k] * s for r in rs]) for k, _, s in METRICS]
             d = [r.get("diagnostics", {}) for r in rs]
             vd = []
             for fam in ("prototype", "classifier"):
