@@ -40,6 +40,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .ops import as_targets
+
 __all__ = [
     "estimate_positive_rates",
     "cap_thresholds",
@@ -63,19 +65,19 @@ def _ceil_count(x: Tensor, n: int) -> Tensor:
     return c.clamp(0, n).to(torch.int64)
 
 
-def _check_targets(name: str, targets: Tensor) -> None:
+def _check_targets(name: str, targets: Tensor) -> Tensor:
+    """Shape check; returns int8 targets (int8 values checked, other dtypes converted by
+    :func:`bbam.ops.as_targets`)."""
     if not isinstance(targets, Tensor):
         raise TypeError(f"{name}: 'targets' must be a torch.Tensor, got {type(targets).__name__}")
     if targets.dim() != 2:
         raise ValueError(f"{name}: 'targets' must be 2-D [N, K], got shape {tuple(targets.shape)}")
-    if targets.is_floating_point() or targets.is_complex():
-        raise ValueError(f"{name}: 'targets' must be an integer tensor (int8 with 1 positive, 0 negative, "
-                         f"-1 unknown), got dtype {targets.dtype}")
-    if targets.numel() and targets.dtype != torch.bool:
+    if targets.dtype == torch.int8 and targets.numel():
         bad = (targets < -1) | (targets > 1)
         if bool(bad.any()):
-            raise ValueError(f"{name}: 'targets' values must be in {{-1, 0, 1}}, "
+            raise ValueError(f"{name}: 'targets' must hold only -1 (unknown), 0 (negative) or 1 (positive); "
                              f"found {int(targets[bad][0])}")
+    return as_targets(targets, name)
 
 
 def _check_scores(name: str, scores: Tensor) -> None:
@@ -117,14 +119,14 @@ def estimate_positive_rates(targets: Tensor) -> Tensor:
     """Positive rate ``pi_k`` of every label over its known entries.
 
     Args:
-        targets: ``[N, K]`` integer (int8: 1 positive, 0 negative, -1 unknown; ``-1``
-            entries are ignored). Not modified.
+        targets: ``[N, K]`` int8: 1 positive, 0 negative, -1 unknown (ignored); bool,
+            integer and float targets are converted (:func:`bbam.ops.as_targets`). Not modified.
 
     Returns:
         ``[K]`` float64 on ``targets.device``: ``#positives / #known`` per label, clamped
         into ``[0, 1]``; a label with no known entry gets 0.
     """
-    _check_targets("estimate_positive_rates", targets)
+    targets = _check_targets("estimate_positive_rates", targets)
     pos = (targets == 1).sum(0, dtype=torch.int64).to(torch.float64)
     known = (targets >= 0).sum(0, dtype=torch.int64).to(torch.float64)
     return (pos / known.clamp(min=1.0)).clamp(0.0, 1.0)

@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .ops import angle_transform, bbam_loss, label_angle_stats, merge_stats
+from .ops import angle_transform, as_targets, bbam_loss, label_angle_stats, merge_stats
 
 __all__ = [
     "bbam_loss",
@@ -14,6 +14,7 @@ __all__ = [
     "angle_transform",
     "label_angle_stats",
     "merge_stats",
+    "as_targets",
     "identity_coefficients",
     "unbiased_variance",
     "balancing_coefficients",

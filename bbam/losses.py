@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as BF
+from .ops import as_targets
 from .stats import LabelAngleStats
 
 __all__ = ["BAMLoss", "BBAMLoss", "BCELoss", "AsymmetricLoss"]
@@ -22,7 +23,8 @@ class BAMLoss(nn.Module):
         scale: ``s`` (the method: 20 images, 10 text).
         reduction: ``"sum"`` (default, the method's), ``"mean"`` or ``"none"``.
 
-    Shape: ``forward(cos [B, K], targets [B, K] int8, weight [B, K] | None)``.
+    Shape: ``forward(cos [B, K], targets [B, K] int8, weight [B, K] | None)``; bool,
+    integer and float targets are converted (:func:`bbam.ops.as_targets`).
     """
 
     def __init__(self, margin: float = 0.4, scale: float = 20.0, reduction: str = "sum"):
@@ -95,7 +97,8 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
 class BCELoss(nn.Module):
     """Binary cross-entropy on logits with int8 targets (-1 unknown -> 0 contribution) and weights.
 
-    Shape: ``forward(logits [B, K], targets [B, K] int8, weight [B, K] | None)``.
+    Shape: ``forward(logits [B, K], targets [B, K] int8, weight [B, K] | None)``; bool,
+    integer and float targets are converted (:func:`bbam.ops.as_targets`).
     """
 
     def __init__(self, reduction: str = "sum"):
@@ -104,6 +107,7 @@ class BCELoss(nn.Module):
 
     def forward(self, logits: Tensor, targets: Tensor, weight: Optional[Tensor] = None) -> Tensor:
         x = logits.float()
+        targets = as_targets(targets, type(self).__name__)  # int8 as is; bool / integer / float converted
         y = targets.clamp(min=0).to(x.dtype)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(x, y, reduction="none")
         return _reduce(loss * _known_weight(targets, weight, x.dtype), self.reduction)
@@ -116,7 +120,8 @@ class AsymmetricLoss(nn.Module):
     positives: ``-(1 - p)^gamma_pos log p``; negatives: ``-p_m^gamma_neg log(1 - p_m)``.
     Defaults as in CAP: ``gamma_neg = 4``, ``gamma_pos = 0``, ``clip = 0.05``.
 
-    Shape: ``forward(logits [B, K], targets [B, K] int8, weight [B, K] | None)``.
+    Shape: ``forward(logits [B, K], targets [B, K] int8, weight [B, K] | None)``; bool,
+    integer and float targets are converted (:func:`bbam.ops.as_targets`).
     """
 
     def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05,
@@ -127,6 +132,7 @@ class AsymmetricLoss(nn.Module):
 
     def forward(self, logits: Tensor, targets: Tensor, weight: Optional[Tensor] = None) -> Tensor:
         x = logits.float()
+        targets = as_targets(targets, type(self).__name__)  # int8 as is; bool / integer / float converted
         y = targets.clamp(min=0).to(x.dtype)
         p = torch.sigmoid(x)
         p_neg = (p - self.clip).clamp(min=0) if self.clip > 0 else p

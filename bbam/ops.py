@@ -5,7 +5,9 @@ The schemas live in ``csrc/ops.cpp`` (``TORCH_LIBRARY(bbam, m)``); the CPU and C
 kernels are registered by the compiled extension. Every op is checked against
 ``bbam.reference`` (the readable eager version) and with ``torch.library.opcheck``.
 
-Targets are int8 with values ``1`` (positive), ``0`` (negative), ``-1`` (unknown).
+Targets hold ``1`` (positive), ``0`` (negative), ``-1`` (unknown). The kernels take int8;
+every entry point also accepts bool, other integer and floating targets and converts
+them with :func:`as_targets` (one extra pass with a value check; int8 is the fast path).
 Coefficients ``coef_a``, ``coef_b`` are ``[2, K]``: row 0 negatives, row 1 positives;
 the identity is ``a = 1, b = 0``.
 """
@@ -18,11 +20,40 @@ from torch import Tensor
 
 from . import _extension  # noqa: F401  (loads bbam._C: schemas + kernels)
 
-__all__ = ["label_angle_stats", "merge_stats", "bbam_loss", "angle_transform", "negative_select", "REDUCTIONS"]
+__all__ = ["label_angle_stats", "merge_stats", "bbam_loss", "angle_transform", "negative_select", "as_targets",
+           "REDUCTIONS"]
 
 REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
 
 Stats = Tuple[Tensor, Tensor, Tensor]
+
+
+def as_targets(targets: Tensor, where: str = "targets") -> Tensor:
+    """Targets as the int8 the kernels take: ``1`` positive, ``0`` negative, ``-1`` unknown.
+
+    * int8: returned as is (no copy, no check here: the kernels check the values);
+    * bool: ``True`` -> 1, ``False`` -> 0 (no unknowns);
+    * other integer and floating dtypes: values must be exactly -1, 0 or 1 (e.g. a float
+      ``0/1`` label matrix); anything else (0.5, 2, NaN) raises ``ValueError`` naming
+      ``where`` and the first bad value. This check reads the values on the host, so
+      pass int8 inside compiled or CUDA-graph-captured code.
+
+    Raises ``TypeError`` for a non-tensor or a complex tensor.
+    """
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"{where}: 'targets' must be a torch.Tensor, got {type(targets).__name__}")
+    if targets.dtype == torch.int8:
+        return targets
+    if targets.dtype == torch.bool:
+        return targets.to(torch.int8)
+    if targets.is_complex():
+        raise TypeError(f"{where}: 'targets' must be int8, bool, integer or floating, got {targets.dtype}")
+    valid = (targets == -1) | (targets == 0) | (targets == 1)
+    if targets.numel() and not bool(valid.all()):
+        bad = targets[~valid][0].item()
+        raise ValueError(f"{where}: 'targets' must hold only -1 (unknown), 0 (negative) or 1 (positive); "
+                         f"found {bad!r} (dtype {targets.dtype})")
+    return targets.to(torch.int8)
 
 
 def _opmath(dtype: torch.dtype) -> torch.dtype:
@@ -41,7 +72,8 @@ def label_angle_stats(features: Tensor, prototypes: Tensor, targets: Tensor) -> 
         features: ``[N, D]`` float (fp32/fp64/fp16/bf16) sample features ``z_i`` (raw,
             not necessarily normalised).
         prototypes: ``[K, D]`` float label prototypes ``p_k``.
-        targets: ``[N, K]`` int8, ``1`` positive, ``0`` negative, ``-1`` ignored.
+        targets: ``[N, K]`` int8 (or convertible, see :func:`as_targets`), ``1`` positive,
+            ``0`` negative, ``-1`` ignored.
 
     Returns:
         ``(count, mean, m2)``, each ``[2, K]`` float64 on the features' device: for
@@ -57,6 +89,7 @@ def label_angle_stats(features: Tensor, prototypes: Tensor, targets: Tensor) -> 
         RuntimeError naming the argument on bad shapes, dtypes, devices, target values
         outside ``{-1, 0, 1}``, or NaN/Inf features.
     """
+    targets = as_targets(targets, "label_angle_stats")
     return torch.ops.bbam.label_angle_stats.default(features.detach(), prototypes.detach(), targets)
 
 
@@ -134,7 +167,7 @@ def bbam_loss(
             fp16 or bf16. The only input that receives a gradient:
             ``dL/dcos = w * (sigmoid(logit) - y) * scale * a * sin(theta') / sin(theta)``,
             finite at ``|cos| = 1``.
-        targets: ``[B, K]`` int8 in ``{-1, 0, 1}``.
+        targets: ``[B, K]`` int8 in ``{-1, 0, 1}`` (or convertible, see :func:`as_targets`).
         coef_a, coef_b: ``[2, K]`` float, row 0 negatives, row 1 positives (no gradient).
         weight: optional ``[B, K]`` element weights in ``[0, 1]`` (negative sampling x
             pseudo-label confidence; bool accepted); no gradient.
@@ -147,6 +180,7 @@ def bbam_loss(
         The loss in the accumulation type: float32 for fp32/fp16/bf16 ``cos``
         (AMP-safe: a sum over many elements never overflows fp16), float64 for fp64.
     """
+    targets = as_targets(targets, "bbam_loss")
     args = (cos, targets, coef_a.detach(), coef_b.detach(), None if weight is None else weight.detach(),
             float(margin), float(scale), _reduction_code(reduction))
     if torch.is_grad_enabled() and cos.requires_grad:
@@ -237,6 +271,8 @@ def angle_transform(cos: Tensor, coef_a: Tensor, coef_b: Tensor, targets: Option
         identity (a = 1, b = 0) ``phi == cos`` exactly. The angle path clamps ``cos``
         to ``[-1 + eps, 1 - eps]`` so values and gradients stay finite at ``|cos| = 1``.
     """
+    if targets is not None:
+        targets = as_targets(targets, "angle_transform")
     return torch.ops.bbam.angle_transform.default(cos, coef_a.detach(), coef_b.detach(), targets)
 
 
@@ -281,7 +317,8 @@ def negative_select(features: Tensor, prototypes: Tensor, targets: Tensor, num_k
         features: ``[N, D]`` float (fp32/fp64/fp16/bf16) sample features ``z_i`` (raw).
         prototypes: ``[K, D]`` float label prototypes ``p_k`` (any norm). Rows of labels
             that need no ranking (``num_kept[k]`` 0 or all negatives) are not read.
-        targets: ``[N, K]`` int8, ``1`` positive, ``0`` negative, ``-1`` unknown.
+        targets: ``[N, K]`` int8 (or convertible, see :func:`as_targets`), ``1`` positive,
+            ``0`` negative, ``-1`` unknown.
         num_kept: ``[K]`` int64, negatives to keep per label, ``0 <= num_kept[k] <=``
             the label's negative count.
         sample_size: rows sampled (seeded, with replacement) to place each label's band
@@ -303,6 +340,7 @@ def negative_select(features: Tensor, prototypes: Tensor, targets: Tensor, num_k
         outside ``{-1, 0, 1}``, ``num_kept`` out of range, non-finite features or
         (searched labels') prototypes.
     """
+    targets = as_targets(targets, "negative_select")
     return torch.ops.bbam.negative_select.default(features.detach(), prototypes.detach(), targets, num_kept,
                                                   int(sample_size), float(band_z))
 

@@ -2,19 +2,28 @@
 
 Usage::
 
-    python -m bbam.predict run=outputs/<run folder> input=new.npz out=predictions/ [thresholds=global|tuned] [device=cpu]
+    python -m bbam.predict run=outputs/<run folder> data=new.npz out=predictions/ [thresholds=global|tuned] [device=cpu]
 
 * ``run``: a run folder written by ``python -m bbam.train`` (``config.yaml``,
-  ``checkpoints/best.pt``, ``scaler.pt``, ``labels.json``, ``thresholds.json``).
-* ``input``: an ``.npz`` file with ``X``: float features ``[M, D]``, raw (unscaled, as in
-  the training data: the run's scaler is applied), ``D`` = the run's feature width.
-  Other arrays in the file (e.g. ``Y``) are ignored.
+  ``checkpoints/best.pt``, ``scaler.pt``, ``labels.json``, ``thresholds.json``,
+  ``inputs.json``).
+* ``data``: the new samples, raw, as the run's own data was (the run's scaler, vocabulary
+  or sentence encoder is applied):
+
+  - a run on numeric features: an ``.npz`` with ``X`` ``[M, D]`` (other arrays, e.g.
+    ``Y``, are ignored), an ARFF file laid out as the training file (its label
+    attributes are ignored), or a LIBSVM file (``.svm``, ``.libsvm``, ``.svmlight``;
+    1-based feature indices, any leading labels ignored);
+  - a run on text (``data=text_jsonl`` / ``reuters21578_text``, any text model): a
+    ``.jsonl`` file of objects holding the run's text fields (``title``, ``body`` by
+    default) or a ``.txt`` file with one document per line;
+  - a run on images: an ``.npz`` of pixel rows ``X`` ``[M, 3 * image_size**2]`` in [0, 1].
 * ``out``: a folder (created) receiving
 
   - ``scores.npz``: ``scores`` float32 ``[M, K]`` in [0, 1], ``predictions`` bool
     ``[M, K]``, ``label_names`` ``[K]`` str, ``thresholds`` float32 ``[K]``;
   - ``predictions.csv``: header ``index,labels``, then one row per sample: its row
-    index in ``X`` and its predicted label names joined by ``;`` (empty: none).
+    index in ``data`` and its predicted label names joined by ``;`` (empty: none).
 * ``thresholds``: ``global`` (default; the run's ``train.threshold``) or ``tuned``
   (per-label thresholds tuned for F1 on the run's validation split).
 
@@ -28,10 +37,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
 
 __all__ = ["main", "parse_args", "predict_file"]
 
-_KEYS = {"run": True, "input": True, "out": True, "thresholds": False, "device": False}  # name -> required
+_KEYS = {"run": True, "data": True, "out": True, "thresholds": False, "device": False}  # name -> required
 
 
 def parse_args(argv: Sequence[str]) -> Dict[str, str]:
@@ -54,37 +64,20 @@ def parse_args(argv: Sequence[str]) -> Dict[str, str]:
     return args
 
 
-def _read_input(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise FileNotFoundError(f"argument 'input': file {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if "X" not in f.files:
-                raise ValueError(f"argument 'input': {path} has no array 'X' (found: {', '.join(f.files) or 'none'})")
-            X = f["X"]
-    except (OSError, ValueError) as err:
-        if str(err).startswith("argument"):
-            raise
-        raise ValueError(f"argument 'input': {path} is not a readable .npz file ({err})") from None
-    if X.ndim != 2 or not (np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_) or np.iscomplexobj(X):
-        raise ValueError(f"argument 'input': X must be a real [M, D] array, got {X.dtype} of shape {X.shape}")
-    return X
-
-
-def predict_file(run: str, input: str, out: str, thresholds: str = "global", device: str = "cpu") -> Dict[str, object]:
-    """Predict the rows of ``input`` with the run in ``run``; write ``out``/{scores.npz, predictions.csv}.
+def predict_file(run: str, data: str, out: str, thresholds: str = "global", device: str = "cpu") -> Dict[str, object]:
+    """Predict the samples in ``data`` with the run in ``run``; write ``out``/{scores.npz, predictions.csv}.
     Returns ``{"scores": [M, K], "predictions": [M, K], "label_names": [K]}`` (numpy)."""
     from bbam.app.atomic import _atomic_write
     from bbam.app.predict import Predictor
 
     predictor = Predictor.from_run(run, device=device)
-    X = _read_input(Path(input))
+    X = predictor.read(data)
     if X.shape[1] != predictor.num_features:
-        raise ValueError(f"argument 'input': X has {X.shape[1]} features, the run was trained on "
+        raise ValueError(f"argument 'data': {data} has {X.shape[1]} features, the run was trained on "
                          f"{predictor.num_features}")
-    if not np.isfinite(X).all():
-        r, c = (int(v) for v in np.argwhere(~np.isfinite(X))[0])
-        raise ValueError(f"argument 'input': X has a non-finite value at row {r}, column {c}")
+    if not bool(torch.isfinite(X).all()):
+        r, c = (int(v) for v in torch.nonzero(~torch.isfinite(X))[0])
+        raise ValueError(f"argument 'data': {data} has a non-finite value at row {r}, column {c}")
     scores = predictor.predict_proba(X)
     t = predictor.threshold_vector(thresholds=thresholds)
     pred = (scores >= t).numpy()

@@ -93,6 +93,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .ops import as_targets
+
 __all__ = ["NegativeSampler", "negative_sample_counts"]
 
 _BACKENDS = ("auto", "exact", "faiss")
@@ -123,17 +125,16 @@ def _check_eta(where: str, eta: float) -> float:
     return eta
 
 
-def _check_targets(where: str, targets: Tensor, N: Optional[int] = None, K: Optional[int] = None) -> None:
-    if not isinstance(targets, Tensor):
-        raise TypeError(f"{where}: 'targets' must be a torch.Tensor, got {type(targets).__name__}")
-    if targets.dtype != torch.int8:
-        raise ValueError(f"{where}: 'targets' must be int8 (1 positive, 0 negative, -1 unknown), "
-                         f"got dtype {targets.dtype}")
+def _check_targets(where: str, targets: Tensor, N: Optional[int] = None, K: Optional[int] = None) -> Tensor:
+    """Shape checks; returns the targets as int8 (bool / integer / float converted by
+    :func:`bbam.ops.as_targets`)."""
+    targets = as_targets(targets, where)
     if targets.dim() != 2:
         raise ValueError(f"{where}: 'targets' must be 2-D [N, K], got shape {tuple(targets.shape)}")
     if (N is not None and targets.shape[0] != N) or (K is not None and targets.shape[1] != K):
         raise ValueError(f"{where}: 'targets' must be [N, K] = [{N}, {K}] (rows of 'features', rows of "
                          f"'prototypes'), got {tuple(targets.shape)}")
+    return targets
 
 
 @torch.no_grad()
@@ -151,7 +152,7 @@ def negative_sample_counts(targets: Tensor, eta: float = 5.0) -> Tuple[Tensor, T
         ``1e-9`` (relative) of an integer is snapped to it before ``floor``.
     """
     eta = _check_eta("negative_sample_counts", eta)
-    _check_targets("negative_sample_counts", targets)
+    targets = _check_targets("negative_sample_counts", targets)
     return _counts(targets, eta)
 
 
@@ -473,7 +474,8 @@ class NegativeSampler:
             features: ``[N, D]`` floating features of all training samples.
             prototypes: ``[K, D]`` floating label prototypes (see
                 :func:`bbam.label_prototypes`).
-            targets: ``[N, K]`` int8 (1 positive, 0 negative, -1 unknown), same device.
+            targets: ``[N, K]`` int8 (1 positive, 0 negative, -1 unknown; bool, integer
+                and float are converted, see :func:`bbam.ops.as_targets`), same device.
             generator: CPU generator of the ``random_share`` draws (ignored when it is 0).
 
         Returns:
@@ -484,6 +486,7 @@ class NegativeSampler:
             ``{-1, 0, 1}``; non-finite features or prototypes of labels that need ranking
             (features are read only when some label does).
         """
+        targets = self._check_inputs(features, prototypes, targets)
         mask = self._select_hardest(features, prototypes, targets)
         if self.random_share > 0:
             self._add_random_negatives(mask, targets, generator)
@@ -499,7 +502,6 @@ class NegativeSampler:
 
     def _select_hardest(self, features: Tensor, prototypes: Tensor, targets: Tensor) -> Tensor:
         where = "NegativeSampler.select"
-        self._check_inputs(features, prototypes, targets)
         n_pos, n_neg, m = _counts(targets, self.eta, where)
         backend = self.resolved_backend
         if backend == "exact":   # the op checks features and the searched prototypes itself
@@ -693,7 +695,7 @@ class NegativeSampler:
     # -- validation -----------------------------------------------------------------------------
 
     @staticmethod
-    def _check_inputs(features: Tensor, prototypes: Tensor, targets: Tensor) -> None:
+    def _check_inputs(features: Tensor, prototypes: Tensor, targets: Tensor) -> Tensor:
         where = "NegativeSampler.select"
         for name, t in (("features", features), ("prototypes", prototypes)):
             if not isinstance(t, Tensor):
@@ -705,10 +707,11 @@ class NegativeSampler:
         if prototypes.shape[1] != features.shape[1]:
             raise ValueError(f"{where}: 'features' [N, D] and 'prototypes' [K, D] must agree on D, got "
                              f"{tuple(features.shape)} and {tuple(prototypes.shape)}")
-        _check_targets(where, targets, features.shape[0], prototypes.shape[0])
+        targets = _check_targets(where, targets, features.shape[0], prototypes.shape[0])
         if prototypes.device != features.device or targets.device != features.device:
             raise ValueError(f"{where}: 'features', 'prototypes' and 'targets' must be on one device, got "
                              f"{features.device}, {prototypes.device}, {targets.device}")
+        return targets
 
     def __repr__(self) -> str:
         return (f"NegativeSampler(random_share={self.random_share}, eta={self.eta}, backend={self.backend!r}, index={self.index!r}, "

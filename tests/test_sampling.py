@@ -477,10 +477,10 @@ def test_faiss_mulan_bibtex(shared_data_dir, eta):
 def test_errors():
     features, prototypes, targets = _data(20, 4, 3, seed=0)
     s = NegativeSampler()
-    with pytest.raises(ValueError, match="int8"):
-        s.select(features, prototypes, targets.to(torch.int64))
-    with pytest.raises(ValueError, match="int8"):
-        s.select(features, prototypes, targets.float())
+    with pytest.raises(ValueError, match="NegativeSampler.select: 'targets' must hold only -1"):
+        s.select(features, prototypes, targets.to(torch.int64) * 2)
+    with pytest.raises(ValueError, match="NegativeSampler.select: 'targets' must hold only -1"):
+        s.select(features, prototypes, targets.float() / 2)
     with pytest.raises(ValueError, match="targets"):
         s.select(features, prototypes, targets[:10])
     with pytest.raises(ValueError, match="targets"):

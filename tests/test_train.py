@@ -160,3 +160,46 @@ def test_multirun_sweep_and_collect(tmp_path):
                          capture_output=True, text=True).stdout
     assert "| synthetic | 0.1 | bbam | 2 |" in out and "| synthetic | 0.1 | supervised | 2 |" in out
     assert "±" in out
+
+
+def _cli(tmp_path, *overrides, check=True):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-m", "bbam.train", *overrides], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_cli_names_the_run_folder_and_logs_to_train_log(tmp_path):
+    run = tmp_path / "run"
+    proc = _cli(tmp_path, f"hydra.run.dir={run}", *FAST_DATA, *FAST, "train.epochs=3")
+    console = proc.stdout + proc.stderr
+    assert f"run folder: {run.resolve()}" in console        # at the start ...
+    assert f"report: {run.resolve() / 'report.md'}" in console  # ... and at the end
+    log = (run / "train.log").read_text()
+    assert f"run folder: {run.resolve()}" in log and "done: test mAP" in log
+    assert log.count("val mAP") == 3 and "epoch 0 (warmup)" in log and "epoch 2 (self_training)" in log
+    assert "final metrics" in log and "Micro-F1" in log
+    assert "epoch 0 (warmup)" not in console  # per-epoch lines go to the file only
+
+
+def test_cli_failed_run_leaves_no_empty_folder(tmp_path):
+    run = tmp_path / "run"
+    proc = _cli(tmp_path, f"hydra.run.dir={run}", "data=npz", f"data.path_or_name={tmp_path / 'nope.npz'}",
+                check=False)
+    assert proc.returncode != 0 and "nope.npz" in proc.stderr
+    assert "removed its empty folder" in proc.stderr and not run.exists()
+
+
+def test_cli_stopped_run_keeps_its_folder_and_says_how_to_resume(tmp_path):
+    run = tmp_path / "run"
+    proc = _cli(tmp_path, f"hydra.run.dir={run}", *FAST_DATA, *FAST, "train.stop_after_epoch=1")
+    assert "continue with train.resume=" in proc.stdout + proc.stderr
+    assert (run / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("data", sorted(FILE_DATASETS))
+def test_file_datasets_are_named_after_the_file(data, tmp_path):
+    cfg = _compose([f"data={data}", f"data.{FILE_DATASETS[data]}={tmp_path / 'my_set.train.npz'}"])
+    assert cfg.data.name == "my_set.train"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import os
 import random
@@ -37,6 +38,8 @@ from bbam.stats import LabelAngleStats
 from .models import ModelEMA, MultiLabelModel
 
 __all__ = ["SelfTrainingEngine", "atomic_save", "atomic_write_text", "seed_everything", "resolve_device"]
+
+log = logging.getLogger("bbam.train.engine")  # one DEBUG line per epoch (train.log under Hydra)
 
 
 # ---------------------------------------------------------------------------
@@ -495,6 +498,10 @@ class SelfTrainingEngine:
                 self.state.bad_epochs += 1  # patience counts once the method's own phase runs
             self.state.history.append(record)
             if self.is_main:
+                best = (f"best {self.state.best_map:.2f} (epoch {self.state.best_epoch})" if self.state.best_epoch >= 0
+                        else "no selectable epoch yet")
+                log.debug("epoch %d (%s): train loss %.4g, val mAP %.2f, %s, %.1f s", epoch, phase,
+                          record["train_loss"], val["mAP"], best, record["time_s"])
                 if improved:
                     atomic_save(self._checkpoint(), self.ckpt_dir / "best.pt")
                 atomic_save(self._checkpoint(), self.ckpt_dir / "last.pt")

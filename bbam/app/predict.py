@@ -10,7 +10,10 @@ what prediction needs, and :class:`Predictor` reuses exactly that:
   training pool, plus the feature width (``num_features``);
 * ``labels.json``: the ``K`` label names;
 * ``thresholds.json``: ``{"global": t, "tuned": [t_1..t_K]}``: the global threshold
-  (``train.threshold``) and per-label thresholds tuned for F1 on the validation split.
+  (``train.threshold``) and per-label thresholds tuned for F1 on the validation split;
+* ``inputs.json``: how raw data became ``X`` (numeric features, the run's vocabulary, or
+  its sentence encoder's settings), so :meth:`Predictor.read` turns new files or texts
+  into inputs the same way (:mod:`bbam.app.raw_inputs`).
 
 Scores are computed as in ``SelfTrainingEngine.predict``: cosine head ->
 ``sigmoid(scale * (angle_transform(cos, a, b) - predict_margin_fraction * margin))``,
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -32,6 +35,7 @@ from bbam.stats import LabelAngleStats
 
 from .atomic import atomic_save, atomic_write_text
 from .preprocess import FeatureScaler
+from .raw_inputs import read_inputs
 
 __all__ = ["Predictor", "tune_thresholds", "save_predictor_files", "RUN_FILES"]
 
@@ -66,12 +70,15 @@ def tune_thresholds(scores: Tensor, targets: Tensor, default: float) -> List[flo
 
 
 def save_predictor_files(out_dir: Path, scaler: FeatureScaler, num_features: int, label_names: Sequence[str],
-                         val_scores: Tensor, val_targets: Tensor, threshold: float) -> None:
-    """Write ``scaler.pt``, ``labels.json`` and ``thresholds.json`` into a run folder.
+                         val_scores: Tensor, val_targets: Tensor, threshold: float,
+                         inputs: Optional[Dict[str, Any]] = None) -> None:
+    """Write ``scaler.pt``, ``labels.json``, ``thresholds.json`` and ``inputs.json`` into a run folder.
 
     ``val_scores``/``val_targets``: ``[N_val, K]`` scores of the selected model and the
-    validation labels (the thresholds are tuned on them, never on the test split)."""
+    validation labels (the thresholds are tuned on them, never on the test split);
+    ``inputs``: :func:`bbam.app.raw_inputs.describe_inputs` (default: numeric features)."""
     out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "inputs.json", json.dumps(inputs or {"kind": "features"}))
     atomic_save({**scaler.state_dict(), "num_features": int(num_features)}, out_dir / "scaler.pt")
     atomic_write_text(out_dir / "labels.json", json.dumps(list(label_names)))
     tuned = tune_thresholds(val_scores, val_targets, threshold)
@@ -102,11 +109,13 @@ class Predictor:
     """
 
     def __init__(self, cfg, model: torch.nn.Module, scaler: FeatureScaler, coefficients, num_features: int,
-                 label_names: List[str], thresholds: Dict[str, object], device: torch.device):
+                 label_names: List[str], thresholds: Dict[str, object], device: torch.device,
+                 inputs: Optional[Dict[str, Any]] = None):
         self.cfg, self.model, self.scaler = cfg, model.eval(), scaler
         self.a, self.b = coefficients
         self.num_features, self.label_names, self.thresholds = num_features, label_names, thresholds
         self.device = device
+        self.inputs = inputs or {"kind": "features"}
 
     @classmethod
     def from_run(cls, run_dir: Union[str, Path], device: Union[str, torch.device] = "cpu") -> "Predictor":
@@ -122,6 +131,8 @@ class Predictor:
         scaler_state = torch.load(run / "scaler.pt", map_location="cpu", weights_only=True)
         label_names = list(json.loads((run / "labels.json").read_text()))
         thresholds = json.loads((run / "thresholds.json").read_text())
+        inputs_file = run / "inputs.json"  # absent in runs saved before it existed: numeric features
+        inputs = json.loads(inputs_file.read_text()) if inputs_file.is_file() else {"kind": "features"}
         ckpt = torch.load(run / "checkpoints" / "best.pt", map_location=device, weights_only=True)
         K, D = len(label_names), int(scaler_state["num_features"])
         encoder = instantiate(cfg.model.encoder, in_dim=D)
@@ -136,7 +147,14 @@ class Predictor:
         else:  # no statistics: the engine's identity transform
             coefficients = identity_coefficients(K, device=device)
         return cls(cfg, model, FeatureScaler.from_state_dict(scaler_state), coefficients, D, label_names,
-                   thresholds, device)
+                   thresholds, device, inputs)
+
+    def read(self, path: Union[str, Path]) -> Tensor:
+        """Raw inputs ``[M, D]`` of the new data in ``path``, made as the run made its own:
+        ``.npz`` / ARFF / LIBSVM features, or ``.jsonl`` / ``.txt`` documents for a run
+        trained on text (its vocabulary or sentence encoder). Feed them to
+        :meth:`predict_proba` / :meth:`predict`. See :mod:`bbam.app.raw_inputs`."""
+        return read_inputs(path, self.inputs, self.num_features, len(self.label_names))
 
     def _inputs(self, x) -> Tensor:
         x = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
