@@ -179,7 +179,7 @@ class SemiSupervisedMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, Base
         engine = build_engine(cfg, data, tensors, device, out_dir)
         engine.fit(progress=False)
         engine.load_best()
-        val_scores, _, _ = engine.predict(tensors["val"].x)
+        val_scores, _, _ = engine.predict(tensors["val"].x, keep=("scores",))
         save_predictor_files(out_dir, scaler, data.num_features, data.label_names, val_scores,
                              tensors["val"].y, float(cfg.train.threshold))
 

@@ -202,7 +202,7 @@ def _train(cfg) -> Dict[str, Any]:
 
     best = engine.load_best()  # the checkpoint selected on validation
     test = engine.evaluate("test")
-    val_scores, _, _ = engine.predict_global(tensors["val"].x)  # every rank (collective); for thresholds.json
+    val_scores, _, _ = engine.predict_global(tensors["val"].x, keep=("scores",))  # every rank (collective); for thresholds.json
     diag = angle_diagnostics(engine, "test")
     test["vdfd"] = diag["mean_vdfd"]
     test["vdfd_balanced"] = diag["mean_vdfd_after"]

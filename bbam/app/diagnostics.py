@@ -87,7 +87,7 @@ def _label_prototypes(engine) -> Tuple[Tensor, str]:
     if stats is not None and stats.prototypes.numel() and engine.mc.get("stats_angles", "prototype") == "prototype":
         return stats.prototypes, "statistics (labeled + pseudo-labeled samples)"
     lb = engine.splits["labeled"]
-    _, lb_feats, _ = engine.predict(lb.x)
+    _, lb_feats, _ = engine.predict(lb.x, keep=("features",))
     return label_prototypes(lb_feats, lb.y)[0], "labeled split"
 
 
@@ -116,10 +116,10 @@ def angle_diagnostics(engine, split: str = "test", model: Optional[torch.nn.Modu
     """
     s = engine.splits[split]
     y = s.y
-    scores, feats, _ = engine.predict(s.x)
     online = model is not None and model is not engine.ema.module
+    scores, feats, _ = engine.predict(s.x, keep=("scores",) if online else ("scores", "features"))
     if online:
-        _, feats, _ = engine.predict(s.x, model)
+        _, feats, _ = engine.predict(s.x, model, keep=("features",))
     weights = (model if online else engine.ema.module).classifier_weight.detach().float()
     a, b = engine.coefficients()
     prototypes, source = _label_prototypes(engine)

@@ -11,6 +11,7 @@ mAP, early stopping; the test set is evaluated once, with the selected checkpoin
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -20,7 +21,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ from .models import ModelEMA, MultiLabelModel
 
 __all__ = ["SelfTrainingEngine", "atomic_save", "atomic_write_text", "seed_everything", "resolve_device"]
 
+PARTS = ("scores", "features", "outputs")  # what SelfTrainingEngine.predict can return
 log = logging.getLogger("bbam.train.engine")  # one DEBUG line per epoch (train.log under Hydra)
 
 
@@ -162,6 +164,7 @@ class SelfTrainingEngine:
         self.prototypes: Optional[Tensor] = None
         self.warmup_best: Optional[Dict[str, Any]] = None  # best warm-up weights (train.warmup_restore_best)
         self.warmup_start_epoch: Optional[int] = None  # the warm-up epoch self-training started from
+        self.phase_s: Dict[str, float] = {}  # this epoch's seconds per phase (cap, features, ..., steps)
         if self.tc.select_from not in ("self_training", "any"):
             raise ValueError(f"config key 'train.select_from' must be 'self_training' or 'any', got {self.tc.select_from!r}")
         if self.mc.features_from not in ("online", "ema"):
@@ -169,6 +172,19 @@ class SelfTrainingEngine:
         if self.mc.stats_angles not in ("prototype", "classifier"):
             raise ValueError(f"config key 'method.stats_angles' must be 'prototype' or 'classifier', "
                              f"got {self.mc.stats_angles!r}")
+
+    @contextlib.contextmanager
+    def _timed(self, phase: str):
+        """Adds the block's wall time to ``phase_s[phase]`` (logged per epoch as ``phase_s``)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.phase_s[phase] = self.phase_s.get(phase, 0.0) + time.perf_counter() - t0
 
     # ----------------------------------------------------------------- batches
     def _batches(self, n: int, batch_size: int, epoch: int, stream: int, min_batches: int = 1):
@@ -219,15 +235,18 @@ class SelfTrainingEngine:
         return loss_fn(outputs, targets, weight)
 
     @torch.no_grad()
-    def predict_global(self, x: Tensor, model=None) -> Tuple[Tensor, Tensor, Tensor]:
+    def predict_global(self, x: Tensor, model=None, keep: Sequence[str] = PARTS) -> Tuple[Optional[Tensor], ...]:
         """:meth:`predict` on all rows of ``x``, each rank computing its shard (rows
         ``rank, rank + world, ...``), gathered back into row order on every rank."""
         if self.world == 1:
-            return self.predict(x, model)
+            return self.predict(x, model, keep=keep)
         n = x.shape[0]
-        local = self.predict(x[D.shard_indices(n, device=x.device)], model)
+        local = self.predict(x[D.shard_indices(n, device=x.device)], model, keep=keep)
         outs = []
         for part in local:
+            if part is None:
+                outs.append(None)
+                continue
             full = part.new_empty((n, *part.shape[1:]))
             for r, rows in enumerate(D.gather_rows(part)):
                 full[D.shard_indices(n, which=r, device=x.device)] = rows
@@ -235,25 +254,39 @@ class SelfTrainingEngine:
         return tuple(outs)
 
     @torch.no_grad()
-    def predict(self, x: Tensor, model=None, batch_size: int = 1024) -> Tuple[Tensor, Tensor, Tensor]:
+    def predict(self, x: Tensor, model=None, batch_size: int = 1024,
+                keep: Sequence[str] = PARTS) -> Tuple[Optional[Tensor], ...]:
         """``(scores [N, K] in [0, 1], features [N, D], raw outputs [N, K])`` with the inference
-        transform (the average of the positive and negative transforms: no labels used)."""
+        transform (the average of the positive and negative transforms: no labels used).
+        Only the parts named in ``keep`` are kept (the others are None): each is one
+        preallocated ``[N, *]`` float32 tensor filled batch by batch."""
+        unknown = set(keep) - set(PARTS)
+        if unknown:
+            raise ValueError(f"predict: 'keep' must name parts among {PARTS}, got {sorted(unknown)}")
         model = (self.ema.module if model is None else model).eval()
         a, b = self.coefficients()
-        scores, feats, outs = [], [], []
-        for i in range(0, x.shape[0], batch_size):
+        n, K = x.shape[0], self.num_labels
+        scores = torch.empty((n, K), device=x.device) if "scores" in keep else None
+        outs = torch.empty((n, K), device=x.device) if "outputs" in keep else None
+        dim = model.classifier_weight.shape[1]  # feature dimension D
+        feats = torch.empty((n, dim), device=x.device) if "features" in keep else None
+        for i in range(0, n, batch_size):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 z, out = model(x[i:i + batch_size])
             z, out = z.float(), out.float()
+            if feats is not None:
+                feats[i:i + batch_size] = z
+            if outs is not None:
+                outs[i:i + batch_size] = out
+            if scores is None:
+                continue
             if model.head_type == "cosine":
                 phi = bbam.ops.angle_transform(out, a, b)
                 logits = self.mc.scale * (phi - self.mc.predict_margin_fraction * self.mc.margin)
             else:
                 logits = out
-            scores.append(torch.sigmoid(logits))
-            feats.append(z)
-            outs.append(out)
-        return torch.cat(scores), torch.cat(feats), torch.cat(outs)
+            scores[i:i + batch_size] = torch.sigmoid(logits)
+        return scores, feats, outs
 
     # ----------------------------------------------------------------- epochs
     def _train_step(self, parts) -> float:
@@ -267,7 +300,7 @@ class SelfTrainingEngine:
             for x, t, w, loss_fn in parts:
                 out = outs[start:start + x.shape[0]].float()
                 start += x.shape[0]
-                total = total + self._loss(loss_fn, out, t, w, coefs)
+                total = total + self._loss(loss_fn, out, t, None if w is None else w.float(), coefs)
         self.optimizer.zero_grad(set_to_none=True)
         (total * self.world).backward()
         self.optimizer.step()
@@ -288,9 +321,10 @@ class SelfTrainingEngine:
     def _warmup_epoch(self, epoch: int) -> Dict[str, float]:
         lb = self.splits["labeled"]
         losses = []
-        for idx in self._batches(len(lb), self.tc.batch_size, epoch, 0, self._steps_per_epoch("warmup")):
-            idx = self._local(idx)
-            losses.append(self._train_step([(lb.x[idx], lb.y[idx], None, self.losses["warmup"])]))
+        with self._timed("steps"):
+            for idx in self._batches(len(lb), self.tc.batch_size, epoch, 0, self._steps_per_epoch("warmup")):
+                idx = self._local(idx)
+                losses.append(self._train_step([(lb.x[idx], lb.y[idx], None, self.losses["warmup"])]))
         return {"train_loss": self._global_mean(losses)}
 
     @torch.no_grad()
@@ -298,18 +332,33 @@ class SelfTrainingEngine:
         """Steps (1)-(3): CAP pseudo-labels, prototypes + statistics, negative-sampling masks."""
         lb, ub = self.splits["labeled"], self.splits["unlabeled"]
         # (1) CAP on the scores of the WHOLE unlabeled set (global ranks: gathered across ranks)
-        scores_u, _, _ = self.predict_global(ub.x)
-        pseudo, confident = self.cap(scores_u)
-        pseudo_t = torch.where(confident, pseudo, torch.full_like(pseudo, -1))  # not confident: unknown
+        with self._timed("cap"):
+            scores_u, _, _ = self.predict_global(ub.x, keep=("scores",))
+            pseudo, confident = self.cap(scores_u)
+            pseudo_t = torch.where(confident, pseudo, torch.full_like(pseudo, -1))  # not confident: unknown
+            thresholds = self.cap.thresholds(scores_u) if self.tc.save_epoch_state else None
+            del pseudo, confident, scores_u  # [N_u, K] each: not kept through the epoch
         # (2) each rank: features of its shard; prototypes / statistics reduced across ranks.
         # The method's code reads the online model's features here (CAP scores above come
         # from the EMA model); method.features_from: ema is the alternative.
         feature_model = self.model if self.mc.features_from == "online" else None
         rows_lb, rows_ub = D.shard_indices(len(lb), device=self.device), D.shard_indices(len(ub), device=self.device)
-        _, feats_lb, _ = self.predict(lb.x[rows_lb], feature_model)
-        _, feats_ub, _ = self.predict(ub.x[rows_ub], feature_model)
-        feats = torch.cat([feats_lb, feats_ub])
-        targets = torch.cat([lb.y[rows_lb], pseudo_t[rows_ub]])
+        with self._timed("features"):
+            _, feats_lb, _ = self.predict(lb.x[rows_lb], feature_model, keep=("features",))
+            _, feats_ub, _ = self.predict(ub.x[rows_ub], feature_model, keep=("features",))
+            feats = torch.cat([feats_lb, feats_ub])
+            del feats_lb, feats_ub
+            targets = torch.cat([lb.y[rows_lb], pseudo_t[rows_ub]])
+        with self._timed("statistics"):
+            self._update_prototypes_and_stats(feats, targets, feature_model)
+        with self._timed("sampling"):
+            weight = self._sampling_weights(feats, targets, torch.cat([rows_lb, rows_ub + len(lb)]))
+        n_lb = len(lb)
+        return {"targets_ub": pseudo_t, "weight_lb": weight[:n_lb], "weight_ub": weight[n_lb:],
+                "thresholds": thresholds, "pseudo_precision": self._pseudo_precision(pseudo_t, ub.y)}
+
+    def _update_prototypes_and_stats(self, feats: Tensor, targets: Tensor, feature_model) -> None:
+        """Step (2): label prototypes (reduced across ranks) and, with balancing, the statistics."""
         prototypes, _ = D.global_prototypes(feats, targets)
         self.prototypes = prototypes  # the label prototypes of this epoch (diagnostics, checkpoints)
         if self.stats is not None:
@@ -318,9 +367,13 @@ class SelfTrainingEngine:
             anchors = prototypes if self.mc.stats_angles == "prototype" else \
                 (self.model if feature_model is not None else self.ema.module).classifier_weight.detach().float()
             self.stats.update(feats, targets, prototypes=anchors)
-        # (3) negative sampling needs each label's global m_k-th similarity: select on the
+
+    def _sampling_weights(self, feats: Tensor, targets: Tensor, rows: Tensor) -> Tensor:
+        """Step (3): ``[N_l + N_u, K]`` bool, the negative-sampling masks in sample order
+        (without sampling: the known entries). ``rows``: the sample index of each row of ``feats``."""
+        prototypes = self.prototypes
+        # negative sampling needs each label's global m_k-th similarity: select on the
         # gathered features (exact), then scatter the masks back to sample order
-        rows = torch.cat([rows_lb, rows_ub + len(lb)])
         if self.world > 1:
             feats = torch.cat(D.gather_rows(feats))
             targets = torch.cat(D.gather_rows(targets))
@@ -331,12 +384,9 @@ class SelfTrainingEngine:
             keep = self.sampler.select(feats, prototypes, targets, generator=g)
         else:
             keep = targets >= 0
-        weight = torch.empty_like(keep, dtype=torch.float32)
-        weight[rows] = keep.float()
-        n_lb = len(lb)
-        return {"targets_ub": pseudo_t, "weight_lb": weight[:n_lb], "weight_ub": weight[n_lb:],
-                "thresholds": self.cap.thresholds(scores_u) if self.tc.save_epoch_state else None,
-                "pseudo_precision": self._pseudo_precision(pseudo_t, ub.y)}
+        weight = torch.empty_like(keep)  # bool: 1 byte per entry (made float per batch in _train_step)
+        weight[rows] = keep
+        return weight
 
     @staticmethod
     def _pseudo_precision(pseudo_t: Tensor, truth: Tensor) -> Tensor:
@@ -351,22 +401,23 @@ class SelfTrainingEngine:
         lb_batches = self._batches(len(lb), self.tc.batch_size, epoch, 0)
         lb_cycle = itertools.cycle(lb_batches)
         losses = []
-        for idx_u in self._batches(len(ub), self.tc.unlabeled_batch_size, epoch, 1,
-                                   self._steps_per_epoch("self_training")):
-            idx_u, idx_l = self._local(idx_u), self._local(next(lb_cycle))
-            losses.append(self._train_step([
-                (lb.x[idx_l], lb.y[idx_l], p["weight_lb"][idx_l], self.losses["train"]),
-                (ub.x[idx_u], p["targets_ub"][idx_u], p["weight_ub"][idx_u], self.losses["train"]),
-            ]))
+        with self._timed("steps"):
+            for idx_u in self._batches(len(ub), self.tc.unlabeled_batch_size, epoch, 1,
+                                       self._steps_per_epoch("self_training")):
+                idx_u, idx_l = self._local(idx_u), self._local(next(lb_cycle))
+                losses.append(self._train_step([
+                    (lb.x[idx_l], lb.y[idx_l], p["weight_lb"][idx_l], self.losses["train"]),
+                    (ub.x[idx_u], p["targets_ub"][idx_u], p["weight_ub"][idx_u], self.losses["train"]),
+                ]))
         known = p["targets_ub"] >= 0
         return {"train_loss": self._global_mean(losses),
                 "pseudo_confident": float(known.float().mean()),
                 "pseudo_accuracy": float(p["pseudo_precision"]),
-                "neg_kept_lb": float(p["weight_lb"][lb.y == 0].mean()) if (lb.y == 0).any() else 1.0}
+                "neg_kept_lb": float(p["weight_lb"][lb.y == 0].float().mean()) if (lb.y == 0).any() else 1.0}
 
     def evaluate(self, split: str, model=None) -> Dict[str, float]:
         s = self.splits[split]
-        scores, _, _ = self.predict_global(s.x, model)  # whole split, every rank
+        scores, _, _ = self.predict_global(s.x, model, keep=("scores",))  # whole split, every rank
         return M.evaluate(scores, s.y, threshold=self.tc.threshold, oracle_cardinality=self.tc.oracle_cardinality)
 
     # ----------------------------------------------------------------- checkpoints
@@ -480,12 +531,15 @@ class SelfTrainingEngine:
             if epoch == 0 or epoch == self.boundary or self.scheduler is None:
                 self.scheduler = self._make_scheduler(phase)
             t0 = time.perf_counter()
+            self.phase_s = {}
             record: Dict[str, Any] = {"epoch": epoch, "phase": phase}
             record.update(self._warmup_epoch(epoch) if phase == "warmup" else self._self_training_epoch(epoch))
             record["lr"] = self.optimizer.param_groups[0]["lr"]
-            val = self.evaluate("val")
+            with self._timed("evaluation"):
+                val = self.evaluate("val")
             record.update({f"val_{k}": v for k, v in val.items()})
             record["time_s"] = time.perf_counter() - t0
+            record["phase_s"] = self.phase_s  # seconds per phase: cap, features, statistics, sampling, steps, ...
             self.state.epoch = epoch + 1
             if (phase == "warmup" and self.self_training and self.tc.warmup_restore_best
                     and (self.warmup_best is None or val["mAP"] > self.warmup_best["map"])):
@@ -502,9 +556,10 @@ class SelfTrainingEngine:
                         else "no selectable epoch yet")
                 log.debug("epoch %d (%s): train loss %.4g, val mAP %.2f, %s, %.1f s", epoch, phase,
                           record["train_loss"], val["mAP"], best, record["time_s"])
-                if improved:
-                    atomic_save(self._checkpoint(), self.ckpt_dir / "best.pt")
-                atomic_save(self._checkpoint(), self.ckpt_dir / "last.pt")
+                with self._timed("checkpoint"):  # in metrics.jsonl, not in the checkpoint's own history
+                    if improved:
+                        atomic_save(self._checkpoint(), self.ckpt_dir / "best.pt")
+                    atomic_save(self._checkpoint(), self.ckpt_dir / "last.pt")
                 self._write_history()
                 if self.tc.save_epoch_state and self.last_pseudo is not None:
                     atomic_save(self._epoch_state(), self.out_dir / "epoch_state.pt")
