@@ -11,23 +11,26 @@ the research code).
 
 Conventions shared by every function here:
 
-* Ranks come from one **stable descending sort** of the ``[N_u, K]`` score matrix
-  along ``dim 0``: among equal scores the sample with the lower row index ranks
-  first. Pseudo-labels use the threshold *value* (``score >= threshold``), so every
-  sample tied with the threshold score is a pseudo-positive; the confidence mask uses
-  the *ranks*, so among tied samples only those ranked within the kept count are kept.
+* Ranks are positions in the **stable descending order** of each label's ``N_u`` scores:
+  among equal scores the sample with the lower row index ranks first. Pseudo-labels use
+  the threshold *value* (``score >= threshold``), so every sample tied with the threshold
+  score is a pseudo-positive; the confidence mask uses the *ranks*, so among tied samples
+  only those ranked within the kept count are kept.
 * Counts ``pi * N_u`` etc. are computed in float64; a product within ``1e-9``
   (relative) of an integer is snapped to that integer before ``ceil`` so that, e.g.,
   ``pi = 0.07`` with ``N_u = 100`` (``7.000000000000001`` in float64) gives rank 7,
   never 8. Pass rates as float64 (as :func:`estimate_positive_rates` returns): a
   float32 ``0.4`` is ``0.4000000059...`` and its own rounding is beyond that snap.
   Counts are clamped into ``[0, N_u]``.
-* Everything is vectorised over labels: one ``torch.sort`` of the whole matrix (as
-  ``[K, N_u]``), no Python loop over labels. Memory is ``O(N_u * K)`` (the scores already are).
+* No sort of the score matrix: each label's order statistics come from a selection
+  (``topk`` to the depth the label needs, ``ceil(pi_k N_u)`` for a rare label), and "among
+  the first m in the stable order" from the m-th value and a running count of its ties.
+  Labels are processed in blocks of similar depth, so the temporaries stay bounded
+  (``_BLOCK_ELEMENTS`` elements) whatever ``N_u x K``; the outputs are ``[N_u, K]`` int8 and bool.
 
-The threshold computation lives in :func:`_thresholds_from_sorted` (used by
-:func:`cap_thresholds` and :func:`cap_pseudo_labels`), so that a distributed version
-computing the order statistic globally across ranks can replace it in one place.
+The threshold computation lives in :func:`_thresholds` (used by :func:`cap_thresholds`
+and :func:`cap_pseudo_labels`), so that a distributed version computing the order
+statistic globally across ranks can replace it in one place.
 
 Fidelity note: predictions scored for pseudo-labelling must use the inference
 transform (average of the positive and negative BBAM transforms) — never the
@@ -35,7 +38,7 @@ transform chosen by the samples' true labels, as the research code does.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -132,37 +135,63 @@ def estimate_positive_rates(targets: Tensor) -> Tensor:
     return (pos / known.clamp(min=1.0)).clamp(0.0, 1.0)
 
 
-def _sort_desc(scores: Tensor) -> Tuple[Tensor, Tensor]:
-    """Stable descending sort of every column: ``(sorted [N_u, K], order [N_u, K] int64)``.
-
-    Sorted as a contiguous ``[K, N_u]`` matrix along its last dim (several times faster
-    than sorting along dim 0 on CPU); the results are returned as transposed views."""
-    v, i = torch.sort(scores.T.contiguous(), dim=1, descending=True, stable=True)
-    return v.T, i.T
+# Elements of a [B, N_u] block of label rows processed at once: bounds the temporaries of
+# CAP to a few bytes x this many, whatever N_u x K (the scores themselves excepted).
+_BLOCK_ELEMENTS = 1 << 24
 
 
-def _thresholds_from_sorted(sorted_scores: Tensor, ranks: Tensor) -> Tensor:
-    """Per-label threshold = score of (1-based) rank ``ranks[k]`` in the descending
-    order of column ``k``; ``+inf`` where ``ranks[k] == 0``.
+def _label_blocks(need: Tensor, n: int) -> List[Tensor]:
+    """Labels grouped for selection: ordered by how deep each needs to look (``need``,
+    ``[K]`` int64 in ``[0, n]``), in blocks of at most ``_BLOCK_ELEMENTS / n`` labels, so
+    one ``topk`` per block with the block's largest depth wastes little."""
+    order = torch.argsort(need.cpu(), stable=True)
+    size = max(1, _BLOCK_ELEMENTS // max(n, 1))
+    return [order[i:i + size] for i in range(0, len(order), size)]
 
-    This is the one place the CAP order statistic is taken; a distributed version
-    (global quantile across ranks) replaces it.
 
-    Args:
-        sorted_scores: ``[N_u, K]`` each column sorted in descending order.
-        ranks: ``[K]`` int64 in ``[0, N_u]``.
+def _largest(rows: Tensor, depth: int) -> Tensor:
+    """``[B, depth]``: the ``depth`` largest values of each row of ``rows`` ``[B, N]``, in
+    descending order: one ``topk``, or a sort when ``depth`` exceeds half the row (the value
+    at a rank does not depend on how ties are ordered)."""
+    if depth <= rows.shape[1] // 2:
+        return torch.topk(rows, depth, dim=1, largest=True, sorted=True).values
+    return torch.sort(rows, dim=1, descending=True).values[:, :depth]
 
-    Returns:
-        ``[K]`` thresholds, dtype of ``sorted_scores``.
-    """
-    N, K = sorted_scores.shape
-    inf = torch.full((K,), float("inf"), dtype=sorted_scores.dtype, device=sorted_scores.device)
-    if N == 0:
-        return inf
-    ranks = ranks.to(sorted_scores.device)
-    idx = (ranks - 1).clamp(min=0).unsqueeze(0)  # [1, K]
-    kth = sorted_scores.gather(0, idx).squeeze(0)
-    return torch.where(ranks > 0, kth, inf)
+
+def _value_at(top: Tensor, m: Tensor) -> Tensor:
+    """``[B, 1]``: the ``m``-th largest value of each row (``top`` from :func:`_largest`);
+    a placeholder where ``m == 0`` (no element is that deep)."""
+    return top.gather(1, (m - 1).clamp(min=0).unsqueeze(1))
+
+
+def _in_top(rows: Tensor, m: Tensor, value: Tensor) -> Tensor:
+    """``[B, N]`` bool: whether each element is among the first ``m[b]`` of its row in the
+    stable descending order (larger value first; among equal values the lower column
+    first), without sorting: above ``value`` (the ``m``-th largest, ``[B, 1]``), or equal to it
+    and among the first ``m - #above`` equal ones."""
+    above = rows > value
+    equal = rows == value
+    room = (m - above.sum(1)).unsqueeze(1)          # equal elements still inside the top m
+    inside = above | (equal & (torch.cumsum(equal, 1, dtype=torch.int32) <= room))
+    return inside & (m > 0).unsqueeze(1)
+
+
+def _thresholds(scores: Tensor, ranks: Tensor) -> Tensor:
+    """Per-label threshold = score of (1-based) rank ``ranks[k]`` in the descending order
+    of column ``k`` of ``scores`` ``[N_u, K]``; ``+inf`` where ``ranks[k] == 0``.
+
+    This is the one place the CAP order statistic is taken (by selection, label block by
+    label block); a distributed version (global quantile across ranks) replaces it."""
+    N, K = scores.shape
+    thr = torch.full((K,), float("inf"), dtype=scores.dtype, device=scores.device)
+    ranks = ranks.to(scores.device)
+    for labels in _label_blocks(ranks, N):
+        labels = labels.to(scores.device)
+        labels = labels[ranks[labels] > 0]
+        if len(labels):
+            top = _largest(scores[:, labels].T.contiguous(), int(ranks[labels].max()))
+            thr[labels] = _value_at(top, ranks[labels]).squeeze(1)
+    return thr
 
 
 @torch.no_grad()
@@ -183,11 +212,7 @@ def cap_thresholds(scores: Tensor, pos_rates: Tensor) -> Tensor:
     _check_scores("cap_thresholds", scores)
     N, K = scores.shape
     pi = _check_pos_rates("cap_thresholds", pos_rates, K).to(scores.device)
-    ranks = _ceil_count(pi * N, N)
-    if N == 0:
-        return _thresholds_from_sorted(scores, ranks)
-    sorted_scores, _ = _sort_desc(scores)
-    return _thresholds_from_sorted(sorted_scores, ranks)
+    return _thresholds(scores, _ceil_count(pi * N, N))
 
 
 @torch.no_grad()
@@ -223,21 +248,26 @@ def cap_pseudo_labels(scores: Tensor, pos_rates: Tensor, pos_per: float = 1.0,
     n_pos_keep = _ceil_count(pos_per * pi * N, N)             # top positions kept
     n_neg_keep = _ceil_count(neg_per * (1.0 - pi) * N, N)     # bottom positions kept
 
-    sorted_scores, order = _sort_desc(scores)
-    thr = _thresholds_from_sorted(sorted_scores, ranks)
-    # Work in the contiguous [K, N] layout of the sort.
-    sorted_t, order_t = sorted_scores.T, order.T
-    # Pseudo-labels by value (ties with the threshold are positive).
-    pos_sorted = (sorted_t >= thr.unsqueeze(1)) & (ranks > 0).unsqueeze(1)
-    # Confidence mask by position in the stable descending order (0-based).
-    position = torch.arange(N, device=scores.device).unsqueeze(0)  # [1, N]
-    keep_sorted = torch.where(pos_sorted, position < n_pos_keep.unsqueeze(1),
-                              position >= (N - n_neg_keep).unsqueeze(1))
-    targets = torch.empty((K, N), dtype=torch.int8, device=scores.device)
-    targets.scatter_(1, order_t, pos_sorted.to(torch.int8))
-    mask = torch.empty((K, N), dtype=torch.bool, device=scores.device)
-    mask.scatter_(1, order_t, keep_sorted)
-    return targets.T.contiguous(), mask.T.contiguous()
+    targets = torch.empty((N, K), dtype=torch.int8, device=scores.device)
+    mask = torch.empty((N, K), dtype=torch.bool, device=scores.device)
+    # Positions in the stable descending order: the mask keeps a pseudo-positive among the
+    # first n_pos_keep and a pseudo-negative among the last n_neg_keep (not in the first
+    # N - n_neg_keep). One selection per label block serves all three depths.
+    n_not_neg = N - n_neg_keep
+    depth = torch.maximum(ranks, n_not_neg)  # n_pos_keep <= ranks
+    for labels in _label_blocks(depth, N):
+        labels = labels.to(scores.device)
+        block = scores[:, labels].T.contiguous()                     # [B, N]
+        top = _largest(block, max(1, int(depth[labels].max())))
+        r = ranks[labels]
+        thr = torch.where(r > 0, _value_at(top, r).squeeze(1), torch.full_like(top[:, 0], float("inf")))
+        pos = (block >= thr.unsqueeze(1)) & (r > 0).unsqueeze(1)     # by value: ties are positive
+        m_pos, m_neg = n_pos_keep[labels], n_not_neg[labels]
+        keep = torch.where(pos, _in_top(block, m_pos, _value_at(top, m_pos)),
+                           ~_in_top(block, m_neg, _value_at(top, m_neg)))
+        targets[:, labels] = pos.T.to(torch.int8)
+        mask[:, labels] = keep.T
+    return targets, mask
 
 
 class CAPLabeler:

@@ -72,6 +72,9 @@ __all__ = [
 ]
 
 _F64 = torch.float64
+# Elements of an [N, K] block converted and sorted at once (float64, int64 temporaries):
+# evaluation memory stays bounded whatever N x K; results do not depend on it.
+_CHUNK_ELEMENTS = 1 << 22
 
 
 # ---------------------------------------------------------------------------
@@ -90,7 +93,7 @@ def _as_tensor(x, name: str) -> Tensor:
     raise TypeError(f"{name} must be a torch.Tensor (or numpy array), got {type(x).__name__}")
 
 
-def _check_scores(scores) -> Tensor:
+def _check_scores(scores, convert: bool = True) -> Tensor:
     scores = _as_tensor(scores, "scores")
     if scores.dim() != 2:
         raise ValueError(f"scores must be a 2-D tensor [N, K], got shape {tuple(scores.shape)}")
@@ -101,11 +104,11 @@ def _check_scores(scores) -> Tensor:
         raise ValueError(f"scores must have at least one sample and one label, got shape {(n, k)}")
     if bool(torch.isnan(scores).any()):
         raise ValueError("scores contains NaN")
-    return scores.to(_F64)
+    return scores.to(_F64) if convert else scores
 
 
-def _check_targets(targets, scores: Tensor) -> Tensor:
-    """Returns targets as a float64 tensor of 0/1 on the scores' device."""
+def _check_targets(targets, scores: Tensor, convert: bool = True) -> Tensor:
+    """Returns targets as a float64 tensor of 0/1 on the scores' device (as given: ``convert=False``)."""
     targets = _as_tensor(targets, "targets")
     if targets.dim() != 2:
         raise ValueError(f"targets must be a 2-D tensor [N, K], got shape {tuple(targets.shape)}")
@@ -128,12 +131,19 @@ def _check_targets(targets, scores: Tensor) -> Tensor:
                 f"targets must contain only 0 and 1 (unknown labels such as -1 are not "
                 f"allowed in evaluation); found {vals}"
             )
-    return targets.to(_F64)
+    return targets.to(_F64) if convert else targets
 
 
 def _check(scores, targets):
     s = _check_scores(scores)
     return s, _check_targets(targets, s)
+
+
+def _check_light(scores, targets):
+    """The checks of :func:`_check` without its float64 copies: the inputs as given, for
+    computations that convert one block at a time (:func:`evaluate`, :func:`average_precision`)."""
+    s = _check_scores(scores, convert=False)
+    return s, _check_targets(targets, s, convert=False)
 
 
 def _check_threshold(threshold) -> float:
@@ -236,7 +246,15 @@ def average_precision(scores, targets) -> Tensor:
         Labels with no positive sample get ``NaN`` (AP is undefined there;
         scikit-learn would warn and return 0).
     """
-    s, y = _check(scores, targets)
+    s, y = _check_light(scores, targets)
+    n, k = s.shape
+    block = max(1, _CHUNK_ELEMENTS // n)  # labels per block: bounded temporaries
+    return torch.cat([_ap_block(s[:, j:j + block], y[:, j:j + block]) for j in range(0, k, block)])
+
+
+def _ap_block(s: Tensor, y: Tensor) -> Tensor:
+    """:func:`average_precision` of a block of label columns (float64 copies of the block only)."""
+    s, y = s.to(_F64), y.to(_F64)
     # labels along rows: [K, N]
     y_sorted, end, tp_at_end = _sorted_with_groups(
         s.t().contiguous(), y.t().contiguous(), descending=True
@@ -373,8 +391,12 @@ def one_error(scores, targets) -> float:
         denominator.
     """
     s, y = _check(scores, targets)
+    return float(_one_error_rows(s, y).mean().item())
+
+
+def _one_error_rows(s: Tensor, y: Tensor) -> Tensor:
     top = torch.argmax(s, dim=1, keepdim=True)
-    return float((torch.gather(y, 1, top) == 0).to(_F64).mean().item())
+    return (torch.gather(y, 1, top) == 0).to(_F64).squeeze(1)
 
 
 def coverage_error(scores, targets) -> float:
@@ -392,12 +414,15 @@ def coverage_error(scores, targets) -> float:
         own ranking of ties); the research code reports ``(this - 1) / K``.
     """
     s, y = _check(scores, targets)
+    return float(_coverage_rows(s, y).mean().item())
+
+
+def _coverage_rows(s: Tensor, y: Tensor) -> Tensor:
     pos = y > 0
     inf = torch.full_like(s, float("inf"))
     min_rel = torch.where(pos, s, inf).min(dim=1, keepdim=True).values
     cov = (s >= min_rel).to(_F64).sum(1)
-    cov = torch.where(pos.any(1), cov, torch.zeros_like(cov))
-    return float(cov.mean().item())
+    return torch.where(pos.any(1), cov, torch.zeros_like(cov))
 
 
 def ranking_loss(scores, targets) -> float:
@@ -414,14 +439,25 @@ def ranking_loss(scores, targets) -> float:
         or all 1 contribute 0 (and stay in the denominator).
     """
     s, y = _check(scores, targets)
-    k = s.shape[1]
-    # ascending: for each position, number of positives scored <= it
-    y_sorted, _, pos_le = _sorted_with_groups(s, y, descending=False)
-    bad_pairs = ((1.0 - y_sorted) * pos_le).sum(1)
+    return float(_ranking_loss_rows(_row_ranking(s, y), y).mean().item())
+
+
+def _row_ranking(s: Tensor, y: Tensor):
+    """Each sample's labels sorted by descending score with tie groups: the shared
+    ``(y_sorted, group end, positives up to the group end)`` of the example-based
+    ranking metrics (one sort serves :func:`ranking_loss` and LRAP)."""
+    return _sorted_with_groups(s, y, descending=True)
+
+
+def _ranking_loss_rows(ranking, y: Tensor) -> Tensor:
+    # a positive's mis-ordered pairs: the negatives scored >= it, i.e. the negatives up to
+    # the end of its tie group in the descending order (ties count as errors)
+    y_sorted, end, pos_ge = ranking
+    k = y.shape[1]
+    bad_pairs = (y_sorted * ((end + 1).to(_F64) - pos_ge)).sum(1)
     n_pos = y.sum(1)
     n_pairs = n_pos * (k - n_pos)
-    loss = torch.where(n_pairs > 0, bad_pairs / n_pairs.clamp_min(1.0), torch.zeros_like(n_pairs))
-    return float(loss.mean().item())
+    return torch.where(n_pairs > 0, bad_pairs / n_pairs.clamp_min(1.0), torch.zeros_like(n_pairs))
 
 
 def label_ranking_average_precision(scores, targets) -> float:
@@ -439,14 +475,17 @@ def label_ranking_average_precision(scores, targets) -> float:
         no true label or with all labels true scores 1.
     """
     s, y = _check(scores, targets)
-    k = s.shape[1]
-    y_sorted, end, pos_ge = _sorted_with_groups(s, y, descending=True)
+    return float(_lrap_rows(_row_ranking(s, y), y).mean().item())
+
+
+def _lrap_rows(ranking, y: Tensor) -> Tensor:
+    y_sorted, end, pos_ge = ranking
+    k = y.shape[1]
     rank = (end + 1).to(_F64)
     n_pos = y.sum(1)
     per = (y_sorted * pos_ge / rank).sum(1) / n_pos.clamp_min(1.0)
     degenerate = (n_pos == 0) | (n_pos == k)
-    per = torch.where(degenerate, torch.ones_like(per), per)
-    return float(per.mean().item())
+    return torch.where(degenerate, torch.ones_like(per), per)
 
 
 # ---------------------------------------------------------------------------
@@ -525,6 +564,10 @@ def oracle_topk_predictions(scores, targets) -> Tensor:
         research code's unstable ``np.argsort`` may break ties differently).
     """
     s, y = _check(scores, targets)
+    return _oracle_rows(s, y)
+
+
+def _oracle_rows(s: Tensor, y: Tensor) -> Tensor:
     n, k = s.shape
     order = torch.argsort(s, dim=1, descending=True, stable=True)
     card = y.sum(1, keepdim=True).to(torch.int64)
@@ -550,20 +593,38 @@ def evaluate(scores, targets, threshold: float = 0.5, oracle_cardinality: bool =
         ``macro_f1``, ``hamming_loss``, ``one_error``, ``coverage``
         (sklearn's coverage error), ``ranking_loss``, ``lrap`` and ``vca``.
     """
-    s, y = _check(scores, targets)
-    _check_threshold(threshold)
-    if oracle_cardinality:
-        pred = oracle_topk_predictions(s, y).to(_F64)
-    else:
-        pred = _predict(s, threshold)
-    return {
-        "mAP": mean_average_precision(s, y),
-        "micro_f1": _micro_f1_pred(pred, y),
-        "macro_f1": _macro_f1_pred(pred, y),
-        "hamming_loss": _hamming_pred(pred, y),
-        "one_error": one_error(s, y),
-        "coverage": coverage_error(s, y),
-        "ranking_loss": ranking_loss(s, y),
-        "lrap": label_ranking_average_precision(s, y),
-        "vca": _vca_pred(pred, y),
+    s, y = _check_light(scores, targets)
+    threshold = _check_threshold(threshold)
+    n, k = s.shape
+    # thresholded metrics from per-label counts, example-based ones from per-row values,
+    # accumulated over row chunks (counts of 0/1 are exact in float64: the same values as
+    # one pass over the whole matrix)
+    tp = torch.zeros(k, dtype=_F64, device=s.device)
+    fp, fn, agree = torch.zeros_like(tp), torch.zeros_like(tp), torch.zeros_like(tp)
+    rows = {"one_error": [], "coverage": [], "ranking_loss": [], "lrap": []}
+    chunk = max(1, _CHUNK_ELEMENTS // k)
+    for i in range(0, n, chunk):
+        s_c, y_c = s[i:i + chunk].to(_F64), y[i:i + chunk].to(_F64)
+        pred = _oracle_rows(s_c, y_c).to(_F64) if oracle_cardinality else _predict(s_c, threshold)
+        tp += (pred * y_c).sum(0)
+        fp += (pred * (1.0 - y_c)).sum(0)
+        fn += ((1.0 - pred) * y_c).sum(0)
+        agree += (pred == y_c).to(_F64).sum(0)
+        ranking = _row_ranking(s_c, y_c)
+        rows["one_error"].append(_one_error_rows(s_c, y_c))
+        rows["coverage"].append(_coverage_rows(s_c, y_c))
+        rows["ranking_loss"].append(_ranking_loss_rows(ranking, y_c))
+        rows["lrap"].append(_lrap_rows(ranking, y_c))
+    ap = average_precision(s, y)
+    valid = ~torch.isnan(ap)
+    class_acc = agree / n
+    out = {
+        "mAP": float(ap[valid].mean().item() * 100.0) if bool(valid.any()) else float("nan"),
+        "micro_f1": float(_f1(tp.sum(), fp.sum(), fn.sum()).item()),
+        "macro_f1": float(_f1(tp, fp, fn).mean().item()),
+        "hamming_loss": float(((fp + fn).sum() / (n * k)).item()),
     }
+    out.update({name: float(torch.cat(values).mean().item()) for name, values in rows.items()})
+    out["vca"] = float(class_acc.var(unbiased=False).item())
+    return {key: out[key] for key in ("mAP", "micro_f1", "macro_f1", "hamming_loss", "one_error", "coverage",
+                                      "ranking_loss", "lrap", "vca")}

@@ -203,3 +203,20 @@ def test_errors():
         estimate_positive_rates(torch.tensor([1, 0], dtype=torch.int8))
     with pytest.raises(RuntimeError, match="fit"):
         CAPLabeler()(scores)
+
+
+@pytest.mark.parametrize("block_elements", [1, 64, 500])
+def test_label_blocks_and_selection_paths_give_the_same_result(block_elements, monkeypatch):
+    """Tiny label blocks (one label, a few) and deep labels (the sort path of the selection)."""
+    import bbam.cap as cap
+
+    monkeypatch.setattr(cap, "_BLOCK_ELEMENTS", block_elements)
+    gen = torch.Generator().manual_seed(block_elements)
+    scores = torch.round(torch.rand(97, 12, generator=gen) * 6) / 6   # many ties
+    pis = _random_rates(12, gen)
+    pis[3:6] = torch.tensor([0.7, 0.9, 0.55], dtype=torch.float64)   # depth above half the rows
+    thr_ref, t_ref, m_ref = _oracle(scores, pis, 0.6, 0.4)
+    np.testing.assert_array_equal(cap_thresholds(scores, pis).double().numpy(), thr_ref)
+    targets, mask = cap_pseudo_labels(scores, pis, 0.6, 0.4)
+    np.testing.assert_array_equal(targets.numpy(), t_ref)
+    np.testing.assert_array_equal(mask.numpy(), m_ref)

@@ -153,3 +153,29 @@ def test_report_explains_balancing(run):
     assert "AP (%)" in text and "fraction of label slots" in text
     for name in ("learning_curves.png", "vdfd_per_label.png", "angle_histograms.png"):
         assert (out / name).is_file(), name
+
+
+@pytest.mark.parametrize("chunk_size", [7, 8192])
+def test_histograms_count_every_angle_once(chunk_size):
+    """Chunked histograms equal a direct per-label count of the classifier angles."""
+    import math
+
+    from bbam.app.diagnostics import BINS, _histograms
+
+    g = torch.Generator().manual_seed(0)
+    N, K, D = 50, 4, 6
+    feats, weights = torch.randn(N, D, generator=g), torch.randn(K, D, generator=g)
+    y = torch.randint(0, 2, (N, K), generator=g, dtype=torch.int8)
+    a = 1 + 0.2 * torch.rand(2, K, generator=g)
+    b = 0.1 * torch.rand(2, K, generator=g)
+    hist = _histograms(feats, weights, y, a, b, chunk_size=chunk_size)
+    cos = torch.nn.functional.normalize(feats, dim=1) @ torch.nn.functional.normalize(weights, dim=1).T
+    for suffix, theta in (("", torch.acos(cos.clamp(-1, 1))),
+                          ("_after", torch.acos(bbam.ops.angle_transform(cos, a, b, y).clamp(-1, 1)))):
+        for name, polarity in (("neg", 0), ("pos", 1)):
+            expected = [[0] * BINS for _ in range(K)]
+            for i in range(N):
+                for k in range(K):
+                    if y[i, k] == polarity:
+                        expected[k][min(int(theta[i, k] / math.pi * BINS), BINS - 1)] += 1
+            assert hist[f"hist_{name}{suffix}"] == expected

@@ -33,14 +33,33 @@ BINS = 60  # histogram bins over [0, pi]
 FAMILIES = ("prototype", "classifier")
 
 
-def _hist(theta: Tensor, mask: Tensor) -> list:
-    """Per-label histograms ``[K][BINS]`` of the masked angles (``theta``, ``mask``: ``[N, K]``)."""
+def _hist_counts(theta: Tensor, mask: Tensor) -> Tensor:
+    """Per-label histogram counts ``[K, BINS]`` (int64) of the masked angles (``theta``,
+    ``mask``: ``[n, K]``): one ``bincount``, unmasked entries go to a discarded extra bin."""
     K = theta.shape[1]
     bins = (theta / math.pi * BINS).long().clamp(0, BINS - 1)
-    flat = bins + torch.arange(K, device=theta.device) * BINS
-    counts = torch.zeros(K * BINS, dtype=torch.long, device=theta.device)
-    counts.index_add_(0, flat[mask], torch.ones_like(flat[mask]))
-    return counts.view(K, BINS).tolist()
+    flat = torch.where(mask, bins + torch.arange(K, device=theta.device) * BINS, K * BINS)
+    return torch.bincount(flat.flatten(), minlength=K * BINS + 1)[:-1].view(K, BINS)
+
+
+def _histograms(feats: Tensor, weights: Tensor, y: Tensor, a: Tensor, b: Tensor,
+                chunk_size: int = 8192) -> Dict[str, list]:
+    """``hist_{neg,pos}[_after]``: ``[K][BINS]`` counts of the classifier angles of the
+    negatives / positives, before and after the training transform; row chunks, so no
+    ``N x K`` angle matrix of the whole split is held."""
+    K = weights.shape[0]
+    counts = {key: torch.zeros((K, BINS), dtype=torch.long, device=feats.device)
+              for key in ("hist_neg", "hist_pos", "hist_neg_after", "hist_pos_after")}
+    w = torch.nn.functional.normalize(weights, dim=1)
+    for start in range(0, feats.shape[0], chunk_size):
+        cos = torch.nn.functional.normalize(feats[start:start + chunk_size], dim=1) @ w.T
+        t = y[start:start + chunk_size]
+        theta = torch.acos(cos.clamp(-1, 1))
+        theta_after = torch.acos(bbam.ops.angle_transform(cos, a, b, t).clamp(-1, 1))
+        for suffix, angles in (("", theta), ("_after", theta_after)):
+            counts["hist_neg" + suffix] += _hist_counts(angles, t == 0)
+            counts["hist_pos" + suffix] += _hist_counts(angles, t == 1)
+    return {key: value.tolist() for key, value in counts.items()}
 
 
 def _json(t: Tensor) -> list:
@@ -131,20 +150,14 @@ def angle_diagnostics(engine, split: str = "test", model: Optional[torch.nn.Modu
     for name, directions in (("prototype", prototypes), ("classifier", weights)):
         fam = family_stats(feats, directions, y, a)
         out[name] = {key: fam[key].tolist() if key == "count" else _json(fam[key]) for key in fam}
-    # histograms need the angles themselves: fine for an evaluation split
-    cos = torch.nn.functional.normalize(feats, dim=1) @ torch.nn.functional.normalize(weights, dim=1).T
-    theta = torch.acos(cos.clamp(-1, 1))
-    theta_after = torch.acos(bbam.ops.angle_transform(cos, a, b, y).clamp(-1, 1))
-    c = out["classifier"]
-    c["hist_neg"], c["hist_pos"] = _hist(theta, y == 0), _hist(theta, y == 1)
-    c["hist_neg_after"], c["hist_pos_after"] = _hist(theta_after, y == 0), _hist(theta_after, y == 1)
+    out["classifier"].update(_histograms(feats, weights, y, a, b))  # the angles themselves, chunked
     out["coefficients"] = {"a": a.tolist(), "b": b.tolist()}
     ap = M.average_precision(scores, y)
     preds = scores >= engine.tc.threshold
     tp = (preds & (y == 1)).sum(0).double()
     f1 = 2 * tp / (preds.sum(0) + (y == 1).sum(0)).double().clamp(min=1)
     out["per_label"] = {"ap": _json(ap * 100), "f1": (f1 * 100).tolist(), "positives": (y == 1).sum(0).tolist(),
-                        "accuracy": (M.class_accuracies(scores, y, engine.tc.threshold) * 100).tolist()}
+                        "accuracy": ((preds == (y == 1)).sum(0).double() / len(y) * 100).tolist()}
     for name in FAMILIES:
         out[f"mean_vdfd_{name}"] = mean_finite(out[name]["vdfd"])
         out[f"mean_vdfd_{name}_after"] = mean_finite(out[name]["vdfd_after"])
