@@ -1,4 +1,4 @@
-"""Tests for bbam.app.datasets: synthetic data, loaders, stratified splits, errors.
+"""Tests for bbam.data: synthetic data, loaders, stratified splits, errors.
 
 Real-data tests use the shared datasets directory (``$BBAM_DATA_DIR`` or
 ``<repo>/../shared/data``) and are skipped with a reason when it is absent.
@@ -6,10 +6,8 @@ Real-data tests use the shared datasets directory (``$BBAM_DATA_DIR`` or
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -17,15 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-try:  # the package may later import a compiled extension; fall back to the file
-    from bbam.app import datasets as ds
-except ImportError:  # pragma: no cover - depends on the build state
-    _spec = importlib.util.spec_from_file_location("_bbam_app_datasets", ROOT / "bbam" / "app" / "datasets.py")
-    ds = importlib.util.module_from_spec(_spec)
-    sys.modules[_spec.name] = ds
-    _spec.loader.exec_module(ds)
+from bbam import data as ds
 
 DATA_DIR = Path(os.environ.get("BBAM_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
 needs_data = pytest.mark.skipif(
