@@ -18,7 +18,8 @@ Neither is imported here.
 from . import cap, functional, metrics, ops, reference, sampling
 from ._extension import BUILD_INFO
 from .losses import AsymmetricLoss, BAMLoss, BBAMLoss, BCELoss
-from .stats import LabelAngleStats, label_prototypes
+from .prototypes import label_prototypes
+from .stats import LabelAngleStats
 
 __version__ = "0.1.0"
 
