@@ -189,12 +189,8 @@ def compare(cases, repeats):
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--json", type=Path)
-    ns = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="bbam-parsers-"))
+def run(tmp: Path, repeats: int) -> dict:
+    """Both comparisons; the written files go to ``tmp``."""
     arff_cases = []
     for path in sorted(DATA.glob("*/*.arff")):
         arff_cases.append((path, np.load(path.parent / f"{path.parent.name}.npz"), load_arff, liac_load_arff,
@@ -204,7 +200,7 @@ def main() -> None:
         write_arff(z, tmp / f"{name}-written.arff", sparse)
         arff_cases.append((tmp / f"{name}-written.arff", z, load_arff, liac_load_arff, liac_decode_only))
     print("ARFF: ours = bbam.data.load_arff; library = liac-arff (sklearn.externals._arff) + our label/XML logic")
-    result = {"arff": compare(arff_cases, ns.repeats)}
+    result = {"arff": compare(arff_cases, repeats)}
     svm_cases = []
     for name in ("scene", "yeast", "bibtex", "reuters21578"):
         z = np.load(DATA / name / f"{name}.npz")
@@ -213,7 +209,17 @@ def main() -> None:
         svm_cases.append((tmp / f"{name}.svm", z, lambda p, d=d, k=k: load_libsvm(p, num_features=d, num_labels=k),
                           lambda p, d=d, k=k: sklearn_load_libsvm(p, d, k), None))
     print("LIBSVM: ours = bbam.data.load_libsvm; library = sklearn load_svmlight_file + label matrix and checks")
-    result["libsvm"] = compare(svm_cases, ns.repeats)
+    result["libsvm"] = compare(svm_cases, repeats)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", type=Path)
+    ns = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bbam-parsers-") as folder:
+        result = run(Path(folder), ns.repeats)
     if ns.json:
         ns.json.write_text(json.dumps(result, indent=1))
 
