@@ -11,13 +11,15 @@ Library layer (this package's top level; no Hydra, no I/O):
 * :mod:`bbam.metrics` — multi-label metrics; :mod:`bbam.cap` — class-aware pseudo-labels;
   :mod:`bbam.sampling` — prototype negative sampling.
 
-The application layer (datasets, models, engine, ``python -m bbam.train``) lives in
-:mod:`bbam.app` and :mod:`bbam.train` and is not imported here.
+Datasets (container, readers, splits) are in :mod:`bbam.data`; the application layer
+(models, engine, ``python -m bbam.train``) lives in :mod:`bbam.app` and :mod:`bbam.train`.
+Neither is imported here.
 """
 from . import cap, functional, metrics, ops, reference, sampling
 from ._extension import BUILD_INFO
 from .losses import AsymmetricLoss, BAMLoss, BBAMLoss, BCELoss
-from .stats import LabelAngleStats, label_prototypes
+from .prototypes import label_prototypes
+from .stats import LabelAngleStats
 
 __version__ = "0.1.0"
 

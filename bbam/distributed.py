@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .ops import label_angle_stats, merge_stats
+from .prototypes import label_prototypes
 
 __all__ = ["world_size", "rank", "is_distributed", "gather_rows", "global_prototypes", "global_label_angle_stats",
            "shard_indices", "broadcast_object"]
@@ -75,8 +76,6 @@ def global_prototypes(features: Tensor, targets: Tensor, *, chunk_size: int = 81
     Returns:
         ``(prototypes [K, D], positive counts [K] float64)``, identical on every rank.
     """
-    from .stats import label_prototypes
-
     protos, counts = label_prototypes(features, targets, chunk_size=chunk_size)
     sums = protos.double() * counts.unsqueeze(1)
     if is_distributed():

@@ -40,6 +40,8 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, MultiOutputMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from bbam.data import MultiLabelData, iterative_stratification
+
 __all__ = ["SemiSupervisedMultiLabelClassifier"]
 
 
@@ -120,8 +122,6 @@ class SemiSupervisedMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, Base
 
     def fit(self, X, Y) -> "SemiSupervisedMultiLabelClassifier":
         """Train on ``X`` ``[N, D]`` (real, finite) and ``Y`` ``[N, K]`` in {1, 0, -1}."""
-        from bbam.app.datasets import MultiLabelData, iterative_stratification
-
         # scikit-learn's checks and messages (2-D, finite, >= 2 rows, same row count); sets n_features_in_
         X, Y = validate_data(self, _numpy(X), _numpy(Y), multi_output=True, dtype=np.float32, ensure_min_samples=2)
         if Y.ndim != 2:

@@ -7,41 +7,11 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as BF
+from .distributed import global_label_angle_stats, global_prototypes
 from .ops import as_targets, label_angle_stats  # noqa: F401  (label_angle_stats: re-exported for convenience)
+from .prototypes import label_prototypes  # noqa: F401  (re-exported: bbam.stats.label_prototypes)
 
 __all__ = ["LabelAngleStats", "label_prototypes"]
-
-
-@torch.no_grad()
-def label_prototypes(features: Tensor, targets: Tensor, *, chunk_size: int = 8192) -> Tuple[Tensor, Tensor]:
-    """Label prototypes: the mean raw feature of each label's positive samples.
-
-    Args:
-        features: ``[N, D]`` float features ``z_i``.
-        targets: ``[N, K]`` int8 (1 positive; 0 and -1 are not counted; other dtypes are
-            converted by :func:`bbam.ops.as_targets`).
-        chunk_size: rows per chunk; memory is ``O(chunk_size * K + K * D)``, never ``N x K`` floats.
-
-    Returns:
-        ``(prototypes [K, D] float32 (float64 for float64 features), positive counts [K] float64)``.
-        A label with no positive gets the zero prototype (it has no prototype).
-    """
-    targets = as_targets(targets, "label_prototypes")
-    if features.dim() != 2 or targets.dim() != 2 or targets.shape[0] != features.shape[0]:
-        raise ValueError(f"label_prototypes: 'features' [N, D] and 'targets' [N, K] must agree on N, "
-                         f"got {tuple(features.shape)} and {tuple(targets.shape)}")
-    dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
-    K = targets.shape[1]
-    sums = features.new_zeros((K, features.shape[1]), dtype=dtype)
-    counts = features.new_zeros(K, dtype=torch.float64)
-    for start in range(0, features.shape[0], chunk_size):
-        pos = (targets[start:start + chunk_size] == 1).to(dtype)  # [chunk, K]
-        sums += pos.T @ features[start:start + chunk_size].to(dtype)
-        counts += pos.sum(0, dtype=torch.float64)
-    return sums / counts.clamp(min=1).to(dtype).unsqueeze(1), counts
-
-
-from .distributed import global_label_angle_stats, global_prototypes  # noqa: E402  (uses label_prototypes)
 
 
 class LabelAngleStats(nn.Module):

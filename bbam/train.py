@@ -21,6 +21,8 @@ from typing import Any, Dict
 
 import torch
 
+from bbam.data import split_indices
+
 __all__ = ["train", "main", "config_dir", "load_run_data", "build_engine", "compose_config"]
 
 # Under Hydra this logger's INFO lines reach the console and <run folder>/train.log, its
@@ -79,8 +81,6 @@ def load_run_data(cfg, device: torch.device = torch.device("cpu")):
 
     Returns ``(data, {"labeled", "unlabeled", "val", "test"}: Split, scaler)``; the same
     rows and inputs for the app, ``bench/baseline.py`` and prediction."""
-    from bbam.app.datasets import split_indices
-
     data = _instantiate_data(cfg)
     splits = split_indices(data, cfg.split.lb_ratio, cfg.split.val_ratio, cfg.split.test_ratio, seed=int(cfg.seed),
                            min_val_size=int(cfg.split.min_val_size), max_val_ratio=float(cfg.split.max_val_ratio))

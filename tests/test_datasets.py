@@ -1,4 +1,4 @@
-"""Tests for bbam.app.datasets: synthetic data, loaders, stratified splits, errors.
+"""Tests for bbam.data: synthetic data, loaders, stratified splits, errors.
 
 Real-data tests use the shared datasets directory (``$BBAM_DATA_DIR`` or
 ``<repo>/../shared/data``) and are skipped with a reason when it is absent.
@@ -6,10 +6,8 @@ Real-data tests use the shared datasets directory (``$BBAM_DATA_DIR`` or
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -17,15 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-try:  # the package may later import a compiled extension; fall back to the file
-    from bbam.app import datasets as ds
-except ImportError:  # pragma: no cover - depends on the build state
-    _spec = importlib.util.spec_from_file_location("_bbam_app_datasets", ROOT / "bbam" / "app" / "datasets.py")
-    ds = importlib.util.module_from_spec(_spec)
-    sys.modules[_spec.name] = ds
-    _spec.loader.exec_module(ds)
+from bbam import data as ds
 
 DATA_DIR = Path(os.environ.get("BBAM_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
 needs_data = pytest.mark.skipif(
@@ -388,6 +378,13 @@ def test_libsvm_basic(tmp_path):
     assert wide.X.shape == (4, 6) and wide.Y.shape == (4, 5) and torch.equal(wide.X[:, :4], d.X)
 
 
+def test_libsvm_byte_order_mark_and_qid(tmp_path):
+    p = tmp_path / "bom.svm"
+    p.write_bytes(b"\xef\xbb\xbf1 qid:3 2:1.5\n")
+    d = ds.load_libsvm(p)
+    assert d.Y.tolist() == [[0, 1]] and d.X.tolist() == [[0.0, 1.5]]
+
+
 def test_libsvm_xc_header(tmp_path):
     p = write(tmp_path / "xc.txt", "2 5 4\n3 2:1\n0,1 5:2\n")
     d = ds.load_libsvm(p)
@@ -409,6 +406,11 @@ def test_libsvm_xc_header(tmp_path):
         ("0 5:1\n", {"num_features": 3}, r"line 1: feature index 5 > num_features=3"),
         ("0 1:1\n4 1:1\n", {"num_labels": 3}, r"line 2: label 4 outside \[0, 3\)"),
         ("0 1:inf\n", {}, r"line 1: feature '1:inf' is not finite"),
+        ("0 3:1 2:1\n", {}, r"line 1: feature index 2 after 3: indices must be ascending"),
+        ("0 1:1\n1,2.5 1:1\n", {}, r"line 2: label '2.5' is not an integer"),
+        ("2 5 4\n0 1:1\n5 2:1\n", {}, r"line 3: label 5 outside \[0, 4\) \(header\)"),
+        ("2 5 4\n0 6:1\n1 2:1\n", {}, r"line 2: feature index 6 > 5 \(header\)"),
+        ("0 1:1\n" * 3000 + "0 1:1 x\n", {}, r"line 3001: feature 'x' is not 'index:value'"),
     ],
 )
 def test_libsvm_errors(tmp_path, text, kw, match):

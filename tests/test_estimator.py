@@ -16,7 +16,7 @@ from sklearn.pipeline import Pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils import estimator_checks as E  # noqa: E402
 
-from bbam.app.datasets import make_synthetic  # noqa: E402
+from bbam.data import make_synthetic  # noqa: E402
 from bbam.app.predict import Predictor  # noqa: E402
 from bbam.estimator import SemiSupervisedMultiLabelClassifier  # noqa: E402
 

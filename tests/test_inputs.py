@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bbam.app.datasets import DatasetFormatError
-from bbam.app.inputs import load_image_folder, load_text_jsonl, tokenize
+from bbam.data import DatasetFormatError, load_image_folder, load_text_jsonl, tokenize
 from bbam.app.models import ImageEncoder, TextEncoder
 
 WORDS = {"sport": ["ball", "goal", "match", "team"], "money": ["bank", "rate", "loan", "price"],

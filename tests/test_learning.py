@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bbam import ops
-from bbam.app.datasets import make_synthetic, split_indices
+from bbam.data import make_synthetic, split_indices
 from bbam.app.models import LinearEncoder
 from bbam.app.preprocess import FeatureScaler
 from bbam.sampling import NegativeSampler

@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from bbam import metrics as M
-from bbam.app.datasets import split_indices
+from bbam.data import split_indices
 from bbam.app.predict import Predictor, tune_thresholds
 from bbam.predict import main as predict_main
 from bbam.train import _instantiate_data, compose_config, train

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from bbam.app.datasets import make_synthetic
+from bbam.data import make_synthetic
 from bbam.train import compose_config, train
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 import bbam.sampling as sampling
+import bbam.sampling_faiss as sampling_faiss
 from bbam.sampling import NegativeSampler, negative_sample_counts
 
-faiss = sampling._import_faiss()
+faiss = sampling_faiss._import_faiss()
 needs_faiss = pytest.mark.skipif(faiss is None, reason="faiss is not installed")
 # every backend/index that must agree exactly with the oracle on tie-free data
 EXACT_BACKENDS = ["exact"] + (["faiss"] if faiss is not None else [])
@@ -205,7 +206,7 @@ def test_backends(monkeypatch):
     targets[5:, 0] = 0  # label 0 needs a search
     ref = _oracle(features, prototypes, targets, 5.0)
     # without faiss: auto -> exact, faiss -> a clear ImportError
-    monkeypatch.setattr(sampling, "_faiss_cache", [None])
+    monkeypatch.setattr(sampling_faiss, "_faiss_cache", [None])
     assert NegativeSampler().resolved_backend == "exact"
     assert torch.equal(NegativeSampler().select(features, prototypes, targets), ref)
     with pytest.raises(ImportError, match="faiss"):
@@ -264,19 +265,19 @@ class _Spy:
 
     def __init__(self, monkeypatch):
         self.searches, self.dense = [], []
-        search, dense = sampling._FaissIndex.search, NegativeSampler._select_dense
+        search, dense = sampling_faiss._FaissIndex.search, sampling_faiss._select_dense
 
         def spy_search(index, queries, k, nprobe):
             probes = index.nprobe_for(k, nprobe) if index.nlist is not None else None
             self.searches.append((queries.shape[0], k, probes))
             return search(index, queries, k, nprobe)
 
-        def spy_dense(sampler, features, queries, targets, labels, *args, **kwargs):
+        def spy_dense(features, queries, targets, labels, *args, **kwargs):
             self.dense.extend(labels.tolist())
-            return dense(sampler, features, queries, targets, labels, *args, **kwargs)
+            return dense(features, queries, targets, labels, *args, **kwargs)
 
-        monkeypatch.setattr(sampling._FaissIndex, "search", spy_search)
-        monkeypatch.setattr(NegativeSampler, "_select_dense", spy_dense)
+        monkeypatch.setattr(sampling_faiss._FaissIndex, "search", spy_search)
+        monkeypatch.setattr(sampling_faiss, "_select_dense", spy_dense)
 
 
 def _recall(mask, ref, targets, eta):
@@ -365,7 +366,7 @@ def test_faiss_widening(monkeypatch, index):
     # Label 0 (near): the 100 rows nearest its prototype are positive, the next 300 unknown.
     # Label 1 (far, eta 5 > half the negatives): the 500 rows farthest from it are unknown.
     # The first k underestimates the non-negatives ahead: both labels are searched again, wider.
-    monkeypatch.setattr(sampling, "_DENSE_MIN_K", 10**9)   # no dense route: widen up to N
+    monkeypatch.setattr(sampling_faiss, "_DENSE_MIN_K", 10**9)   # no dense route: widen up to N
     spy = _Spy(monkeypatch)
     gen = torch.Generator().manual_seed(11)
     N, D = 2000, 16
@@ -396,9 +397,9 @@ def test_faiss_widening(monkeypatch, index):
 @pytest.mark.parametrize("index", ["flat", "ivf"])
 def test_faiss_gpu_k_limit_routes_to_exact(monkeypatch, index):
     # A fake GPU: the CPU index, with FAISS's GPU limit on k (and nprobe) lowered to 32.
-    monkeypatch.setattr(sampling, "_use_faiss_gpu", lambda faiss, device: True)
-    monkeypatch.setattr(sampling, "_index_to_gpu", lambda faiss, index, device: (index, None))
-    monkeypatch.setattr(sampling, "_GPU_MAX_K", 32)
+    monkeypatch.setattr(sampling_faiss, "_use_faiss_gpu", lambda faiss, device: True)
+    monkeypatch.setattr(sampling_faiss, "_index_to_gpu", lambda faiss, index, device: (index, None))
+    monkeypatch.setattr(sampling_faiss, "_GPU_MAX_K", 32)
     spy = _Spy(monkeypatch)
     features, prototypes, targets = _data(600, 8, 12, seed=5, p_pos=0.03, p_unknown=0.05)
     # label 11: 2 positives (m = 10, first k ~ 22 <= 32), its 40 nearest rows unknown: widening
@@ -416,7 +417,7 @@ def test_faiss_gpu_k_limit_routes_to_exact(monkeypatch, index):
 @needs_faiss
 def test_faiss_ivf_exhausted_cells_fall_back_to_exact(monkeypatch):
     # one probed cell (~45 rows) cannot hold k >= 100 neighbours: results padded with -1
-    monkeypatch.setattr(sampling, "_IVF_POOL", 1e-9)
+    monkeypatch.setattr(sampling_faiss, "_IVF_POOL", 1e-9)
     spy = _Spy(monkeypatch)
     features, prototypes, targets = _data(2000, 8, 6, seed=9, p_unknown=0.1)
     targets[targets >= 0] = (torch.rand(2000, 6) < 0.1).to(torch.int8)[targets >= 0]   # ~180 positives each

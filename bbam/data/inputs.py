@@ -1,4 +1,4 @@
-"""Pluggable raw inputs: text documents and image folders, as :class:`MultiLabelData`.
+"""Raw inputs: text documents (JSON lines) and image folders, as :class:`MultiLabelData`.
 
 Both keep the engine's contract (``X`` a float32 ``[N, D]`` tensor) and leave the
 encoding to the model's encoder:
@@ -7,12 +7,12 @@ encoding to the model's encoder:
   documents; encode with :class:`bbam.app.models.TextEncoder` (an embedding bag) or
   any text backbone that takes token ids. With ``sentence_encoder`` settings
   (``model=sentence_encoder``) ``X`` holds instead a pretrained sentence model's
-  embeddings (frozen) or its tokenizer's ids (fine-tuning): see :mod:`bbam.app.sentence`;
+  embeddings (frozen) or its tokenizer's ids (fine-tuning): see :mod:`bbam.data.sentence`;
 * images: ``X`` holds flattened RGB pixels in ``[0, 1]``; encode with
   :class:`bbam.app.models.ImageEncoder` (a small CNN by default, or any backbone such
   as a torchvision ResNet given by ``_target_``).
 
-Application layer: imports only the standard library, numpy, torch (and Pillow for images,
+Imports only the standard library, numpy, torch (and Pillow for images,
 sentence-transformers for ``sentence_encoder``).
 """
 from __future__ import annotations
@@ -26,7 +26,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .datasets import DatasetFormatError, MultiLabelData, _check_exists
+from .container import DatasetFormatError, MultiLabelData, check_exists
+from .sentence import sentence_inputs
 
 __all__ = ["tokenize", "load_text_jsonl", "load_image_folder"]
 
@@ -65,7 +66,7 @@ def load_text_jsonl(path, text_keys: Sequence[str] = ("title", "body"), labels_k
         ``[N, max_seq_length]`` the model tokenizer's ids (``finetune``), and ``vocab`` is None.
     """
     path = Path(path)
-    _check_exists(path)
+    check_exists(path)
     if vocab_size < 2 or max_len < 1:
         raise ValueError(f"load_text_jsonl: 'vocab_size' must be >= 2 and 'max_len' >= 1, got {vocab_size}, {max_len}")
     if sentence_encoder is not None and not isinstance(sentence_encoder, Mapping):
@@ -105,8 +106,6 @@ def load_text_jsonl(path, text_keys: Sequence[str] = ("title", "body"), labels_k
             X[i, : len(ids)] = ids
         X, feature_names = torch.from_numpy(X), [f"token{j}" for j in range(max_len)]
     else:
-        from .sentence import sentence_inputs
-
         vocab = None
         X, feature_names = sentence_inputs(texts, sentence_encoder)
     label_names = sorted({name for row in labels for name in row})
@@ -153,7 +152,7 @@ def load_image_folder(root, labels_file: str = "labels.tsv", image_size: int = 6
     if not root.is_dir():
         raise FileNotFoundError(2, f"image folder not found: {root}", str(root))
     label_path = Path(labels_file) if Path(labels_file).is_absolute() else root / labels_file
-    _check_exists(label_path)
+    check_exists(label_path)
     rows = []
     for lineno, line in enumerate(label_path.read_text(encoding="utf-8").splitlines(), 1):
         line = line.split("#", 1)[0].rstrip("\n")

@@ -1,0 +1,46 @@
+"""Multi-label datasets: the container, the readers, the synthetic benchmark, the splits.
+
+One module per concern (library layer: standard library, numpy, torch; no Hydra, nothing
+from :mod:`bbam.app` or :mod:`bbam.train`):
+
+* :mod:`~bbam.data.container` -- :class:`MultiLabelData` (``X`` float32 ``[N, D]``,
+  ``Y`` int8 ``[N, K]`` in {0, 1}, names, optional official split) and
+  :class:`DatasetFormatError`;
+* :mod:`~bbam.data.synthetic` -- :func:`make_synthetic`, the default dataset;
+* file formats, each error naming the file (and the line of text formats):
+  :mod:`~bbam.data.npz` (:func:`load_npz`, :func:`save_npz`), :mod:`~bbam.data.arff`
+  (:func:`load_arff`, :func:`load_arff_pair`; MULAN ``.xml`` and MEKA ``-C`` label
+  headers), :mod:`~bbam.data.libsvm` (:func:`load_libsvm`);
+* :mod:`~bbam.data.inputs` -- raw inputs: :func:`load_text_jsonl` (own vocabulary, or a
+  pretrained sentence encoder through :mod:`~bbam.data.sentence`), :func:`load_image_folder`;
+* :mod:`~bbam.data.lookup` -- :func:`load_dataset` by file, directory or name;
+  :func:`default_data_dirs`;
+* :mod:`~bbam.data.splits` -- :func:`iterative_stratification`, :func:`split_indices`.
+"""
+
+from .arff import load_arff, load_arff_pair
+from .container import DatasetFormatError, MultiLabelData
+from .inputs import load_image_folder, load_text_jsonl, tokenize
+from .libsvm import load_libsvm
+from .lookup import default_data_dirs, load_dataset
+from .npz import load_npz, save_npz
+from .splits import iterative_stratification, split_indices
+from .synthetic import make_synthetic
+
+__all__ = [
+    "DatasetFormatError",
+    "MultiLabelData",
+    "make_synthetic",
+    "load_npz",
+    "save_npz",
+    "load_arff",
+    "load_arff_pair",
+    "load_libsvm",
+    "load_dataset",
+    "default_data_dirs",
+    "tokenize",
+    "load_text_jsonl",
+    "load_image_folder",
+    "iterative_stratification",
+    "split_indices",
+]

