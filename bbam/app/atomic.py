@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, IO
 
-__all__ = ["atomic_save", "atomic_write_text"]
+__all__ = ["atomic_save", "atomic_write_text", "atomic_copy"]
 
 
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -30,3 +30,11 @@ def atomic_save(obj: Any, path: Path) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """``text`` (UTF-8) to ``path``, atomically."""
     _atomic_write(Path(path), lambda fh: fh.write(text.encode("utf-8")))
+
+
+def atomic_copy(source: Path, path: Path) -> None:
+    """The bytes of ``source`` to ``path``, atomically (no deserialisation)."""
+    import shutil
+
+    with open(source, "rb") as src:
+        _atomic_write(Path(path), lambda fh: shutil.copyfileobj(src, fh, 1 << 20))

@@ -36,6 +36,7 @@ from bbam.functional import identity_coefficients
 from bbam.losses import BBAMLoss
 from bbam.stats import LabelAngleStats
 
+from .checkpoints import carry_best_checkpoint, check_same_settings, read_checkpoint, run_settings
 from .models import ModelEMA, MultiLabelModel
 
 __all__ = ["SelfTrainingEngine", "atomic_save", "atomic_write_text", "seed_everything", "resolve_device"]
@@ -84,31 +85,6 @@ class EngineState:
     best_epoch: int = -1
     bad_epochs: int = 0
     history: List[Dict[str, Any]] = field(default_factory=list)
-
-
-# settings a resumed run may change: they do not change what is trained
-_RESUME_FREE = ("train.progress", "train.resume", "train.stop_after_epoch", "train.save_epoch_state")
-_RESUME_FREE_SUFFIXES = (".progress", ".device", ".cache_dir", ".cache")
-
-
-def run_settings(cfg) -> Dict[str, Any]:
-    """The flattened settings that define what a run trains (``seed``, ``data``, ``split``,
-    ``method``, ``model``, ``train`` less output-only keys), for the resume check."""
-    from omegaconf import OmegaConf
-
-    flat: Dict[str, Any] = {"seed": int(cfg.seed)}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(f"{prefix}.{key}", value)
-        elif prefix not in _RESUME_FREE and not prefix.endswith(_RESUME_FREE_SUFFIXES):
-            flat[prefix] = node
-
-    for section in ("data", "split", "method", "model", "train"):
-        if section in cfg:
-            walk(section, OmegaConf.to_container(cfg[section], resolve=True))
-    return flat
 
 
 def _cloned(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
@@ -447,24 +423,14 @@ class SelfTrainingEngine:
 
     def load_checkpoint(self, path: Path) -> None:
         """Continue from a ``last.pt`` (loaded with ``weights_only=True``)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "checkpoints" / "last.pt" if (path / "checkpoints").is_dir() else path / "last.pt"
-        if not path.is_file():
-            raise FileNotFoundError(f"config key 'train.resume': checkpoint {path} does not exist")
-        try:
-            ckpt = torch.load(path, map_location=self.device, weights_only=True)
-            if not isinstance(ckpt, dict) or "model" not in ckpt:
-                raise ValueError("no model state in it")
-        except Exception as err:  # empty, truncated, a text file, another program's pickle
-            raise ValueError(f"config key 'train.resume': {path} is not a readable bbam checkpoint "
-                             f"({type(err).__name__}: {str(err)[:200]})") from None
+        path, ckpt = read_checkpoint(path, self.device)
         for key, expected in (("num_labels", self.num_labels), ("seed", int(self.cfg.seed)), ("method", str(self.mc.name))):
             if ckpt.get(key) != expected:
                 raise ValueError(f"config key 'train.resume': checkpoint {path} has {key}={ckpt.get(key)!r}, "
                                  f"this run has {expected!r}")
-        self._check_same_settings(path, ckpt.get("settings"))
-        self._carry_best_checkpoint(path, ckpt)
+        check_same_settings(self.cfg, path, ckpt.get("settings"))
+        if self.is_main:
+            carry_best_checkpoint(path, ckpt["best_epoch"], self.ckpt_dir)
         self.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
         if self.stats is not None and ckpt["stats"] is not None:
@@ -482,33 +448,6 @@ class SelfTrainingEngine:
         torch.set_rng_state(ckpt["rng_cpu"].cpu())
         if ckpt["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng_cuda"]])
-
-    def _check_same_settings(self, path: Path, saved: Optional[Dict[str, Any]]) -> None:
-        """A resumed run must train what the interrupted one trained: refuse other data,
-        split, method, model or schedule settings, naming every differing key."""
-        if saved is None:  # a checkpoint written before settings were recorded
-            return
-        now = run_settings(self.cfg)
-        differ = sorted(k for k in set(saved) | set(now) if saved.get(k, "<absent>") != now.get(k, "<absent>"))
-        if not differ:
-            return
-        shown = "; ".join(f"{k}: {saved.get(k, '<absent>')!r} in the checkpoint, {now.get(k, '<absent>')!r} now"
-                          for k in differ[:8])
-        hint = (" Extending or shortening train.epochs on resume is not supported (each phase's learning-rate "
-                "schedule spans its planned epochs): start a new run." if "train.epochs" in differ else "")
-        raise ValueError(f"config key 'train.resume': {path} was trained with other settings ({shown}).{hint}")
-
-    def _carry_best_checkpoint(self, path: Path, ckpt: Dict[str, Any]) -> None:
-        """A run resumed into another folder takes the interrupted run's ``best.pt`` along:
-        its best epoch may lie before the interruption, and the final evaluation needs it."""
-        source = path.parent / "best.pt"
-        target = self.ckpt_dir / "best.pt"
-        if ckpt["best_epoch"] < 0 or source.resolve() == target.resolve() or not self.is_main:
-            return
-        if not source.is_file():
-            raise FileNotFoundError(f"config key 'train.resume': {path} selected epoch {ckpt['best_epoch']} "
-                                    f"but its best checkpoint {source} is missing")
-        atomic_save(torch.load(source, map_location="cpu", weights_only=True), target)
 
     def _write_history(self) -> None:
         atomic_write_text(self.out_dir / "metrics.jsonl",

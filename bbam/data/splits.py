@@ -38,7 +38,13 @@ def _fold_sizes(n: int, proportions: Sequence[float]) -> np.ndarray:
 
 
 def _stratify(Y: np.ndarray, sizes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Fold id per row; Sechidis et al. 2011 with hard fold capacities."""
+    """Fold id per row; Sechidis et al. 2011 with hard fold capacities.
+
+    Labels are taken rarest first; each unassigned row of the label goes to the fold that
+    most wants the label (then the one with most room; ties at random). Within one label
+    only that label's demands and the capacities change, so the per-row loop tracks just
+    those, and the other labels' demands and remaining counts are updated in bulk after
+    the label (the same assignments and random draws as updating them row by row)."""
     n, k = Y.shape
     f = int(sizes.size)
     assign = np.full(n, -1, dtype=np.int64)
@@ -47,15 +53,13 @@ def _stratify(Y: np.ndarray, sizes: np.ndarray, rng: np.random.Generator) -> np.
     order = rng.permutation(n)
     Yo = Y[order]
     counts = Yo.sum(0).astype(np.int64)
-    # desired[j][l] scaled by n (exact integers): sizes_j * |D^l| - n * assigned_j^l
-    desired = [[int(sizes[j]) * int(counts[l]) for l in range(k)] for j in range(f)]
+    # desired[j, l] scaled by n (exact integers): sizes_j * |D^l| - n * assigned_j^l
+    desired = sizes.astype(np.int64)[:, None] * counts[None, :]
     capacity = [int(s) for s in sizes]
     remaining = counts.copy()
-    members = [order[np.flatnonzero(Yo[:, l])].tolist() for l in range(k)]
-    labels_of: dict[int, list[int]] = {}
-    rows, cols = np.nonzero(Y)
-    for r_, c_ in zip(rows.tolist(), cols.tolist()):
-        labels_of.setdefault(r_, []).append(c_)
+    members = [order[np.flatnonzero(Yo[:, l])] for l in range(k)]
+    rows, cols = np.nonzero(Y)  # row-major: each row's labels contiguous (CSR)
+    starts = np.searchsorted(rows, np.arange(n + 1))
     while True:
         live = np.flatnonzero(remaining > 0)
         if live.size == 0:
@@ -63,26 +67,32 @@ def _stratify(Y: np.ndarray, sizes: np.ndarray, rng: np.random.Generator) -> np.
         rmin = remaining[live].min()
         ties = live[remaining[live] == rmin]
         lab = int(ties[rng.integers(ties.size)]) if ties.size > 1 else int(ties[0])
-        for i in members[lab]:
-            if assign[i] >= 0:
-                continue
+        todo = members[lab][assign[members[lab]] < 0].tolist()
+        want = desired[:, lab].tolist()
+        folds = []
+        for _ in todo:
             best: list[int] = []
             best_key: tuple[int, int] | None = None
             for j in range(f):
                 if capacity[j] <= 0:
                     continue
-                key = (desired[j][lab], capacity[j])
+                key = (want[j], capacity[j])
                 if best_key is None or key > best_key:
                     best_key, best = key, [j]
                 elif key == best_key:
                     best.append(j)
             j = best[0] if len(best) == 1 else best[int(rng.integers(len(best)))]
-            assign[i] = j
+            folds.append(j)
             capacity[j] -= 1
-            dj = desired[j]
-            for l2 in labels_of[i]:
-                dj[l2] -= n
-                remaining[l2] -= 1
+            want[j] -= n  # the row carries this label
+        if todo:
+            done, fold = np.asarray(todo, dtype=np.int64), np.asarray(folds, dtype=np.int64)
+            assign[done] = fold
+            lengths = starts[done + 1] - starts[done]
+            labels = cols[np.repeat(starts[done] - np.cumsum(np.r_[0, lengths[:-1]]), lengths)
+                          + np.arange(lengths.sum())]
+            np.subtract.at(desired, (np.repeat(fold, lengths), labels), n)
+            remaining -= np.bincount(labels, minlength=k)
     rest = order[assign[order] < 0]
     if rest.size:
         fill = np.repeat(np.arange(f), np.maximum(np.asarray(capacity), 0))

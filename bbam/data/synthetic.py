@@ -12,6 +12,10 @@ from .container import MultiLabelData
 
 __all__ = ["make_synthetic"]
 
+# Elements of an (N, K) or (N, features) float64 block held at once: large datasets are
+# generated in row chunks (the same random stream; the default size fits in one chunk).
+_CHUNK_ELEMENTS = 1 << 24
+
 
 def make_synthetic(
     num_samples: int = 6000,
@@ -107,40 +111,46 @@ def make_synthetic(
     alpha = 0.0 if k == 1 else math.log(max_freq / min_freq) / math.log(k)
     freq = max_freq * np.arange(1, k + 1, dtype=np.float64) ** (-alpha)
 
-    # 3. labels
+    # 3. labels: each label's top-m sub-topic scores among its topic's members
     g = rng.standard_normal((n, g_dim))
     U = rng.standard_normal((k, g_dim))
     U /= np.linalg.norm(U, axis=1, keepdims=True)
-    jitter = 0.5 * rng.standard_normal((n, k))
     order_topics = np.argsort(-topic_count, kind="stable")
+    label_topic = np.array([lab % t_count for lab in range(k)])
+    too_rare = freq * n > 0.9 * topic_count[label_topic]
+    label_topic[too_rare] = int(order_topics[0])
+    jitter = _member_jitter(rng, A, label_topic, chunk_rows=max(1, _CHUNK_ELEMENTS // k))
     Y = np.zeros((n, k), dtype=np.int8)
     for lab in range(k):
-        topic = lab % t_count
-        if freq[lab] * n > 0.9 * topic_count[topic]:
-            topic = int(order_topics[0])
-        members = np.flatnonzero(A[:, topic])
+        members = np.flatnonzero(A[:, label_topic[lab]])
         if members.size == 0:
             continue
         m = int(round(freq[lab] * n))
         m = min(max(m, min_positives, 1), max(1, int(0.9 * members.size)))
-        score = g[members] @ U[lab] + jitter[members, lab]
-        top = members[np.argsort(-score, kind="stable")[:m]]
-        Y[top, lab] = 1
+        score = g[members] @ U[lab] + jitter[lab]
+        Y[members[_top_m(score, m)], lab] = 1
 
-    # 4. latent code
+    # 4. latent code (row chunks: no [N, K] float64 copy of Y)
     M = rng.standard_normal((t_count, r))
     M /= np.linalg.norm(M, axis=1, keepdims=True)
     Dl = rng.standard_normal((k, r))
     Dl /= np.linalg.norm(Dl, axis=1, keepdims=True)
-    Z = topic_sep * (A @ M) + label_sep * (Y.astype(np.float64) @ Dl) + latent_noise * rng.standard_normal((n, r))
+    chunk = max(1, _CHUNK_ELEMENTS // max(k, 1))
+    Z = topic_sep * (A @ M) + np.concatenate(
+        [label_sep * (Y[i:i + chunk].astype(np.float64) @ Dl) for i in range(0, n, chunk)])
+    Z += latent_noise * rng.standard_normal((n, r))
 
     # 5. features
     h = int(hidden_dim)
     W1 = rng.standard_normal((r, h))
     b1 = 0.5 * rng.standard_normal(h)
     W2 = rng.standard_normal((h, d))
-    X = np.tanh(Z @ W1 / math.sqrt(r) + b1) @ W2 / math.sqrt(h)
-    X += feature_noise * rng.standard_normal((n, d))
+    chunk = max(1, _CHUNK_ELEMENTS // max(h, d))
+    X = np.concatenate([np.tanh(Z[i:i + chunk] @ W1 / math.sqrt(r) + b1) @ W2 / math.sqrt(h)
+                        for i in range(0, n, chunk)])
+    del Z
+    for i in range(0, n, chunk):  # the same normals as one (n, d) draw, without its copy
+        X[i:i + chunk] += feature_noise * rng.standard_normal((min(chunk, n - i), d))
     X -= X.mean(0)
     X /= np.maximum(X.std(0), 1e-12)
 
@@ -152,3 +162,33 @@ def make_synthetic(
         name=name,
         source=f"make_synthetic(seed={seed})",
     )
+
+
+def _member_jitter(rng: np.random.Generator, A: np.ndarray, label_topic: np.ndarray,
+                   chunk_rows: int) -> list[np.ndarray]:
+    """Per label ``lab``, the noise ``0.5 * e[members, lab]`` of ``e ~ N(0, 1)^{N x K}`` at the rows
+    of its topic's members (``A[:, label_topic[lab]]``), drawn in row chunks: the same normals
+    as one ``(N, K)`` draw, holding only the members' entries instead of all ``N x K``."""
+    n, k = A.shape[0], len(label_topic)
+    parts: list[list[np.ndarray]] = [[] for _ in range(k)]
+    for start in range(0, n, chunk_rows):
+        e = 0.5 * rng.standard_normal((min(chunk_rows, n - start), k))
+        block = A[start:start + chunk_rows]
+        for topic in np.unique(label_topic):
+            labels = np.flatnonzero(label_topic == topic)
+            rows = block[:, topic]
+            taken = e[rows][:, labels]
+            for j, lab in enumerate(labels):
+                parts[lab].append(taken[:, j])
+    return [np.concatenate(p) if p else np.zeros(0) for p in parts]
+
+
+def _top_m(score: np.ndarray, m: int) -> np.ndarray:
+    """Positions of the ``m`` largest scores, ties to the lower position: the set of
+    ``np.argsort(-score, kind="stable")[:m]``, by selection (``np.partition``) instead of a sort."""
+    if m >= score.size:
+        return np.arange(score.size)
+    kth = np.partition(score, score.size - m)[score.size - m]  # the m-th largest value
+    above = np.flatnonzero(score > kth)
+    ties = np.flatnonzero(score == kth)[: m - above.size]
+    return np.sort(np.concatenate([above, ties]))

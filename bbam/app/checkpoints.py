@@ -1,0 +1,90 @@
+"""Checkpoint files of a run and the rules of resuming one (application layer).
+
+* :func:`run_settings`: the flattened settings that define what a run trains, saved in
+  every checkpoint; :func:`check_same_settings` refuses a resume that would train
+  something else, naming every differing key.
+* :func:`read_checkpoint`: a ``last.pt`` (or run folder) read with ``weights_only=True``,
+  with one clear message for a missing or unreadable file.
+* :func:`carry_best_checkpoint`: a run resumed into another folder takes the interrupted
+  run's ``best.pt`` along (its best epoch may lie before the interruption).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from .atomic import atomic_copy
+
+__all__ = ["run_settings", "check_same_settings", "read_checkpoint", "carry_best_checkpoint"]
+
+# settings a resumed run may change: they do not change what is trained
+_RESUME_FREE = ("train.progress", "train.resume", "train.stop_after_epoch", "train.save_epoch_state")
+_RESUME_FREE_SUFFIXES = (".progress", ".device", ".cache_dir", ".cache")
+
+
+def run_settings(cfg) -> Dict[str, Any]:
+    """The flattened settings that define what a run trains (``seed``, ``data``, ``split``,
+    ``method``, ``model``, ``train`` less output-only keys), for the resume check."""
+    from omegaconf import OmegaConf
+
+    flat: Dict[str, Any] = {"seed": int(cfg.seed)}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}.{key}", value)
+        elif prefix not in _RESUME_FREE and not prefix.endswith(_RESUME_FREE_SUFFIXES):
+            flat[prefix] = node
+
+    for section in ("data", "split", "method", "model", "train"):
+        if section in cfg:
+            walk(section, OmegaConf.to_container(cfg[section], resolve=True))
+    return flat
+
+
+def check_same_settings(cfg, path: Path, saved: Optional[Dict[str, Any]]) -> None:
+    """A resumed run must train what the interrupted one trained: refuse other data,
+    split, method, model or schedule settings, naming every differing key."""
+    if saved is None:  # a checkpoint written before settings were recorded
+        return
+    now = run_settings(cfg)
+    differ = sorted(k for k in set(saved) | set(now) if saved.get(k, "<absent>") != now.get(k, "<absent>"))
+    if not differ:
+        return
+    shown = "; ".join(f"{k}: {saved.get(k, '<absent>')!r} in the checkpoint, {now.get(k, '<absent>')!r} now"
+                      for k in differ[:8])
+    hint = (" Extending or shortening train.epochs on resume is not supported (each phase's learning-rate "
+            "schedule spans its planned epochs): start a new run." if "train.epochs" in differ else "")
+    raise ValueError(f"config key 'train.resume': {path} was trained with other settings ({shown}).{hint}")
+
+
+def read_checkpoint(path, device: torch.device) -> Tuple[Path, Dict[str, Any]]:
+    """``(file, checkpoint)`` of ``path``: a ``last.pt`` or a run folder (its
+    ``checkpoints/last.pt``); errors name ``train.resume`` and the file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt" if (path / "checkpoints").is_dir() else path / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"config key 'train.resume': checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(ckpt, dict) or "model" not in ckpt:
+            raise ValueError("no model state in it")
+    except Exception as err:  # empty, truncated, a text file, another program's pickle
+        raise ValueError(f"config key 'train.resume': {path} is not a readable bbam checkpoint "
+                         f"({type(err).__name__}: {str(err)[:200]})") from None
+    return path, ckpt
+
+
+def carry_best_checkpoint(path: Path, best_epoch: int, ckpt_dir: Path) -> None:
+    """Copy ``best.pt`` beside the checkpoint ``path`` into ``ckpt_dir`` (a byte copy,
+    atomic) when the interrupted run had selected an epoch and the folders differ."""
+    source, target = path.parent / "best.pt", Path(ckpt_dir) / "best.pt"
+    if best_epoch < 0 or source.resolve() == target.resolve():
+        return
+    if not source.is_file():
+        raise FileNotFoundError(f"config key 'train.resume': {path} selected epoch {best_epoch} "
+                                f"but its best checkpoint {source} is missing")
+    atomic_copy(source, target)
