@@ -137,7 +137,7 @@ def estimate_positive_rates(targets: Tensor) -> Tensor:
 
 # Elements of a [B, N_u] block of label rows processed at once: bounds the temporaries of
 # CAP to a few bytes x this many, whatever N_u x K (the scores themselves excepted).
-_BLOCK_ELEMENTS = 1 << 24
+_BLOCK_ELEMENTS = 1 << 22
 
 
 def _label_blocks(need: Tensor, n: int) -> List[Tensor]:
@@ -189,7 +189,7 @@ def _thresholds(scores: Tensor, ranks: Tensor) -> Tensor:
         labels = labels.to(scores.device)
         labels = labels[ranks[labels] > 0]
         if len(labels):
-            top = _largest(scores[:, labels].T.contiguous(), int(ranks[labels].max()))
+            top = _largest(scores.T[labels], int(ranks[labels].max()))
             thr[labels] = _value_at(top, ranks[labels]).squeeze(1)
     return thr
 
@@ -257,7 +257,7 @@ def cap_pseudo_labels(scores: Tensor, pos_rates: Tensor, pos_per: float = 1.0,
     depth = torch.maximum(ranks, n_not_neg)  # n_pos_keep <= ranks
     for labels in _label_blocks(depth, N):
         labels = labels.to(scores.device)
-        block = scores[:, labels].T.contiguous()                     # [B, N]
+        block = scores.T[labels]                     # [B, N]
         top = _largest(block, max(1, int(depth[labels].max())))
         r = ranks[labels]
         thr = torch.where(r > 0, _value_at(top, r).squeeze(1), torch.full_like(top[:, 0], float("inf")))

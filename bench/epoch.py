@@ -45,7 +45,7 @@ def _one(n: int, k: int, ns: argparse.Namespace, queue) -> None:
     import torch
 
     from bbam.app.diagnostics import angle_diagnostics
-    from bbam.app.datasets import split_indices
+    from bbam.data import split_indices
     from bbam.train import _instantiate_data, _split_tensors, build_engine, compose_config
 
     if ns.threads:

@@ -211,11 +211,12 @@ class SelfTrainingEngine:
         return loss_fn(outputs, targets, weight)
 
     @torch.no_grad()
-    def predict_global(self, x: Tensor, model=None, keep: Sequence[str] = PARTS) -> Tuple[Optional[Tensor], ...]:
+    def predict_global(self, x: Tensor, model=None, keep: Sequence[str] = PARTS,
+                       label_major: bool = False) -> Tuple[Optional[Tensor], ...]:
         """:meth:`predict` on all rows of ``x``, each rank computing its shard (rows
         ``rank, rank + world, ...``), gathered back into row order on every rank."""
         if self.world == 1:
-            return self.predict(x, model, keep=keep)
+            return self.predict(x, model, keep=keep, label_major=label_major)
         n = x.shape[0]
         local = self.predict(x[D.shard_indices(n, device=x.device)], model, keep=keep)
         outs = []
@@ -231,18 +232,22 @@ class SelfTrainingEngine:
 
     @torch.no_grad()
     def predict(self, x: Tensor, model=None, batch_size: int = 1024,
-                keep: Sequence[str] = PARTS) -> Tuple[Optional[Tensor], ...]:
+                keep: Sequence[str] = PARTS, label_major: bool = False) -> Tuple[Optional[Tensor], ...]:
         """``(scores [N, K] in [0, 1], features [N, D], raw outputs [N, K])`` with the inference
         transform (the average of the positive and negative transforms: no labels used).
         Only the parts named in ``keep`` are kept (the others are None): each is one
-        preallocated ``[N, *]`` float32 tensor filled batch by batch."""
+        preallocated ``[N, *]`` float32 tensor filled batch by batch. ``label_major``: the
+        scores are stored label by label (a transposed view: per-label work such as CAP
+        reads each label's scores contiguously)."""
         unknown = set(keep) - set(PARTS)
         if unknown:
             raise ValueError(f"predict: 'keep' must name parts among {PARTS}, got {sorted(unknown)}")
         model = (self.ema.module if model is None else model).eval()
         a, b = self.coefficients()
         n, K = x.shape[0], self.num_labels
-        scores = torch.empty((n, K), device=x.device) if "scores" in keep else None
+        scores = None
+        if "scores" in keep:
+            scores = torch.empty((K, n), device=x.device).T if label_major else torch.empty((n, K), device=x.device)
         outs = torch.empty((n, K), device=x.device) if "outputs" in keep else None
         dim = model.classifier_weight.shape[1]  # feature dimension D
         feats = torch.empty((n, dim), device=x.device) if "features" in keep else None
@@ -309,11 +314,12 @@ class SelfTrainingEngine:
         lb, ub = self.splits["labeled"], self.splits["unlabeled"]
         # (1) CAP on the scores of the WHOLE unlabeled set (global ranks: gathered across ranks)
         with self._timed("cap"):
-            scores_u, _, _ = self.predict_global(ub.x, keep=("scores",))
-            pseudo, confident = self.cap(scores_u)
-            pseudo_t = torch.where(confident, pseudo, torch.full_like(pseudo, -1))  # not confident: unknown
+            scores_u, _, _ = self.predict_global(ub.x, keep=("scores",), label_major=True)
             thresholds = self.cap.thresholds(scores_u) if self.tc.save_epoch_state else None
-            del pseudo, confident, scores_u  # [N_u, K] each: not kept through the epoch
+            pseudo_t, confident = self.cap(scores_u)
+            del scores_u  # [N_u, K] float: not kept through the epoch
+            pseudo_t.masked_fill_(confident.logical_not_(), -1)  # not confident: unknown (in place)
+            del confident
         # (2) each rank: features of its shard; prototypes / statistics reduced across ranks.
         # The method's code reads the online model's features here (CAP scores above come
         # from the EMA model); method.features_from: ema is the alternative.
@@ -325,6 +331,8 @@ class SelfTrainingEngine:
             feats = torch.cat([feats_lb, feats_ub])
             del feats_lb, feats_ub
             targets = torch.cat([lb.y[rows_lb], pseudo_t[rows_ub]])
+            if self.world == 1:  # the rows are in sample order: the pseudo-labels are a view of targets
+                pseudo_t = targets[len(lb):]
         with self._timed("statistics"):
             self._update_prototypes_and_stats(feats, targets, feature_model)
         with self._timed("sampling"):
@@ -360,20 +368,27 @@ class SelfTrainingEngine:
             keep = self.sampler.select(feats, prototypes, targets, generator=g)
         else:
             keep = targets >= 0
-        weight = torch.empty_like(keep)  # bool: 1 byte per entry (made float per batch in _train_step)
+        if self.world == 1:  # rows are 0..N-1 in order (bool: made float per batch in _train_step)
+            return keep
+        weight = torch.empty_like(keep)
         weight[rows] = keep
         return weight
 
     @staticmethod
-    def _pseudo_precision(pseudo_t: Tensor, truth: Tensor) -> Tensor:
+    def _pseudo_precision(pseudo_t: Tensor, truth: Tensor, chunk_size: int = 8192) -> Tensor:
         # diagnostics only (the learner never sees it): accuracy of the confident pseudo-labels
-        known = pseudo_t >= 0
-        return ((pseudo_t == truth) & known).sum() / known.sum().clamp(min=1)
+        correct = known = 0
+        for i in range(0, len(pseudo_t), chunk_size):  # row chunks: no [N_u, K] temporaries
+            p = pseudo_t[i:i + chunk_size]
+            correct += int((p == truth[i:i + chunk_size]).sum())  # -1 never equals a 0/1 truth
+            known += int((p >= 0).sum())
+        return torch.tensor(correct) / torch.tensor(max(known, 1))  # int64 / int64, as torch divides
 
     def _self_training_epoch(self, epoch: int) -> Dict[str, float]:
         lb, ub = self.splits["labeled"], self.splits["unlabeled"]
         p = self.refresh_pseudo_labels_and_masks()
-        self.last_pseudo = p
+        # kept past the epoch only to be saved (train.save_epoch_state): [N, K] int8 + bool
+        self.last_pseudo = p if self.tc.save_epoch_state else None
         lb_batches = self._batches(len(lb), self.tc.batch_size, epoch, 0)
         lb_cycle = itertools.cycle(lb_batches)
         losses = []
@@ -542,8 +557,9 @@ class SelfTrainingEngine:
     def _epoch_state(self) -> Dict[str, Any]:
         """The last self-training epoch's global quantities (tests compare them across world sizes)."""
         p = self.last_pseudo
-        state = {"targets_ub": p["targets_ub"].cpu(), "weight_lb": p["weight_lb"].cpu(),
-                 "weight_ub": p["weight_ub"].cpu(), "thresholds": p["thresholds"].cpu()}
+        # clones: the parts are views of larger tensors (torch.save would store those whole)
+        state = {"targets_ub": p["targets_ub"].cpu().clone(), "weight_lb": p["weight_lb"].cpu().clone(),
+                 "weight_ub": p["weight_ub"].cpu().clone(), "thresholds": p["thresholds"].cpu()}
         if self.stats is not None:
             state.update({f"stats_{k}": v.cpu() for k, v in self.stats.state_dict().items()})
         return state
