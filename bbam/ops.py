@@ -48,7 +48,9 @@ def as_targets(targets: Tensor, where: str = "targets") -> Tensor:
         return targets.to(torch.int8)
     if targets.is_complex():
         raise TypeError(f"{where}: 'targets' must be int8, bool, integer or floating, got {targets.dtype}")
-    valid = (targets == -1) | (targets == 0) | (targets == 1)
+    valid = (targets == 0) | (targets == 1)
+    if targets.dtype.is_signed:  # an unsigned -1 would wrap (uint8: 255 == -1)
+        valid |= targets == -1
     if targets.numel() and not bool(valid.all()):
         bad = targets[~valid][0].item()
         raise ValueError(f"{where}: 'targets' must hold only -1 (unknown), 0 (negative) or 1 (positive); "

@@ -11,9 +11,9 @@ Usage::
   or sentence encoder is applied):
 
   - a run on numeric features: an ``.npz`` with ``X`` ``[M, D]`` (other arrays, e.g.
-    ``Y``, are ignored), an ARFF file laid out as the training file (its label
-    attributes are ignored), or a LIBSVM file (``.svm``, ``.libsvm``, ``.svmlight``;
-    1-based feature indices, any leading labels ignored);
+    ``Y``, are ignored), an ARFF file with the run's features (its label attributes,
+    found as at training, are not used), or a LIBSVM file (``.svm``, ``.libsvm``,
+    ``.txt``; 1-based feature indices, any leading labels ignored);
   - a run on text (``data=text_jsonl`` / ``reuters21578_text``, any text model): a
     ``.jsonl`` file of objects holding the run's text fields (``title``, ``body`` by
     default) or a ``.txt`` file with one document per line;

@@ -108,8 +108,12 @@ def _instantiate_data(cfg):
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    from omegaconf.errors import MissingMandatoryValue
+
     try:
         return instantiate(cfg.data)
+    except MissingMandatoryValue as err:  # e.g. data=npz without data.path_or_name=...
+        raise ValueError(f"config key '{err.full_key}' is required: add {err.full_key}=... to the command") from None
     except InstantiationException as err:
         cause = err.__cause__ or err
         if isinstance(cause, (FileNotFoundError, ValueError, ImportError)):
@@ -261,8 +265,13 @@ def main() -> None:
         except BaseException:
             import os
 
-            if os.environ.get("RANK", "0") == "0":  # the process group is gone by now
-                _after_failure(Path(cfg.out_dir))
+            from hydra.core.hydra_config import HydraConfig
+
+            # only Hydra's own run folder (not a folder the user named with out_dir=); only
+            # rank 0 (the process group is gone by now)
+            hydra_dir = Path(HydraConfig.get().runtime.output_dir)
+            if os.environ.get("RANK", "0") == "0" and Path(cfg.out_dir).resolve() == hydra_dir.resolve():
+                _after_failure(hydra_dir)
             raise
 
     _run()

@@ -79,7 +79,7 @@ def _one(n: int, k: int, ns: argparse.Namespace, queue) -> None:
         t = time.perf_counter()
         angle_diagnostics(engine, "test")
         out["diagnostics_s"] = time.perf_counter() - t
-    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
+    out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
     queue.put(out)
 
 
@@ -89,7 +89,16 @@ def run_size(n: int, k: int, ns: argparse.Namespace) -> Dict:
     proc = ctx.Process(target=_one, args=(n, k, ns, queue))
     t = time.perf_counter()
     proc.start()
-    result = queue.get()
+    import queue as queue_module
+
+    while True:  # a child that fails (an exception, killed for memory) must not hang the bench
+        try:
+            result = queue.get(timeout=5)
+            break
+        except queue_module.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"epoch bench: N={n} K={k}: the child process exited with code {proc.exitcode} "
+                                   f"without a result (see its traceback above; -9: killed, e.g. out of memory)")
     proc.join()
     result["wall_s"] = time.perf_counter() - t
     return result
@@ -103,7 +112,7 @@ def summarize(r: Dict) -> Dict:
     s = {"N": r["N"], "K": r["K"], "data_s": r["data_s"], "split_s": r["split_s"],
          "warmup_steps_s": med(warm, "steps"), "warmup_step_ms": 1000 * med(warm, "steps") / r["steps"]["warmup"],
          "test_evaluation_s": r["test_evaluation_s"], "diagnostics_s": r["diagnostics_s"],
-         "peak_rss_gb": r["peak_rss_gb"], "wall_s": r["wall_s"]}
+         "peak_rss_gib": r["peak_rss_gib"], "wall_s": r["wall_s"]}
     for key in (*SELF_TRAINING_PHASES, "steps"):
         s[f"st_{key}_s"] = med(self_tr, key)
     other = sum(s[f"st_{key}_s"] for key in SELF_TRAINING_PHASES)
@@ -115,9 +124,9 @@ def table(summaries: List[Dict]) -> str:
     cols = [("N x K", lambda s: f"{s['N']:,} x {s['K']}"), ("data s", "data_s"), ("split s", "split_s"),
             ("warm-up step ms", "warmup_step_ms"), ("CAP s", "st_cap_s"), ("features s", "st_features_s"),
             ("statistics s", "st_statistics_s"), ("sampling s", "st_sampling_s"), ("steps s", "st_steps_s"),
-            ("evaluation s", "st_evaluation_s"), ("checkpoint s", "st_checkpoint_s"),
+            ("validation s", "st_evaluation_s"), ("checkpoint s", "st_checkpoint_s"),
             ("(non-step)/steps", "st_other_over_steps"), ("test eval s", "test_evaluation_s"),
-            ("diagnostics s", "diagnostics_s"), ("peak RSS GB", "peak_rss_gb")]
+            ("diagnostics s", "diagnostics_s"), ("peak RSS GiB", "peak_rss_gib")]
     head = "| " + " | ".join(c for c, _ in cols) + " |\n|" + "---|" * len(cols) + "\n"
     fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)
     return head + "".join("| " + " | ".join(fmt(get(s)) if callable(get) else fmt(s[get]) for _, get in cols) + " |\n"

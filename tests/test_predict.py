@@ -206,7 +206,7 @@ def test_cli_reads_libsvm_and_arff_features_like_npz(run_dir, tmp_path):
             fh.write(",".join(str(k) for k in np.flatnonzero(labels)) + " " + pairs + "\n")
     with open(tmp_path / "new.arff", "w") as fh:  # MULAN layout: the features, then the label attributes
         fh.write("@relation new\n")
-        fh.writelines(f"@attribute f{j} numeric\n" for j in range(x.shape[1]))
+        fh.writelines(f"@attribute {name} numeric\n" for name in data.feature_names)
         fh.writelines(f"@attribute label{k} {{0,1}}\n" for k in range(y.shape[1]))
         fh.write("@data\n")
         fh.writelines(",".join([*(repr(float(v)) for v in row), *(str(int(v)) for v in labels)]) + "\n"
@@ -219,13 +219,39 @@ def test_cli_reads_libsvm_and_arff_features_like_npz(run_dir, tmp_path):
             np.testing.assert_allclose(f["scores"], expected, rtol=1e-6, atol=1e-7, err_msg=name)
 
 
+def test_arff_labels_found_as_at_training_and_feature_names_checked(run_dir, tmp_path, capsys):
+    """A MEKA file with its labels first is read by its header (not as the last K
+    attributes); attributes named otherwise than the run's features are refused."""
+    data, splits = _rows(run_dir)
+    x = data.X[splits["test"]][:5].numpy()
+    K = data.num_labels
+
+    def write(path, names, meka):
+        with open(path, "w") as fh:
+            fh.write(f"@relation 'new: -C {K}'\n" if meka else "@relation new\n")
+            labels = [f"@attribute label{k} {{0,1}}\n" for k in range(K)]
+            features = [f"@attribute {name} numeric\n" for name in names]
+            fh.writelines(labels + features if meka else features + labels)
+            fh.write("@data\n")
+            for row in x:
+                values, zeros = [repr(float(v)) for v in row], ["0"] * K
+                fh.write(",".join(zeros + values if meka else values + zeros) + "\n")
+
+    predictor = Predictor.from_run(run_dir)
+    write(tmp_path / "meka.arff", data.feature_names, meka=True)
+    np.testing.assert_array_equal(predictor.read(tmp_path / "meka.arff").numpy(), x)
+    write(tmp_path / "other.arff", [f"g{j}" for j in range(len(data.feature_names))], meka=False)
+    err = _cli_error(capsys, f"run={run_dir}", f"data={tmp_path / 'other.arff'}", f"out={tmp_path / 'o'}")
+    assert "argument 'data'" in err and "does not have the run's features" in err and "'g0'" in err
+
+
 def test_data_of_the_wrong_kind_is_refused(run_dir, tmp_path, capsys):
-    (tmp_path / "docs.txt").write_text("a document\n")
-    err = _cli_error(capsys, f"run={run_dir}", f"data={tmp_path / 'docs.txt'}", f"out={tmp_path / 'o'}")
+    (tmp_path / "docs.jsonl").write_text('{"body": "a document"}\n')
+    err = _cli_error(capsys, f"run={run_dir}", f"data={tmp_path / 'docs.jsonl'}", f"out={tmp_path / 'o'}")
     assert "argument 'data'" in err and ".npz, .arff or LIBSVM" in err
     (tmp_path / "bad.svm").write_text("0 13:1.0\n")  # feature 13 of a 12-feature run
     err = _cli_error(capsys, f"run={run_dir}", f"data={tmp_path / 'bad.svm'}", f"out={tmp_path / 'o'}")
-    assert "argument 'data'" in err and "12 features" in err
+    assert "argument 'data'" in err and "bad.svm, line 1" in err and "num_features=12" in err
 
 
 def _text_run(tmp_path, *overrides) -> Path:

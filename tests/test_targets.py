@@ -86,6 +86,13 @@ def test_values_other_than_minus_one_zero_one_are_refused_naming_the_entry_point
                 fn(t.long())
 
 
+def test_unsigned_targets_have_no_unknown():
+    """uint8 cannot hold -1: its 255 is an error, not 'unknown' (no wrap-around)."""
+    with pytest.raises(ValueError, match="found 255"):
+        ops.as_targets(torch.tensor([[1, 0, 255]], dtype=torch.uint8))
+    assert ops.as_targets(torch.tensor([[1, 0]], dtype=torch.uint8)).tolist() == [[1, 0]]
+
+
 def test_as_targets_rules():
     t = torch.tensor([[1.0, 0.0, -1.0]])
     out = ops.as_targets(t)

@@ -17,10 +17,23 @@ import torch
 
 from .atomic import atomic_copy
 
-__all__ = ["run_settings", "check_same_settings", "read_checkpoint", "carry_best_checkpoint"]
+__all__ = ["run_settings", "check_same_settings", "read_checkpoint", "carry_best_checkpoint", "current_name"]
 
 # settings a resumed run may change: they do not change what is trained
-_RESUME_FREE = ("train.progress", "train.resume", "train.stop_after_epoch", "train.save_epoch_state")
+_RESUME_FREE = ("train.progress", "train.resume", "train.stop_after_epoch", "train.save_epoch_state",
+                "data.name")
+# modules renamed since checkpoints were first written: the same function under its new name
+_RENAMED_TARGETS = {"bbam.app.datasets.": "bbam.data.", "bbam.app.inputs.": "bbam.data."}
+
+
+def current_name(value: Any) -> Any:
+    """A config value naming a function of a module renamed since (e.g. an old run's
+    ``data._target_``) under its current name; any other value unchanged."""
+    if isinstance(value, str):
+        for old, new in _RENAMED_TARGETS.items():
+            if value.startswith(old):
+                return new + value[len(old):]
+    return value
 _RESUME_FREE_SUFFIXES = (".progress", ".device", ".cache_dir", ".cache")
 
 
@@ -36,7 +49,7 @@ def run_settings(cfg) -> Dict[str, Any]:
             for key, value in node.items():
                 walk(f"{prefix}.{key}", value)
         elif prefix not in _RESUME_FREE and not prefix.endswith(_RESUME_FREE_SUFFIXES):
-            flat[prefix] = node
+            flat[prefix] = current_name(node)
 
     for section in ("data", "split", "method", "model", "train"):
         if section in cfg:
@@ -50,6 +63,7 @@ def check_same_settings(cfg, path: Path, saved: Optional[Dict[str, Any]]) -> Non
     if saved is None:  # a checkpoint written before settings were recorded
         return
     now = run_settings(cfg)
+    saved = {key: current_name(value) for key, value in saved.items()}  # checkpoints from before a rename
     differ = sorted(k for k in set(saved) | set(now) if saved.get(k, "<absent>") != now.get(k, "<absent>"))
     if not differ:
         return

@@ -3,11 +3,12 @@
 A run saves ``inputs.json`` describing how its data became the feature matrix ``X``;
 :func:`read_inputs` applies the same recipe to new data for prediction:
 
-* ``{"kind": "features"}``: numeric features (dense/bag-of-words sets, ``.npz``, ARFF,
-  LIBSVM, synthetic). New data: an ``.npz`` with ``X`` ``[M, D]``, a LIBSVM file
-  (``idx:value`` pairs, 1-based feature indices; a leading label field is ignored) or
-  an ARFF file with the run's features followed by its label attributes (their values
-  are ignored).
+* ``{"kind": "features"[, "feature_names"]}``: numeric features (dense/bag-of-words sets,
+  ``.npz``, ARFF, LIBSVM, synthetic). New data: an ``.npz`` with ``X`` ``[M, D]``, a
+  LIBSVM file (``.svm``, ``.libsvm``, ``.txt``; read by :func:`bbam.data.load_libsvm`, any
+  labels ignored) or an ARFF file whose labels are found as at training (its MULAN
+  ``.xml``, its MEKA ``-C`` option, else the last ``K`` attributes; label values are read
+  but not used). When the run's features have names, an ARFF file must have the same.
 * ``{"kind": "text_tokens", "vocab", "max_len", "text_keys"}``: token ids of the run's
   own vocabulary (``data=text_jsonl`` with ``model=text_bow``).
 * ``{"kind": "sentence", "text_keys", "sentence"}``: a pretrained sentence model's
@@ -26,18 +27,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
-from bbam.data import load_arff, tokenize
+from bbam.data import DatasetFormatError, load_arff, load_libsvm, tokenize
+from bbam.data.lookup import LIBSVM_SUFFIXES
 from bbam.data.sentence import sentence_inputs
 
-__all__ = ["describe_inputs", "read_inputs", "TEXT_SUFFIXES", "LIBSVM_SUFFIXES"]
+__all__ = ["describe_inputs", "read_inputs", "TEXT_SUFFIXES"]
 
-TEXT_SUFFIXES = (".jsonl", ".txt")
-LIBSVM_SUFFIXES = (".svm", ".libsvm", ".svmlight")
+TEXT_SUFFIXES = (".jsonl", ".txt")  # documents, for a run trained on text
 
 
 def describe_inputs(cfg, data) -> Dict[str, Any]:
@@ -54,7 +55,10 @@ def describe_inputs(cfg, data) -> Dict[str, Any]:
         return {"kind": "sentence", "text_keys": keys, "sentence": settings}
     if target.endswith("load_image_folder"):
         return {"kind": "images", "image_size": int(cfg.data.image_size)}
-    return {"kind": "features"}
+    names = list(data.feature_names)
+    if names == [f"f{j}" for j in range(len(names))]:  # placeholders: nothing to check new files against
+        return {"kind": "features"}
+    return {"kind": "features", "feature_names": names}
 
 
 def _texts(path: Path, keys: Sequence[str]) -> List[str]:
@@ -106,17 +110,27 @@ def _npz(path: Path) -> torch.Tensor:
 
 
 def _libsvm(path: Path, num_features: int) -> torch.Tensor:
-    from sklearn.datasets import load_svmlight_file
+    """The features of a LIBSVM file, read as at training (:func:`bbam.data.load_libsvm`)."""
+    return load_libsvm(path, num_features=num_features).X
 
+
+def _arff(path: Path, num_labels: int, feature_names: Optional[Sequence[str]]) -> torch.Tensor:
+    """The features of an ARFF file. Its label attributes are found as at training: its MULAN
+    ``.xml`` header or MEKA ``-C`` option, else the last ``num_labels`` attributes (their
+    values are read, not used). Attributes named otherwise than the run's features are refused."""
     try:
-        X, _ = load_svmlight_file(str(path), n_features=num_features, multilabel=True, zero_based=False)
-    except ValueError as err:  # e.g. an index above num_features, a malformed pair
-        raise ValueError(f"argument 'data': {path} is not a LIBSVM file with {num_features} features ({err})") from None
-    return torch.from_numpy(X.toarray().astype(np.float32))
-
-
-def _arff(path: Path, num_labels: int) -> torch.Tensor:
-    return load_arff(path, num_labels=num_labels).X
+        data = load_arff(path)
+    except DatasetFormatError as err:
+        if "cannot tell which attributes are labels" not in str(err):
+            raise
+        data = load_arff(path, num_labels=num_labels)  # MULAN layout without its .xml
+    if feature_names is not None and list(data.feature_names) != list(feature_names):
+        diff = next(j for j, (a, b) in enumerate(zip(data.feature_names, feature_names)) if a != b) \
+            if len(data.feature_names) == len(feature_names) else min(len(data.feature_names), len(feature_names))
+        raise ValueError(f"argument 'data': {path} does not have the run's features: attribute {diff} is "
+                         f"{(list(data.feature_names) + ['<none>'])[diff]!r}, the run's is "
+                         f"{(list(feature_names) + ['<none>'])[diff]!r}")
+    return data.X
 
 
 def read_inputs(path, spec: Dict[str, Any], num_features: int, num_labels: int) -> torch.Tensor:
@@ -138,9 +152,12 @@ def read_inputs(path, spec: Dict[str, Any], num_features: int, num_labels: int) 
         raise ValueError(f"argument 'run': inputs.json names an unknown kind of inputs {kind!r}")
     if suffix == ".npz":
         return _npz(path)
-    if kind == "features" and suffix in LIBSVM_SUFFIXES:
-        return _libsvm(path, num_features)
-    if kind == "features" and suffix == ".arff":
-        return _arff(path, num_labels)
+    try:
+        if kind == "features" and suffix in LIBSVM_SUFFIXES:
+            return _libsvm(path, num_features)
+        if kind == "features" and suffix == ".arff":
+            return _arff(path, num_labels, spec.get("feature_names"))
+    except DatasetFormatError as err:  # names the file and line; say which argument it was
+        raise ValueError(f"argument 'data': {err}") from None
     accepted = ".npz" if kind == "images" else f".npz, .arff or LIBSVM ({', '.join(LIBSVM_SUFFIXES)})"
     raise ValueError(f"argument 'data': expected {accepted} for this run's {kind}, got {path}")

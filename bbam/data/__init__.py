@@ -1,7 +1,7 @@
 """Multi-label datasets: the container, the readers, the synthetic benchmark, the splits.
 
-One module per concern (library layer: standard library, numpy, torch; no Hydra, nothing
-from :mod:`bbam.app` or :mod:`bbam.train`):
+One module per concern (library layer: standard library, numpy, torch, and scikit-learn's
+LIBSVM reader; no Hydra, nothing from :mod:`bbam.app` or :mod:`bbam.train`):
 
 * :mod:`~bbam.data.container` -- :class:`MultiLabelData` (``X`` float32 ``[N, D]``,
   ``Y`` int8 ``[N, K]`` in {0, 1}, names, optional official split) and

@@ -28,7 +28,7 @@ def default_data_dirs() -> list[Path]:
     return dirs
 
 
-_LIBSVM_EXT = (".svm", ".libsvm", ".txt")
+LIBSVM_SUFFIXES = (".svm", ".libsvm", ".txt")  # file names read as LIBSVM
 
 
 def _load_dir(d: Path, **kw: Any) -> MultiLabelData | None:
@@ -67,7 +67,7 @@ def load_dataset(path_or_name: str | os.PathLike[str], **kw: Any) -> MultiLabelD
         return load_npz(p, **kw)
     if suffix == ".arff":
         return load_arff(p, **kw)
-    if suffix in _LIBSVM_EXT:
+    if suffix in LIBSVM_SUFFIXES:
         return load_libsvm(p, **kw)
     if p.is_dir():
         out = _load_dir(p, **kw)

@@ -186,6 +186,8 @@ def _member_jitter(rng: np.random.Generator, A: np.ndarray, label_topic: np.ndar
 def _top_m(score: np.ndarray, m: int) -> np.ndarray:
     """Positions of the ``m`` largest scores, ties to the lower position: the set of
     ``np.argsort(-score, kind="stable")[:m]``, by selection (``np.partition``) instead of a sort."""
+    if m <= 0:
+        return np.zeros(0, dtype=np.int64)
     if m >= score.size:
         return np.arange(score.size)
     kth = np.partition(score, score.size - m)[score.size - m]  # the m-th largest value
