@@ -163,12 +163,17 @@ def train(cfg) -> Dict[str, Any]:
     """
     owns_group = _init_distributed(cfg)
     try:
-        return _train(cfg)
+        result = _train(cfg)
+        if owns_group:
+            import torch.distributed as dist
+
+            dist.barrier()  # every rank leaves together, once rank 0 has written the run's files
+        return result
     finally:
         if owns_group:
-            # Explicit teardown, as torch asks: a group left to interpreter shutdown can
-            # abort a rank at exit (one CI run saw "terminate called without an active
-            # exception" from a torchrun rank; not reproduced in 11 runs since).
+            # Explicit teardown, as torch asks. A rank can still abort at interpreter exit
+            # ("terminate called without an active exception", seen twice in CI): main()
+            # therefore ends torchrun workers without that teardown.
             import torch.distributed as dist
 
             dist.destroy_process_group()
@@ -275,6 +280,17 @@ def main() -> None:
             raise
 
     _run()
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A torchrun worker whose work is done and written leaves without the interpreter's
+        # C++ teardown: torch's distributed threads can abort a process there ("terminate
+        # called without an active exception", seen in CI), and torchrun then fails the job
+        # and kills the other ranks, still writing. Every file was written atomically before.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
