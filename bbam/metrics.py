@@ -162,7 +162,11 @@ def average_precision(scores, targets) -> Tensor:
         Labels with no positive sample get ``NaN`` (AP is undefined there;
         scikit-learn would warn and return 0).
     """
-    s, y = _check_light(scores, targets)
+    return _average_precision(*_check_light(scores, targets))
+
+
+def _average_precision(s: Tensor, y: Tensor) -> Tensor:
+    """:func:`average_precision` of checked inputs, label block by label block."""
     n, k = s.shape
     block = max(1, _CHUNK_ELEMENTS // n)  # labels per block: bounded temporaries
     return torch.cat([_ap_block(s[:, j:j + block], y[:, j:j + block]) for j in range(0, k, block)])
@@ -531,7 +535,7 @@ def evaluate(scores, targets, threshold: float = 0.5, oracle_cardinality: bool =
         rows["coverage"].append(_coverage_rows(s_c, y_c))
         rows["ranking_loss"].append(_ranking_loss_rows(ranking, y_c))
         rows["lrap"].append(_lrap_rows(ranking, y_c))
-    ap = average_precision(s, y)
+    ap = _average_precision(s, y)  # inputs checked above, once
     valid = ~torch.isnan(ap)
     class_acc = agree / n
     out = {

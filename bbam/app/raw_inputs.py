@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from bbam.data import DatasetFormatError, load_arff, load_libsvm, tokenize
+from bbam.data import DatasetFormatError, load_arff, load_libsvm, token_ids, tokenize
 from bbam.data.lookup import LIBSVM_SUFFIXES
 from bbam.data.sentence import sentence_inputs
 
@@ -82,16 +82,6 @@ def _texts(path: Path, keys: Sequence[str]) -> List[str]:
     if not texts:
         raise ValueError(f"argument 'data': {path} holds no documents")
     return texts
-
-
-def _token_ids(texts: Sequence[str], vocab: Sequence[str], max_len: int) -> torch.Tensor:
-    """The run's vocabulary applied as at training (:func:`bbam.data.load_text_jsonl`)."""
-    index = {tok: i for i, tok in enumerate(vocab)}
-    X = np.zeros((len(texts), max_len), dtype=np.float32)
-    for i, text in enumerate(texts):
-        ids = [index[t] for t in tokenize(text) if t in index][:max_len]
-        X[i, :len(ids)] = ids
-    return torch.from_numpy(X)
 
 
 def _npz(path: Path) -> torch.Tensor:
@@ -146,7 +136,7 @@ def read_inputs(path, spec: Dict[str, Any], num_features: int, num_labels: int) 
                              f"documents, got {path}")
         texts = _texts(path, spec["text_keys"])
         if kind == "text_tokens":
-            return _token_ids(texts, spec["vocab"], int(spec["max_len"]))
+            return token_ids([tokenize(t) for t in texts], spec["vocab"], int(spec["max_len"]))
         return sentence_inputs(texts, spec["sentence"])[0]
     if kind not in ("features", "images"):
         raise ValueError(f"argument 'run': inputs.json names an unknown kind of inputs {kind!r}")

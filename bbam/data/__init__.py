@@ -20,7 +20,7 @@ LIBSVM reader; no Hydra, nothing from :mod:`bbam.app` or :mod:`bbam.train`):
 
 from .arff import load_arff, load_arff_pair
 from .container import DatasetFormatError, MultiLabelData
-from .inputs import load_image_folder, load_text_jsonl, tokenize
+from .inputs import load_image_folder, load_text_jsonl, token_ids, tokenize
 from .libsvm import load_libsvm
 from .lookup import default_data_dirs, load_dataset
 from .npz import load_npz, save_npz
@@ -39,6 +39,7 @@ __all__ = [
     "load_dataset",
     "default_data_dirs",
     "tokenize",
+    "token_ids",
     "load_text_jsonl",
     "load_image_folder",
     "iterative_stratification",

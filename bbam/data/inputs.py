@@ -29,7 +29,7 @@ import torch
 from .container import DatasetFormatError, MultiLabelData, check_exists
 from .sentence import sentence_inputs
 
-__all__ = ["tokenize", "load_text_jsonl", "load_image_folder"]
+__all__ = ["tokenize", "token_ids", "load_text_jsonl", "load_image_folder"]
 
 _TOKEN = re.compile(r"[a-z]{2,}")
 
@@ -99,12 +99,7 @@ def load_text_jsonl(path, text_keys: Sequence[str] = ("title", "body"), labels_k
     train_rows = [i for i, s in enumerate(splits) if s == "train"] if splits else list(range(len(docs)))
     if sentence_encoder is None:
         vocab = _vocabulary(docs, train_rows, vocab_size)
-        index = {tok: i for i, tok in enumerate(vocab)}
-        X = np.zeros((len(docs), max_len), dtype=np.float32)
-        for i, doc in enumerate(docs):
-            ids = [index[t] for t in doc if t in index][:max_len]
-            X[i, : len(ids)] = ids
-        X, feature_names = torch.from_numpy(X), [f"token{j}" for j in range(max_len)]
+        X, feature_names = token_ids(docs, vocab, max_len), [f"token{j}" for j in range(max_len)]
     else:
         vocab = None
         X, feature_names = sentence_inputs(texts, sentence_encoder)
@@ -121,6 +116,18 @@ def load_text_jsonl(path, text_keys: Sequence[str] = ("title", "body"), labels_k
                           name=name or path.stem, source=str(path), **split_idx)
     data.vocab = vocab  # id -> token (None with a sentence encoder)
     return data
+
+
+def token_ids(docs: Sequence[Sequence[str]], vocab: Sequence[str], max_len: int) -> torch.Tensor:
+    """``[N, max_len]`` float32 token ids of tokenised ``docs`` in ``vocab`` (id -> token):
+    the first ``max_len`` known tokens of each document, zero-padded; unknown tokens dropped.
+    The same ids at training (:func:`load_text_jsonl`) and prediction."""
+    index = {tok: i for i, tok in enumerate(vocab)}
+    X = np.zeros((len(docs), max_len), dtype=np.float32)
+    for i, doc in enumerate(docs):
+        ids = [index[t] for t in doc if t in index][:max_len]
+        X[i, : len(ids)] = ids
+    return torch.from_numpy(X)
 
 
 def _vocabulary(docs: list[list[str]], train_rows: list[int], vocab_size: int) -> list[str]:
