@@ -22,11 +22,14 @@ Conventions shared by every function here:
   never 8. Pass rates as float64 (as :func:`estimate_positive_rates` returns): a
   float32 ``0.4`` is ``0.4000000059...`` and its own rounding is beyond that snap.
   Counts are clamped into ``[0, N_u]``.
-* No sort of the score matrix: each label's order statistics come from a selection
-  (``topk`` to the depth the label needs, ``ceil(pi_k N_u)`` for a rare label), and "among
-  the first m in the stable order" from the m-th value and a running count of its ties.
-  Labels are processed in blocks of similar depth, so the temporaries stay bounded
-  (``_BLOCK_ELEMENTS`` elements) whatever ``N_u x K``; the outputs are ``[N_u, K]`` int8 and bool.
+* No sort of the score matrix: each label's order statistics come from a selection, and
+  "among the first m in the stable order" from the m-th value and a running count of its
+  ties. For float32 / float64 CPU scores the fused op :func:`bbam.ops.cap_select` does it
+  per label (``std::nth_element`` among the scores above a sampled bound, then one
+  writing pass); elsewhere (CUDA, half precision) torch's ``topk``
+  to the depth each label needs (``ceil(pi_k N_u)`` for a rare label), labels in blocks of
+  similar depth so the temporaries stay bounded (``_BLOCK_ELEMENTS`` elements) whatever
+  ``N_u x K``. Both give the same result; the outputs are ``[N_u, K]`` int8 and bool.
 
 The threshold computation lives in :func:`_thresholds` (used by :func:`cap_thresholds`
 and :func:`cap_pseudo_labels`), so that a distributed version computing the order
@@ -43,12 +46,13 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .ops import as_targets
+from .ops import as_targets, cap_select
 
 __all__ = [
     "estimate_positive_rates",
     "cap_thresholds",
     "cap_pseudo_labels",
+    "cap_pseudo_targets",
     "CAPLabeler",
     "NEG_PER_MAX",
 ]
@@ -83,14 +87,15 @@ def _check_targets(name: str, targets: Tensor) -> Tensor:
     return as_targets(targets, name)
 
 
-def _check_scores(name: str, scores: Tensor) -> None:
+def _check_scores(name: str, scores: Tensor, nan: bool = True) -> None:
+    """Type and shape checks; ``nan``: also reject NaN here (the CPU kernel checks it itself)."""
     if not isinstance(scores, Tensor):
         raise TypeError(f"{name}: 'scores' must be a torch.Tensor, got {type(scores).__name__}")
     if scores.dim() != 2:
         raise ValueError(f"{name}: 'scores' must be 2-D [N_u, K], got shape {tuple(scores.shape)}")
     if not scores.is_floating_point():
         raise ValueError(f"{name}: 'scores' must be a floating tensor, got dtype {scores.dtype}")
-    if bool(torch.isnan(scores).any()):
+    if nan and bool(torch.isnan(scores).any()):
         raise ValueError(f"{name}: 'scores' contains NaN")
 
 
@@ -236,24 +241,69 @@ def cap_pseudo_labels(scores: Tensor, pos_rates: Tensor, pos_per: float = 1.0,
         positions come from the stable descending sort (lower row index first among
         ties).
     """
-    _check_scores("cap_pseudo_labels", scores)
-    pos_per, neg_per = _check_pers("cap_pseudo_labels", pos_per, neg_per)
-    N, K = scores.shape
-    pi = _check_pos_rates("cap_pseudo_labels", pos_rates, K).to(scores.device)
-    if N == 0:
-        empty = torch.zeros((0, K), device=scores.device)
+    counts = _selection_counts("cap_pseudo_labels", scores, pos_rates, pos_per, neg_per)
+    if counts is None:  # no unlabeled sample
+        empty = torch.zeros((0, scores.shape[1]), device=scores.device)
         return empty.to(torch.int8), empty.to(torch.bool)
+    if _use_cpu_kernel(scores):
+        targets, mask, _ = cap_select(scores, *counts)
+        return targets, mask
+    return _pseudo_labels_by_blocks(scores, *counts)
 
+
+@torch.no_grad()
+def cap_pseudo_targets(scores: Tensor, pos_rates: Tensor, pos_per: float = 1.0,
+                       neg_per: float = NEG_PER_MAX) -> Tensor:
+    """The targets self-training learns from: :func:`cap_pseudo_labels` with the
+    unconfident entries unknown.
+
+    Args: as :func:`cap_pseudo_labels`.
+
+    Returns:
+        ``[N_u, K]`` int8: ``1`` / ``0`` the confident pseudo-positives / negatives, ``-1``
+        the entries outside the confidence mask (one ``[N_u, K]`` byte tensor: half the
+        memory of the pair).
+    """
+    counts = _selection_counts("cap_pseudo_targets", scores, pos_rates, pos_per, neg_per)
+    if counts is None:
+        return torch.zeros((0, scores.shape[1]), dtype=torch.int8, device=scores.device)
+    if _use_cpu_kernel(scores):
+        return cap_select(scores, *counts, unknown_outside_mask=True)[0]
+    targets, mask = _pseudo_labels_by_blocks(scores, *counts)
+    return targets.masked_fill_(mask.logical_not_(), -1)
+
+
+def _selection_counts(name: str, scores: Tensor, pos_rates: Tensor, pos_per: float,
+                      neg_per: float) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
+    """Checked inputs -> ``(ranks, n_pos_keep, n_not_neg)``, each ``[K]`` int64 (None when
+    ``N_u == 0``): the threshold rank, and the mask's depths in the stable descending
+    order -- a pseudo-positive is kept among the first ``n_pos_keep``, a pseudo-negative
+    among the last ``n_neg_keep``, i.e. not among the first ``n_not_neg = N_u - n_neg_keep``."""
+    _check_scores(name, scores, nan=not _use_cpu_kernel(scores))
+    pos_per, neg_per = _check_pers(name, pos_per, neg_per)
+    N, K = scores.shape
+    pi = _check_pos_rates(name, pos_rates, K).to(scores.device)
+    if N == 0:
+        return None
     ranks = _ceil_count(pi * N, N)                            # threshold ranks (1-based)
     n_pos_keep = _ceil_count(pos_per * pi * N, N)             # top positions kept
     n_neg_keep = _ceil_count(neg_per * (1.0 - pi) * N, N)     # bottom positions kept
+    return ranks, n_pos_keep, N - n_neg_keep
 
+
+def _use_cpu_kernel(scores: Tensor) -> bool:
+    """The fused CPU op :func:`bbam.ops.cap_select` serves float32 / float64 CPU scores;
+    elsewhere (CUDA, half precision) :func:`_pseudo_labels_by_blocks` selects with torch."""
+    return scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64)
+
+
+def _pseudo_labels_by_blocks(scores: Tensor, ranks: Tensor, n_pos_keep: Tensor,
+                             n_not_neg: Tensor) -> Tuple[Tensor, Tensor]:
+    """:func:`cap_pseudo_labels` with torch operations: one ``topk`` per label block serves
+    all three depths (the result of :func:`bbam.ops.cap_select`, on any device)."""
+    N, K = scores.shape
     targets = torch.empty((N, K), dtype=torch.int8, device=scores.device)
     mask = torch.empty((N, K), dtype=torch.bool, device=scores.device)
-    # Positions in the stable descending order: the mask keeps a pseudo-positive among the
-    # first n_pos_keep and a pseudo-negative among the last n_neg_keep (not in the first
-    # N - n_neg_keep). One selection per label block serves all three depths.
-    n_not_neg = N - n_neg_keep
     depth = torch.maximum(ranks, n_not_neg)  # n_pos_keep <= ranks
     for labels in _label_blocks(depth, N):
         labels = labels.to(scores.device)
@@ -306,6 +356,11 @@ class CAPLabeler:
     def __call__(self, scores: Tensor) -> Tuple[Tensor, Tensor]:
         """``scores [N_u, K]`` -> ``(targets [N_u, K] int8 in {0, 1}, mask [N_u, K] bool)``."""
         return cap_pseudo_labels(scores, self._rates("__call__"), self.pos_per, self.neg_per)
+
+    def pseudo_targets(self, scores: Tensor) -> Tensor:
+        """``scores [N_u, K]`` -> ``[N_u, K]`` int8: confident pseudo-labels, ``-1`` elsewhere
+        (see :func:`cap_pseudo_targets`)."""
+        return cap_pseudo_targets(scores, self._rates("pseudo_targets"), self.pos_per, self.neg_per)
 
     def _rates(self, where: str) -> Tensor:
         if self.pos_rates is None:

@@ -69,6 +69,7 @@ __all__ = [
 ]
 
 from ._metric_inputs import _F64, _as_tensor, _check, _check_light, _check_threshold
+from .ops import positive_rank_stats
 
 # Elements of an [N, K] block converted and sorted at once (float64, int64 temporaries):
 # evaluation memory stays bounded whatever N x K; results do not depend on it.
@@ -108,6 +109,38 @@ def _sorted_with_groups(scores: Tensor, targets: Tensor, descending: bool):
     end = _tie_group_end(vals)
     cum_pos_at_end = torch.gather(torch.cumsum(y, dim=-1), -1, end)
     return y, end, cum_pos_at_end
+
+
+def _use_cpu_kernel(s: Tensor) -> bool:
+    """Ranks on CPU come from the fused op :func:`bbam.ops.positive_rank_stats` (no sort);
+    elsewhere (CUDA) from a stable sort per row with tie groups."""
+    return s.device.type == "cpu"
+
+
+def _rank_stats(s: Tensor, y: Tensor):
+    """Per row of ``s`` ``[L, M]`` with 0/1 targets ``y``: ``(precision_sum, misordered,
+    deepest, positives)``, all float64 ``[L]``, over the row's positives ``j`` with
+    ``rank_j`` = entries scored ``>= s_j`` and ``pos_rank_j`` = positives scored ``>= s_j``:
+    ``sum_j pos_rank_j / rank_j``, ``sum_j (rank_j - pos_rank_j)``, ``max_j rank_j`` (0
+    without positives) and the number of positives. The sufficient statistics of AP
+    (rows = labels), LRAP, ranking loss and coverage (rows = samples)."""
+    return _rank_stats_kernel(s, y) if _use_cpu_kernel(s) else _rank_stats_sorted(s, y)
+
+
+def _rank_stats_kernel(s: Tensor, y: Tensor):
+    """:func:`_rank_stats` by the fused CPU op (binary search among each row's positives)."""
+    if s.dtype not in (torch.float32, _F64):  # exact: the order is kept; one contiguous copy
+        s = s.to(torch.float32, memory_format=torch.contiguous_format)
+    y_bool = y if y.dtype == torch.bool else y != 0
+    return tuple(t.to(_F64) for t in positive_rank_stats(s, y_bool))
+
+
+def _rank_stats_sorted(s: Tensor, y: Tensor):
+    """:func:`_rank_stats` by a stable sort of every row with tie groups (any device)."""
+    y_sorted, end, pos_ge = _sorted_with_groups(s.to(_F64), y.to(_F64), descending=True)
+    rank = (end + 1).to(_F64)
+    return ((y_sorted * pos_ge / rank).sum(-1), (y_sorted * (rank - pos_ge)).sum(-1),
+            (y_sorted * rank).amax(-1), y_sorted.sum(-1))
 
 
 def _f1(tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:
@@ -166,23 +199,17 @@ def average_precision(scores, targets) -> Tensor:
 
 
 def _average_precision(s: Tensor, y: Tensor) -> Tensor:
-    """:func:`average_precision` of checked inputs, label block by label block."""
+    """:func:`average_precision` of checked inputs, label block by label block (each
+    label is a row of the transposed block: bounded temporaries)."""
     n, k = s.shape
-    block = max(1, _CHUNK_ELEMENTS // n)  # labels per block: bounded temporaries
-    return torch.cat([_ap_block(s[:, j:j + block], y[:, j:j + block]) for j in range(0, k, block)])
-
-
-def _ap_block(s: Tensor, y: Tensor) -> Tensor:
-    """:func:`average_precision` of a block of label columns (float64 copies of the block only)."""
-    s, y = s.to(_F64), y.to(_F64)
-    # labels along rows: [K, N]
-    y_sorted, end, tp_at_end = _sorted_with_groups(
-        s.t().contiguous(), y.t().contiguous(), descending=True
-    )
-    precision_at_end = tp_at_end / (end + 1).to(_F64)
-    n_pos = y.sum(0)
-    ap = (y_sorted * precision_at_end).sum(-1) / n_pos
-    return torch.where(n_pos > 0, ap, torch.full_like(ap, float("nan")))
+    block = max(1, _CHUNK_ELEMENTS // n)  # labels per block: each block's label-major copy is bounded
+    aps = []
+    for j in range(0, k, block):
+        # every positive contributes the precision at the end of its tie group
+        precision_sum, _, _, n_pos = _rank_stats(s[:, j:j + block].T, y[:, j:j + block].T)
+        ap = precision_sum / n_pos
+        aps.append(torch.where(n_pos > 0, ap, torch.full_like(ap, float("nan"))))
+    return torch.cat(aps)
 
 
 def mean_average_precision(scores, targets) -> float:
@@ -333,16 +360,13 @@ def coverage_error(scores, targets) -> float:
         contribute 0.  MULAN's "coverage" is this value minus 1 (with MULAN's
         own ranking of ties); the research code reports ``(this - 1) / K``.
     """
-    s, y = _check(scores, targets)
-    return float(_coverage_rows(s, y).mean().item())
+    s, y = _check_light(scores, targets)
+    return float(_coverage_rows(_rank_stats(s, y)).mean().item())
 
 
-def _coverage_rows(s: Tensor, y: Tensor) -> Tensor:
-    pos = y > 0
-    inf = torch.full_like(s, float("inf"))
-    min_rel = torch.where(pos, s, inf).min(dim=1, keepdim=True).values
-    cov = (s >= min_rel).to(_F64).sum(1)
-    return torch.where(pos.any(1), cov, torch.zeros_like(cov))
+def _coverage_rows(stats) -> Tensor:
+    # the deepest rank among the positives (0 without positives)
+    return stats[2]
 
 
 def ranking_loss(scores, targets) -> float:
@@ -358,26 +382,15 @@ def ranking_loss(scores, targets) -> float:
         as a full error, as in scikit-learn).  Samples whose labels are all 0
         or all 1 contribute 0 (and stay in the denominator).
     """
-    s, y = _check(scores, targets)
-    return float(_ranking_loss_rows(_row_ranking(s, y), y).mean().item())
+    s, y = _check_light(scores, targets)
+    return float(_ranking_loss_rows(_rank_stats(s, y), s.shape[1]).mean().item())
 
 
-def _row_ranking(s: Tensor, y: Tensor):
-    """Each sample's labels sorted by descending score with tie groups: the shared
-    ``(y_sorted, group end, positives up to the group end)`` of the example-based
-    ranking metrics (one sort serves :func:`ranking_loss` and LRAP)."""
-    return _sorted_with_groups(s, y, descending=True)
-
-
-def _ranking_loss_rows(ranking, y: Tensor) -> Tensor:
-    # a positive's mis-ordered pairs: the negatives scored >= it, i.e. the negatives up to
-    # the end of its tie group in the descending order (ties count as errors)
-    y_sorted, end, pos_ge = ranking
-    k = y.shape[1]
-    bad_pairs = (y_sorted * ((end + 1).to(_F64) - pos_ge)).sum(1)
-    n_pos = y.sum(1)
+def _ranking_loss_rows(stats, k: int) -> Tensor:
+    # a positive's mis-ordered pairs: the negatives scored >= it (ties count as errors)
+    _, misordered, _, n_pos = stats
     n_pairs = n_pos * (k - n_pos)
-    return torch.where(n_pairs > 0, bad_pairs / n_pairs.clamp_min(1.0), torch.zeros_like(n_pairs))
+    return torch.where(n_pairs > 0, misordered / n_pairs.clamp_min(1.0), torch.zeros_like(n_pairs))
 
 
 def label_ranking_average_precision(scores, targets) -> float:
@@ -394,16 +407,13 @@ def label_ranking_average_precision(scores, targets) -> float:
         of true labels scored ``>= s_ij``.  As in scikit-learn, a sample with
         no true label or with all labels true scores 1.
     """
-    s, y = _check(scores, targets)
-    return float(_lrap_rows(_row_ranking(s, y), y).mean().item())
+    s, y = _check_light(scores, targets)
+    return float(_lrap_rows(_rank_stats(s, y), s.shape[1]).mean().item())
 
 
-def _lrap_rows(ranking, y: Tensor) -> Tensor:
-    y_sorted, end, pos_ge = ranking
-    k = y.shape[1]
-    rank = (end + 1).to(_F64)
-    n_pos = y.sum(1)
-    per = (y_sorted * pos_ge / rank).sum(1) / n_pos.clamp_min(1.0)
+def _lrap_rows(stats, k: int) -> Tensor:
+    precision_sum, _, _, n_pos = stats
+    per = precision_sum / n_pos.clamp_min(1.0)
     degenerate = (n_pos == 0) | (n_pos == k)
     return torch.where(degenerate, torch.ones_like(per), per)
 
@@ -519,25 +529,27 @@ def evaluate(scores, targets, threshold: float = 0.5, oracle_cardinality: bool =
     # thresholded metrics from per-label counts, example-based ones from per-row values,
     # accumulated over row chunks (counts of 0/1 are exact in float64: the same values as
     # one pass over the whole matrix)
-    tp = torch.zeros(k, dtype=_F64, device=s.device)
-    fp, fn, agree = torch.zeros_like(tp), torch.zeros_like(tp), torch.zeros_like(tp)
+    tp = torch.zeros(k, dtype=torch.int64, device=s.device)
+    fp, fn = torch.zeros_like(tp), torch.zeros_like(tp)
     rows = {"one_error": [], "coverage": [], "ranking_loss": [], "lrap": []}
     chunk = max(1, _CHUNK_ELEMENTS // k)
     for i in range(0, n, chunk):
-        s_c, y_c = s[i:i + chunk].to(_F64), y[i:i + chunk].to(_F64)
-        pred = _oracle_rows(s_c, y_c).to(_F64) if oracle_cardinality else _predict(s_c, threshold)
-        tp += (pred * y_c).sum(0)
-        fp += (pred * (1.0 - y_c)).sum(0)
-        fn += ((1.0 - pred) * y_c).sum(0)
-        agree += (pred == y_c).to(_F64).sum(0)
-        ranking = _row_ranking(s_c, y_c)
-        rows["one_error"].append(_one_error_rows(s_c, y_c))
-        rows["coverage"].append(_coverage_rows(s_c, y_c))
-        rows["ranking_loss"].append(_ranking_loss_rows(ranking, y_c))
-        rows["lrap"].append(_lrap_rows(ranking, y_c))
+        s_c, y_c = s[i:i + chunk], y[i:i + chunk]
+        y_bool = y_c if y_c.dtype == torch.bool else y_c != 0
+        # the threshold is compared in float64, as the separate metrics do
+        pred = _oracle_rows(s_c, y_c) if oracle_cardinality else s_c.to(_F64) >= threshold
+        tp += torch.count_nonzero(pred & y_bool, dim=0)
+        fp += torch.count_nonzero(pred & ~y_bool, dim=0)
+        fn += torch.count_nonzero(~pred & y_bool, dim=0)
+        stats = _rank_stats(s_c, y_bool)
+        rows["one_error"].append(_one_error_rows(s_c, y_bool))
+        rows["coverage"].append(_coverage_rows(stats))
+        rows["ranking_loss"].append(_ranking_loss_rows(stats, k))
+        rows["lrap"].append(_lrap_rows(stats, k))
     ap = _average_precision(s, y)  # inputs checked above, once
     valid = ~torch.isnan(ap)
-    class_acc = agree / n
+    tp, fp, fn = tp.to(_F64), fp.to(_F64), fn.to(_F64)  # exact counts
+    class_acc = (n - fp - fn) / n
     out = {
         "mAP": float(ap[valid].mean().item() * 100.0) if bool(valid.any()) else float("nan"),
         "micro_f1": float(_f1(tp.sum(), fp.sum(), fn.sum()).item()),

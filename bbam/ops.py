@@ -20,8 +20,8 @@ from torch import Tensor
 
 from . import _extension  # noqa: F401  (loads bbam._C: schemas + kernels)
 
-__all__ = ["label_angle_stats", "merge_stats", "bbam_loss", "angle_transform", "negative_select", "as_targets",
-           "REDUCTIONS"]
+__all__ = ["label_angle_stats", "merge_stats", "bbam_loss", "angle_transform", "negative_select", "cap_select",
+           "positive_rank_stats", "as_targets", "REDUCTIONS"]
 
 REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
 
@@ -358,3 +358,93 @@ def _negative_select_fake(features, prototypes, targets, num_kept, sample_size, 
 def _label_counts_fake(targets):
     torch._check(targets.dim() == 2, lambda: "_label_counts: 'targets' must be 2-D [N, K]")
     return targets.new_empty((3, targets.shape[1]), dtype=torch.int64)
+
+
+# ---------------------------------------------------------------------------
+# cap_select (CPU kernel)
+# ---------------------------------------------------------------------------
+def cap_select(scores: Tensor, ranks: Tensor, pos_keep: Tensor, not_neg: Tensor,
+               unknown_outside_mask: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    """CAP pseudo-labels, confidence mask and thresholds by per-label selection (the CPU
+    engine of :mod:`bbam.cap`; CPU tensors only).
+
+    Args:
+        scores: ``[N, K]`` float32 / float64 scores, no NaN. Label-major storage (the
+            transpose of a contiguous ``[K, N]`` tensor) is read without a copy.
+        ranks: ``[K]`` int64 in ``[0, N]``: the (1-based) rank of each label's threshold.
+        pos_keep: ``[K]`` int64 in ``[0, ranks[k]]``: pseudo-positives are kept when among
+            the first ``pos_keep[k]`` of their label.
+        not_neg: ``[K]`` int64 in ``[0, N]``: pseudo-negatives are kept when NOT among the
+            first ``not_neg[k]``.
+        unknown_outside_mask: return the targets the loss trains on: ``-1`` where the mask
+            is False, and an empty ``[0, K]`` mask (half the output memory).
+
+    "First" is the stable descending order of a label's scores: larger first, the lower
+    row first among equal scores.
+
+    Returns:
+        ``(targets [N, K] int8, mask [N, K] bool, thresholds [K] dtype of scores)``:
+        ``thresholds[k]`` is the score of rank ``ranks[k]`` (``+inf`` when 0),
+        ``targets = (scores >= thresholds) & (ranks > 0)``, and ``mask`` the confident
+        entries as above. Exact (no sort); the same result for any thread count.
+
+    Raises:
+        ValueError for NaN scores or tensors not on the CPU; RuntimeError naming the
+        argument on bad shapes, dtypes or ranges.
+    """
+    _check_cpu("cap_select", scores=scores, ranks=ranks, pos_keep=pos_keep, not_neg=not_neg)
+    return torch.ops.bbam.cap_select.default(scores.detach(), ranks, pos_keep, not_neg, bool(unknown_outside_mask))
+
+
+def _check_cpu(op: str, **tensors: Tensor) -> None:
+    """The CPU-only kernels: a clear error instead of the dispatcher's missing-backend one."""
+    for name, t in tensors.items():
+        if isinstance(t, Tensor) and t.device.type != "cpu":
+            raise ValueError(f"{op}: argument '{name}' must be a CPU tensor (a CPU kernel; on other devices "
+                             f"bbam.cap and bbam.metrics use their torch paths), got device {t.device}")
+
+
+@torch.library.register_fake("bbam::cap_select")
+def _cap_select_fake(scores, ranks, pos_keep, not_neg, unknown_outside_mask):
+    torch._check(scores.dim() == 2, lambda: "cap_select: 'scores' must be 2-D [N, K]")
+    n, k = scores.shape
+    return (scores.new_empty((n, k), dtype=torch.int8),
+            scores.new_empty((0 if unknown_outside_mask else n, k), dtype=torch.bool), scores.new_empty((k,)))
+
+
+# ---------------------------------------------------------------------------
+# positive_rank_stats (CPU kernel)
+# ---------------------------------------------------------------------------
+def positive_rank_stats(scores: Tensor, targets: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per row, summaries of the ranks of its positive entries: the sufficient statistics
+    of average precision (rows = labels) and of LRAP, ranking loss and coverage (rows =
+    samples). The CPU engine of :mod:`bbam.metrics`; CPU tensors only.
+
+    Args:
+        scores: ``[L, M]`` float32 / float64, no NaN (label-major rows: pass ``s.T``).
+        targets: ``[L, M]`` bool, True = positive.
+
+    For a positive ``j`` of row ``i``: ``rank_j`` = entries of the row scored ``>=`` it
+    (ties count against it), ``pos_rank_j`` = positives of the row scored ``>=`` it.
+
+    Returns:
+        ``(precision_sum [L] float64, misordered [L] int64, deepest [L] int64,
+        positives [L] int64)``: ``sum_j pos_rank_j / rank_j``, ``sum_j (rank_j -
+        pos_rank_j)`` (negatives scored ``>=`` a positive), ``max_j rank_j`` (0 without
+        positives) and the number of positives. ``O(M log P)`` per row, no sort of the
+        row; the same result for any thread count.
+
+    Raises:
+        ValueError for NaN scores or tensors not on the CPU; RuntimeError naming the
+        argument on bad shapes or dtypes.
+    """
+    _check_cpu("positive_rank_stats", scores=scores, targets=targets)
+    return torch.ops.bbam.positive_rank_stats.default(scores.detach(), targets.detach())
+
+
+@torch.library.register_fake("bbam::positive_rank_stats")
+def _positive_rank_stats_fake(scores, targets):
+    torch._check(scores.dim() == 2, lambda: "positive_rank_stats: 'scores' must be 2-D [L, M]")
+    n = scores.shape[0]
+    return (scores.new_empty((n,), dtype=torch.float64), scores.new_empty((n,), dtype=torch.int64),
+            scores.new_empty((n,), dtype=torch.int64), scores.new_empty((n,), dtype=torch.int64))

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["COS_EPS", "label_angle_stats", "bbam_loss", "angle_transform", "negative_select"]
+__all__ = ["COS_EPS", "label_angle_stats", "bbam_loss", "angle_transform", "negative_select", "cap_select",
+           "positive_rank_stats"]
 
 # Clamp of the cosine in the BBAM angle path (csrc/bbam_math.h CosEps).
 COS_EPS = {torch.float32: 1e-7, torch.float64: 1e-12}
@@ -118,3 +119,44 @@ def negative_select(features: Tensor, prototypes: Tensor, targets: Tensor, num_k
         order = torch.sort(cos[neg, k], descending=True, stable=True).indices   # ties: lower row first
         mask[neg[order[:m]], k] = True
     return mask
+
+
+def cap_select(scores: Tensor, ranks: Tensor, pos_keep: Tensor, not_neg: Tensor,
+               unknown_outside_mask: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    """Reference of :func:`bbam.ops.cap_select`: a stable descending sort per label."""
+    N, K = scores.shape
+    targets = torch.zeros((N, K), dtype=torch.int8)
+    mask = torch.zeros((N, K), dtype=torch.bool)
+    thresholds = torch.full((K,), float("inf"), dtype=scores.dtype)
+    for k in range(K):
+        col = scores[:, k]
+        order = torch.sort(col, descending=True, stable=True).indices   # ties: lower row first
+        position = torch.empty(N, dtype=torch.long)
+        position[order] = torch.arange(N)                                 # 0-based place in that order
+        r = int(ranks[k])
+        if r > 0:
+            thresholds[k] = col[order[r - 1]]
+        pos = (col >= thresholds[k]) & (r > 0)
+        targets[:, k] = pos.to(torch.int8)
+        mask[:, k] = torch.where(pos, position < int(pos_keep[k]), position >= int(not_neg[k]))
+    if unknown_outside_mask:
+        return targets.masked_fill(~mask, -1), torch.zeros((0, K), dtype=torch.bool), thresholds
+    return targets, mask, thresholds
+
+
+def positive_rank_stats(scores: Tensor, targets: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Reference of :func:`bbam.ops.positive_rank_stats`: every positive compared with its
+    whole row."""
+    L = scores.shape[0]
+    precision_sum = torch.zeros(L, dtype=torch.float64)
+    misordered, deepest, positives = (torch.zeros(L, dtype=torch.int64) for _ in range(3))
+    for i in range(L):
+        row, pos = scores[i], targets[i]
+        p = row[pos]                                               # the positives' scores
+        rank = (row.unsqueeze(0) >= p.unsqueeze(1)).sum(1)         # entries scored >= each positive
+        pos_rank = (p.unsqueeze(0) >= p.unsqueeze(1)).sum(1)       # positives scored >= it
+        precision_sum[i] = (pos_rank.double() / rank.double()).sum() if len(p) else 0.0
+        misordered[i] = (rank - pos_rank).sum()
+        deepest[i] = rank.max() if len(p) else 0
+        positives[i] = len(p)
+    return precision_sum, misordered, deepest, positives

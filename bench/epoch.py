@@ -14,8 +14,10 @@ fresh child process (so its peak resident memory is its own). Reported per size:
 * before training: data generation, splitting (+ scaling);
 * per warm-up epoch: optimizer steps (and seconds per step), evaluation, checkpoint;
 * per self-training epoch: CAP (scoring the unlabeled set + pseudo-labels), features,
-  statistics, sampling, optimizer steps, evaluation, checkpoint, and the ratio of
-  everything that is not an optimizer step to the optimizer steps;
+  statistics, sampling, bookkeeping (the logged pseudo-label summaries), optimizer steps,
+  evaluation, checkpoint, the epoch's time outside any named phase ("other": batch
+  orders, logging), and the ratio of everything that is not an optimizer step (the whole
+  epoch minus the steps, plus the checkpoint) to the optimizer steps;
 * after training: the test evaluation and the angle diagnostics;
 * peak RSS of the child (``ru_maxrss``).
 
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Dict, List
 
 ROOT = Path(__file__).resolve().parents[1]
-SELF_TRAINING_PHASES = ("cap", "features", "statistics", "sampling", "evaluation", "checkpoint")
+SELF_TRAINING_PHASES = ("cap", "features", "statistics", "sampling", "bookkeeping", "evaluation", "checkpoint")
 
 
 def _one(n: int, k: int, ns: argparse.Namespace, queue) -> None:
@@ -115,16 +117,21 @@ def summarize(r: Dict) -> Dict:
          "peak_rss_gib": r["peak_rss_gib"], "wall_s": r["wall_s"]}
     for key in (*SELF_TRAINING_PHASES, "steps"):
         s[f"st_{key}_s"] = med(self_tr, key)
-    other = sum(s[f"st_{key}_s"] for key in SELF_TRAINING_PHASES)
-    s["st_other_over_steps"] = other / s["st_steps_s"] if self_tr and s["st_steps_s"] > 0 else float("nan")
+    # the epoch record's time_s covers everything but the checkpoint (written after it)
+    unnamed = [e["time_s"] - sum(v for k, v in e["phase_s"].items() if k != "checkpoint") for e in self_tr]
+    s["st_other_s"] = statistics.median(unnamed) if self_tr else float("nan")
+    ratios = [(e["time_s"] - e["phase_s"]["steps"] + e["phase_s"].get("checkpoint", 0.0)) / e["phase_s"]["steps"]
+              for e in self_tr if e["phase_s"].get("steps", 0) > 0]
+    s["st_other_over_steps"] = statistics.median(ratios) if ratios else float("nan")
     return s
 
 
 def table(summaries: List[Dict]) -> str:
     cols = [("N x K", lambda s: f"{s['N']:,} x {s['K']}"), ("data s", "data_s"), ("split s", "split_s"),
             ("warm-up step ms", "warmup_step_ms"), ("CAP s", "st_cap_s"), ("features s", "st_features_s"),
-            ("statistics s", "st_statistics_s"), ("sampling s", "st_sampling_s"), ("steps s", "st_steps_s"),
-            ("validation s", "st_evaluation_s"), ("checkpoint s", "st_checkpoint_s"),
+            ("statistics s", "st_statistics_s"), ("sampling s", "st_sampling_s"),
+            ("bookkeeping s", "st_bookkeeping_s"), ("steps s", "st_steps_s"),
+            ("validation s", "st_evaluation_s"), ("checkpoint s", "st_checkpoint_s"), ("other s", "st_other_s"),
             ("(non-step)/steps", "st_other_over_steps"), ("test eval s", "test_evaluation_s"),
             ("diagnostics s", "diagnostics_s"), ("peak RSS GiB", "peak_rss_gib")]
     head = "| " + " | ".join(c for c, _ in cols) + " |\n|" + "---|" * len(cols) + "\n"

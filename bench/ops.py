@@ -65,7 +65,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import torch
 
 MIB = 2.0**20
-ALL_OPS = ("loss", "transform", "stats", "select")
+ALL_OPS = ("loss", "transform", "stats", "select", "cap", "ranks")
 NOISY_SPREAD = 1.5  # a case whose slowest repeat is > 1.5x its fastest is flagged
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
@@ -78,11 +78,15 @@ FULL_SIZES = {
     "elementwise": [(256, 80, "fp32"), (256, 1000, "fp32"), (256, 1000, "bf16"), (256, 10000, "fp32")],
     "stats": [(n, 256, k, "fp32") for n in (10_000, 200_000) for k in (20, 80, 1000)],
     "select": [(100_000, 256, 80, "fp32"), (100_000, 256, 1000, "fp32"), (10_000, 256, 80, "fp32")],
+    "cap": [(129_600, 1000, "fp32"), (50_000, 80, "fp32")],      # (N_u, K): the 200k x 1000 epoch's unlabeled set
+    "ranks": [(16_000, 1000, "fp32"), (40_000, 80, "fp32")],      # (N, K): its validation set
 }
 QUICK_SIZES = {
     "elementwise": [(16, 8, "fp32"), (16, 64, "fp32"), (16, 64, "bf16")],
     "stats": [(256, 32, 4, "fp32"), (512, 32, 16, "fp32")],
     "select": [(2000, 32, 8, "fp32")],
+    "cap": [(3000, 16, "fp32")],
+    "ranks": [(500, 24, "fp32")],
 }
 
 
@@ -501,6 +505,59 @@ def _select_cases(N, D, K, dname, device, gen, compile_ref) -> Iterator[Case]:
                compiled=call(compiled_fn), meta=dict(N=N, D=D, K=K))
 
 
+def _long_tail(K: int) -> torch.Tensor:
+    """Label frequencies log-spaced 0.4 -> 0.002, as float64 (the synthetic data's shape)."""
+    import math
+    return torch.logspace(math.log10(0.4), math.log10(0.002), K, dtype=torch.float64)
+
+
+def cap_cases(sizes, device, gen, compile_ref) -> Iterator[Case]:
+    """cap_select (the engine's call: targets -1 outside the mask) against the torch path it
+    replaces on CPU (topk per label block, then the mask applied): the same result. The
+    per-label sort loop of bbam.reference is far slower still and not timed here."""
+    from bbam import cap, ops
+
+    if device.type != "cpu":
+        print("  cap_select: a CPU kernel (CUDA runs the torch path); skipped on", device, flush=True)
+        return
+    for N, K, dname in sizes:
+        scores = torch.rand(K, N, generator=gen).to(device=device, dtype=DTYPES[dname]).T   # label-major
+        counts = cap._selection_counts("bench", scores, _long_tail(K), 1.0, cap.NEG_PER_MAX)
+
+        def fused(s=scores, c=counts):
+            return ops.cap_select(s, *c, unknown_outside_mask=True)
+
+        def torch_path(s=scores, c=counts):
+            targets, mask = cap._pseudo_labels_by_blocks(s, *c)
+            return targets.masked_fill_(mask.logical_not_(), -1)
+
+        elt = torch.empty((), dtype=DTYPES[dname]).element_size()
+        yield Case("cap_select", "pseudo-targets", dname, f"N={N} K={K}", fused, torch_path,
+                   N * K * elt + N * K, elements=N * K, meta=dict(N=N, K=K))
+
+
+def rank_cases(sizes, device, gen, compile_ref) -> Iterator[Case]:
+    """positive_rank_stats over the labels (AP) and over the samples (LRAP, ranking loss,
+    coverage) of one score matrix, against the stable sorts with tie groups it replaces
+    on CPU (bbam.metrics' other path): the same counts."""
+    from bbam import metrics
+
+    if device.type != "cpu":
+        print("  positive_rank_stats: a CPU kernel (CUDA sorts); skipped on", device, flush=True)
+        return
+    for N, K, dname in sizes:
+        scores = torch.rand(N, K, generator=gen).to(device=device, dtype=DTYPES[dname])
+        targets = (torch.rand(N, K, generator=gen) < _long_tail(K).float()).to(device)
+
+        def run(f, s=scores, y=targets):
+            return lambda: (f(s.T, y.T), f(s, y))
+
+        elt = torch.empty((), dtype=DTYPES[dname]).element_size()
+        yield Case("positive_rank_stats", "labels+samples", dname, f"N={N} K={K}", run(metrics._rank_stats_kernel),
+                   run(metrics._rank_stats_sorted), 2 * (N * K * elt + N * K), elements=2 * N * K,
+                   meta=dict(N=N, K=K))
+
+
 # ---------------------------------------------------------------------------
 # Running and reporting
 # ---------------------------------------------------------------------------
@@ -665,7 +722,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=7, help="timed repeats per case (median reported)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, 3 repeats of >= 2 ms: a smoke test")
     p.add_argument("--json", default=None, help="output path (default bench/results/ops-<device>.json)")
-    p.add_argument("--ops", default=",".join(ALL_OPS), help="comma-separated subset of loss,transform,stats,select")
+    p.add_argument("--ops", default=",".join(ALL_OPS), help="comma-separated subset of loss,transform,stats,select,cap,ranks")
     p.add_argument("--compile-reference", action="store_true", help="also time torch.compile(reference)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     p.add_argument("--max-case-seconds", type=float, default=120.0,
@@ -724,6 +781,8 @@ def main(argv=None) -> int:
         "transform": lambda: transform_cases(sizes["elementwise"], device, gen, args.compile_reference),
         "stats": lambda: stats_cases(sizes["stats"], device, gen, args.compile_reference),
         "select": lambda: select_cases(sizes["select"], device, gen, args.compile_reference),
+        "cap": lambda: cap_cases(sizes["cap"], device, gen, args.compile_reference),
+        "ranks": lambda: rank_cases(sizes["ranks"], device, gen, args.compile_reference),
     }
     rows = []
     for op in args.ops:

@@ -69,6 +69,15 @@ TORCH_LIBRARY(bbam, m) {
   // prototypes[k]; sample_size rows place each label's band (0: no sample).
   m.def("negative_select(Tensor features, Tensor prototypes, Tensor targets, Tensor num_kept, "
         "int sample_size, float band_z) -> Tensor");
+  // CAP pseudo-labels (bbam.cap, CPU kernel): per-label order statistics by selection;
+  // targets [N, K] int8, confidence mask [N, K] bool, thresholds [K]; unknown_outside_mask:
+  // targets -1 outside the mask, and an empty [0, K] mask.
+  m.def("cap_select(Tensor scores, Tensor ranks, Tensor pos_keep, Tensor not_neg, bool unknown_outside_mask) "
+        "-> (Tensor targets, Tensor mask, Tensor thresholds)");
+  // Per row, the ranks of its positive entries summed for the ranking metrics (bbam.metrics,
+  // CPU kernel): sum of precisions, mis-ordered pairs, deepest rank, number of positives.
+  m.def("positive_rank_stats(Tensor scores, Tensor targets) "
+        "-> (Tensor precision_sum, Tensor misordered, Tensor deepest, Tensor positives)");
   // Introspection (no tensors): build facts, and the CPU kernel variant in use
   // ("default", "avx2" or "avx512"; pass a name to switch, e.g. to test each).
   m.def("_build_info() -> str", &build_info);

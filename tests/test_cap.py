@@ -5,7 +5,18 @@ import numpy as np
 import pytest
 import torch
 
-from bbam.cap import CAPLabeler, NEG_PER_MAX, cap_pseudo_labels, cap_thresholds, estimate_positive_rates
+import bbam.cap
+from bbam.cap import (CAPLabeler, NEG_PER_MAX, cap_pseudo_labels, cap_pseudo_targets, cap_thresholds,
+                      estimate_positive_rates)
+
+
+@pytest.fixture(autouse=True, params=["cpu-kernel", "torch"])
+def selection_path(request, monkeypatch):
+    """Every test runs on both ways of selecting: the fused CPU op and the torch path
+    (which serves CUDA)."""
+    if request.param == "torch":
+        monkeypatch.setattr(bbam.cap, "_use_cpu_kernel", lambda scores: False)
+    return request.param
 
 
 def _ceil(x, n):
@@ -65,6 +76,8 @@ def test_thresholds_targets_mask_match_loop(N, K, discrete):
     assert targets.shape == mask.shape == (N, K)
     np.testing.assert_array_equal(targets.numpy(), t_ref)
     np.testing.assert_array_equal(mask.numpy(), m_ref)
+    # the targets self-training learns from: -1 outside the mask
+    np.testing.assert_array_equal(cap_pseudo_targets(scores, pis).numpy(), np.where(m_ref, t_ref, -1))
 
 
 @pytest.mark.parametrize("pos_per,neg_per", [(1.0, 1.0), (0.5, 0.5), (0.9, 0.7), (0.1, 0.998), (0.33, 0.01)])
@@ -76,6 +89,22 @@ def test_pos_per_neg_per_match_loop(pos_per, neg_per):
     targets, mask = cap_pseudo_labels(scores, pis, pos_per=pos_per, neg_per=neg_per)
     np.testing.assert_array_equal(targets.numpy(), t_ref)
     np.testing.assert_array_equal(mask.numpy(), m_ref)
+    labeler = CAPLabeler(pos_per, neg_per)
+    labeler.pos_rates = pis
+    np.testing.assert_array_equal(labeler.pseudo_targets(scores).numpy(), np.where(m_ref, t_ref, -1))
+
+
+def test_large_label_major_scores_match_loop():
+    """Beyond 8192 rows the CPU op first bounds each label's candidates from a sample;
+    label-major scores (the engine's layout) are read in place."""
+    gen = torch.Generator().manual_seed(9)
+    scores = (torch.round(torch.rand(6, 9000, generator=gen) * 300) / 300).T   # ties, label-major
+    pis = torch.tensor([0.0, 0.01, 0.05, 0.2, 0.5, 1.0], dtype=torch.float64)
+    thr_ref, t_ref, m_ref = _oracle(scores, pis, 0.8, 0.9)
+    targets, mask = cap_pseudo_labels(scores, pis, 0.8, 0.9)
+    np.testing.assert_array_equal(targets.numpy(), t_ref)
+    np.testing.assert_array_equal(mask.numpy(), m_ref)
+    np.testing.assert_array_equal(cap_thresholds(scores, pis).double().numpy(), thr_ref)
 
 
 def test_pos_per_neg_per_counts():
@@ -132,6 +161,11 @@ def test_ties_at_threshold_are_positive_and_mask_by_stable_rank():
     assert targets[:, 0].tolist() == [1, 1, 1, 1, 0]
     # top 2 positions (stable): rows 0, 1; the tied rows 2, 3 are positive but not confident
     assert mask[:, 0].tolist() == [True, True, False, False, True]
+
+
+def test_empty_unlabeled_set_pseudo_targets():
+    t = cap_pseudo_targets(torch.empty(0, 3), torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64))
+    assert t.shape == (0, 3) and t.dtype == torch.int8
 
 
 def test_empty_unlabeled_set():

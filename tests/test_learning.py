@@ -167,6 +167,38 @@ def test_statistics_read_the_configured_model_and_angles(tmp_path, features_from
         assert not torch.allclose(other, feats, atol=1e-4)
 
 
+def test_refresh_pseudo_labels_and_logged_summaries(tmp_path):
+    """The pseudo-labels of an epoch are CAP's on the EMA model's scores, the logged
+    summaries are exact counts, and the features-only prediction is the full model's
+    features bit for bit (the classifier head is skipped, not approximated)."""
+    cfg = _cfg(tmp_path, "train.epochs=3", "train.warmup_epochs=2", "train.min_steps_per_epoch=3")
+    data, tensors, _ = load_run_data(cfg)
+    engine = build_engine(cfg, data, tensors, torch.device("cpu"), tmp_path)
+    engine.fit(progress=False, stop_after_epoch=1)
+    p = engine.refresh_pseudo_labels_and_masks()
+    lb, ub = tensors["labeled"], tensors["unlabeled"]
+    scores, feats, outs = engine.predict(ub.x)
+    targets, mask = engine.cap(scores)
+    assert torch.equal(p["targets_ub"], targets.masked_fill(~mask, -1))
+    known = p["targets_ub"] >= 0
+    assert p["pseudo_confident"] == known.sum().item() / known.numel()
+    assert p["pseudo_accuracy"] == pytest.approx(
+        (p["targets_ub"] == ub.y).sum().item() / known.sum().item(), rel=1e-6)
+    negatives = lb.y == 0
+    assert p["neg_kept_lb"] == (p["weight_lb"] & negatives).sum().item() / negatives.sum().item()
+    _, only, _ = engine.predict(ub.x, engine.model, keep=("features",))
+    with torch.no_grad():
+        assert torch.equal(only, torch.cat([engine.model.eval()(ub.x[i:i + 1024])[0]
+                                            for i in range(0, len(ub.x), 1024)]))
+    out = torch.empty_like(only)
+    engine.predict(ub.x, engine.model, keep=("features",), features_out=out)
+    assert torch.equal(out, only)
+    with pytest.raises(ValueError, match="features_out"):
+        engine.predict(ub.x, keep=("scores",), features_out=out)
+    with pytest.raises(ValueError, match="features_out"):
+        engine.predict(ub.x, keep=("features",), features_out=out[1:])
+
+
 def test_bad_method_switches_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="method.stats_angles"):
         train(_cfg(tmp_path / "a", "method.stats_angles=weights"))

@@ -12,6 +12,15 @@ from bbam import metrics
 
 TOL = 1e-10
 
+
+@pytest.fixture(autouse=True, params=["cpu-kernel", "torch"])
+def ranking_path(request, monkeypatch):
+    """Every test runs on both ways of ranking: the fused CPU op (no sort) and the
+    stable sort with tie groups (which serves CUDA)."""
+    if request.param == "torch":
+        monkeypatch.setattr(metrics, "_use_cpu_kernel", lambda s: False)
+    return request.param
+
 # (N, K) shapes, including the degenerate ones
 SHAPES = [(1, 1), (1, 6), (6, 1), (2, 2), (40, 5), (128, 17), (301, 33)]
 # how scores are drawn: continuous, heavy ties, very heavy ties, all equal
@@ -383,3 +392,20 @@ def test_cuda_matches_cpu(oracle):
     assert torch.equal(p.cpu(), metrics.oracle_topk_predictions(T(s), T(y)))
     with pytest.raises(ValueError, match="same device"):
         metrics.evaluate(T(s).cuda(), T(y))
+
+
+def test_cpu_kernel_and_sort_paths_agree(monkeypatch):
+    """The two ranking paths give the same metrics: the integer-valued ones exactly, the
+    precision sums (AP, LRAP) to rounding."""
+    gen = torch.Generator().manual_seed(4)
+    s = torch.round(torch.rand(3000, 200, generator=gen) * 40) / 40
+    y = (torch.rand(3000, 200, generator=gen) < 0.05).to(torch.int8)
+    kernel = metrics.evaluate(s, y)
+    ap_kernel = metrics.average_precision(s, y)
+    monkeypatch.setattr(metrics, "_use_cpu_kernel", lambda s: False)
+    torch_path = metrics.evaluate(s, y)
+    torch.testing.assert_close(ap_kernel, metrics.average_precision(s, y), rtol=1e-13, atol=0, equal_nan=True)
+    for key in ("micro_f1", "macro_f1", "hamming_loss", "one_error", "coverage", "ranking_loss", "vca"):
+        assert kernel[key] == torch_path[key], key
+    for key in ("mAP", "lrap"):
+        assert kernel[key] == pytest.approx(torch_path[key], rel=1e-13), key

@@ -36,6 +36,7 @@ from bbam.functional import identity_coefficients
 from bbam.losses import BBAMLoss
 from bbam.stats import LabelAngleStats
 
+from .diagnostics import pseudo_label_summary
 from .checkpoints import carry_best_checkpoint, check_same_settings, read_checkpoint, run_settings
 from .models import ModelEMA, MultiLabelModel
 
@@ -232,13 +233,15 @@ class SelfTrainingEngine:
 
     @torch.no_grad()
     def predict(self, x: Tensor, model=None, batch_size: int = 1024,
-                keep: Sequence[str] = PARTS, label_major: bool = False) -> Tuple[Optional[Tensor], ...]:
+                keep: Sequence[str] = PARTS, label_major: bool = False,
+                features_out: Optional[Tensor] = None) -> Tuple[Optional[Tensor], ...]:
         """``(scores [N, K] in [0, 1], features [N, D], raw outputs [N, K])`` with the inference
         transform (the average of the positive and negative transforms: no labels used).
         Only the parts named in ``keep`` are kept (the others are None): each is one
         preallocated ``[N, *]`` float32 tensor filled batch by batch. ``label_major``: the
         scores are stored label by label (a transposed view: per-label work such as CAP
-        reads each label's scores contiguously)."""
+        reads each label's scores contiguously). ``features_out``: a ``[N, D]`` float32 tensor
+        the features are written into (e.g. a slice of a larger buffer) instead of a new one."""
         unknown = set(keep) - set(PARTS)
         if unknown:
             raise ValueError(f"predict: 'keep' must name parts among {PARTS}, got {sorted(unknown)}")
@@ -250,23 +253,37 @@ class SelfTrainingEngine:
             scores = torch.empty((K, n), device=x.device).T if label_major else torch.empty((n, K), device=x.device)
         outs = torch.empty((n, K), device=x.device) if "outputs" in keep else None
         dim = model.classifier_weight.shape[1]  # feature dimension D
-        feats = torch.empty((n, dim), device=x.device) if "features" in keep else None
+        feats = None
+        if features_out is not None and ("features" not in keep or features_out.shape != (n, dim)
+                                         or features_out.dtype != torch.float32 or features_out.device != x.device):
+            raise ValueError(f"predict: 'features_out' must be a [{n}, {dim}] float32 tensor on {x.device}, with "
+                             f"'features' in keep; got {tuple(features_out.shape)} {features_out.dtype} on "
+                             f"{features_out.device}, keep={tuple(keep)}")
+        if "features" in keep:
+            feats = torch.empty((n, dim), device=x.device) if features_out is None else features_out
+        features_only = scores is None and outs is None  # the classifier head is not needed
         for i in range(0, n, batch_size):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                z, out = model(x[i:i + batch_size])
-            z, out = z.float(), out.float()
+                if features_only:
+                    z, out = model.encoder(x[i:i + batch_size]), None
+                else:
+                    z, out = model(x[i:i + batch_size])
             if feats is not None:
-                feats[i:i + batch_size] = z
+                feats[i:i + batch_size] = z.float()
+            if out is None:
+                continue
+            out = out.float()
             if outs is not None:
                 outs[i:i + batch_size] = out
             if scores is None:
                 continue
             if model.head_type == "cosine":
-                phi = bbam.ops.angle_transform(out, a, b)
-                logits = self.mc.scale * (phi - self.mc.predict_margin_fraction * self.mc.margin)
+                # s * (phi - f * m), then the sigmoid, in place on the transform's fresh output
+                logits = bbam.ops.angle_transform(out, a, b).sub_(
+                    self.mc.predict_margin_fraction * self.mc.margin).mul_(self.mc.scale)
             else:
-                logits = out
-            scores[i:i + batch_size] = torch.sigmoid(logits)
+                logits = out  # this batch's own output (already copied into outs)
+            scores[i:i + batch_size] = torch.sigmoid_(logits)
         return scores, feats, outs
 
     # ----------------------------------------------------------------- epochs
@@ -316,30 +333,35 @@ class SelfTrainingEngine:
         with self._timed("cap"):
             scores_u, _, _ = self.predict_global(ub.x, keep=("scores",), label_major=True)
             thresholds = self.cap.thresholds(scores_u) if self.tc.save_epoch_state else None
-            pseudo_t, confident = self.cap(scores_u)
+            pseudo_t = self.cap.pseudo_targets(scores_u)  # [N_u, K] int8, -1: not confident
             del scores_u  # [N_u, K] float: not kept through the epoch
-            pseudo_t.masked_fill_(confident.logical_not_(), -1)  # not confident: unknown (in place)
-            del confident
         # (2) each rank: features of its shard; prototypes / statistics reduced across ranks.
         # The method's code reads the online model's features here (CAP scores above come
         # from the EMA model); method.features_from: ema is the alternative.
         feature_model = self.model if self.mc.features_from == "online" else None
         rows_lb, rows_ub = D.shard_indices(len(lb), device=self.device), D.shard_indices(len(ub), device=self.device)
         with self._timed("features"):
-            _, feats_lb, _ = self.predict(lb.x[rows_lb], feature_model, keep=("features",))
-            _, feats_ub, _ = self.predict(ub.x[rows_ub], feature_model, keep=("features",))
-            feats = torch.cat([feats_lb, feats_ub])
-            del feats_lb, feats_ub
-            targets = torch.cat([lb.y[rows_lb], pseudo_t[rows_ub]])
-            if self.world == 1:  # the rows are in sample order: the pseudo-labels are a view of targets
+            if self.world == 1:  # every row, in sample order: no gathers
+                x_lb, x_ub, y_lb, t_ub = lb.x, ub.x, lb.y, pseudo_t
+            else:
+                x_lb, x_ub, y_lb, t_ub = lb.x[rows_lb], ub.x[rows_ub], lb.y[rows_lb], pseudo_t[rows_ub]
+            # one [n_lb + n_ub, D] buffer, filled in place (no concatenation copy)
+            feats = torch.empty((len(x_lb) + len(x_ub), self.model.classifier_weight.shape[1]), device=self.device)
+            self.predict(x_lb, feature_model, keep=("features",), features_out=feats[:len(x_lb)])
+            self.predict(x_ub, feature_model, keep=("features",), features_out=feats[len(x_lb):])
+            targets = torch.cat([y_lb, t_ub])
+            del t_ub
+            if self.world == 1:  # the pseudo-labels are a view of targets
                 pseudo_t = targets[len(lb):]
         with self._timed("statistics"):
             self._update_prototypes_and_stats(feats, targets, feature_model)
         with self._timed("sampling"):
             weight = self._sampling_weights(feats, targets, torch.cat([rows_lb, rows_ub + len(lb)]))
         n_lb = len(lb)
-        return {"targets_ub": pseudo_t, "weight_lb": weight[:n_lb], "weight_ub": weight[n_lb:],
-                "thresholds": thresholds, "pseudo_precision": self._pseudo_precision(pseudo_t, ub.y)}
+        out = {"targets_ub": pseudo_t, "weight_lb": weight[:n_lb], "weight_ub": weight[n_lb:], "thresholds": thresholds}
+        with self._timed("bookkeeping"):
+            out.update(pseudo_label_summary(pseudo_t, ub.y, out["weight_lb"], lb.y))
+        return out
 
     def _update_prototypes_and_stats(self, feats: Tensor, targets: Tensor, feature_model) -> None:
         """Step (2): label prototypes (reduced across ranks) and, with balancing, the statistics."""
@@ -374,16 +396,6 @@ class SelfTrainingEngine:
         weight[rows] = keep
         return weight
 
-    @staticmethod
-    def _pseudo_precision(pseudo_t: Tensor, truth: Tensor, chunk_size: int = 8192) -> Tensor:
-        # diagnostics only (the learner never sees it): accuracy of the confident pseudo-labels
-        correct = known = 0
-        for i in range(0, len(pseudo_t), chunk_size):  # row chunks: no [N_u, K] temporaries
-            p = pseudo_t[i:i + chunk_size]
-            correct += int((p == truth[i:i + chunk_size]).sum())  # -1 never equals a 0/1 truth
-            known += int((p >= 0).sum())
-        return torch.tensor(correct) / torch.tensor(max(known, 1))  # int64 / int64, as torch divides
-
     def _self_training_epoch(self, epoch: int) -> Dict[str, float]:
         lb, ub = self.splits["labeled"], self.splits["unlabeled"]
         p = self.refresh_pseudo_labels_and_masks()
@@ -400,11 +412,8 @@ class SelfTrainingEngine:
                     (lb.x[idx_l], lb.y[idx_l], p["weight_lb"][idx_l], self.losses["train"]),
                     (ub.x[idx_u], p["targets_ub"][idx_u], p["weight_ub"][idx_u], self.losses["train"]),
                 ]))
-        known = p["targets_ub"] >= 0
         return {"train_loss": self._global_mean(losses),
-                "pseudo_confident": float(known.float().mean()),
-                "pseudo_accuracy": float(p["pseudo_precision"]),
-                "neg_kept_lb": float(p["weight_lb"][lb.y == 0].float().mean()) if (lb.y == 0).any() else 1.0}
+                **{key: p[key] for key in ("pseudo_confident", "pseudo_accuracy", "neg_kept_lb")}}
 
     def evaluate(self, split: str, model=None) -> Dict[str, float]:
         s = self.splits[split]
