@@ -221,11 +221,14 @@ class SelfTrainingEngine:
         n = x.shape[0]
         local = self.predict(x[D.shard_indices(n, device=x.device)], model, keep=keep)
         outs = []
-        for part in local:
+        for name, part in zip(PARTS, local):
             if part is None:
                 outs.append(None)
                 continue
-            full = part.new_empty((n, *part.shape[1:]))
+            if name == "scores" and label_major:  # [N, K] view of label-major storage, as on one rank
+                full = part.new_empty((part.shape[1], n)).T
+            else:
+                full = part.new_empty((n, *part.shape[1:]))
             for r, rows in enumerate(D.gather_rows(part)):
                 full[D.shard_indices(n, which=r, device=x.device)] = rows
             outs.append(full)

@@ -155,8 +155,10 @@ class MultiLabelData:
         if Yn.dtype == np.bool_:
             Yn = Yn.view(np.int8)
         if Yn.size:
-            badY = (Yn != 0) & (Yn != 1)
-            if badY.any():
+            # one pass for byte labels (as unsigned, -1 is 255: values are 0/1 iff max <= 1)
+            fine = bool(Yn.view(np.uint8).max() <= 1) if Yn.dtype in (np.int8, np.uint8) else None
+            badY = None if fine else (Yn != 0) & (Yn != 1)
+            if badY is not None and badY.any():
                 r, c = (int(v) for v in np.argwhere(badY)[0])
                 raise ValueError(
                     f"{where}: labels must be 0 or 1; found {Yn[r, c].item()!r} at row {r}, label column {c}"

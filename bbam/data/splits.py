@@ -51,15 +51,25 @@ def _stratify(Y: np.ndarray, sizes: np.ndarray, rng: np.random.Generator) -> np.
     if n == 0:
         return assign
     order = rng.permutation(n)
-    Yo = Y[order]
-    counts = Yo.sum(0).astype(np.int64)
+    # each label's rows, in the order of `order`: the nonzeros of Y[order] (row-major), grouped
+    # by label with a stable sort (the same lists as np.flatnonzero(Y[order][:, l]), without
+    # reading the permuted matrix column by column)
+    rows_o, cols_o = np.nonzero(Y[order])
+    by_label = np.argsort(cols_o.astype(np.int16) if k < 2 ** 15 else cols_o, kind="stable")
+    counts = np.bincount(cols_o, minlength=k).astype(np.int64)
     # desired[j, l] scaled by n (exact integers): sizes_j * |D^l| - n * assigned_j^l
     desired = sizes.astype(np.int64)[:, None] * counts[None, :]
     capacity = [int(s) for s in sizes]
     remaining = counts.copy()
-    members = [order[np.flatnonzero(Yo[:, l])] for l in range(k)]
-    rows, cols = np.nonzero(Y)  # row-major: each row's labels contiguous (CSR)
-    starts = np.searchsorted(rows, np.arange(n + 1))
+    member_rows = order[rows_o[by_label]]
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    members = [member_rows[bounds[l]:bounds[l + 1]] for l in range(k)]
+    del by_label
+    # each row's labels (CSR over the permuted rows: row r of Y is row position[r] of Y[order])
+    position = np.empty(n, dtype=np.int64)
+    position[order] = np.arange(n)
+    starts_o = np.searchsorted(rows_o, np.arange(n + 1))
+    del rows_o
     while True:
         live = np.flatnonzero(remaining > 0)
         if live.size == 0:
@@ -88,8 +98,9 @@ def _stratify(Y: np.ndarray, sizes: np.ndarray, rng: np.random.Generator) -> np.
         if todo:
             done, fold = np.asarray(todo, dtype=np.int64), np.asarray(folds, dtype=np.int64)
             assign[done] = fold
-            lengths = starts[done + 1] - starts[done]
-            labels = cols[np.repeat(starts[done] - np.cumsum(np.r_[0, lengths[:-1]]), lengths)
+            first = starts_o[position[done]]
+            lengths = starts_o[position[done] + 1] - first
+            labels = cols_o[np.repeat(first - np.cumsum(np.r_[0, lengths[:-1]]), lengths)
                           + np.arange(lengths.sum())]
             np.subtract.at(desired, (np.repeat(fold, lengths), labels), n)
             remaining -= np.bincount(labels, minlength=k)

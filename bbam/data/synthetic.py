@@ -121,13 +121,15 @@ def make_synthetic(
     label_topic[too_rare] = int(order_topics[0])
     jitter = _member_jitter(rng, A, label_topic, chunk_rows=max(1, _CHUNK_ELEMENTS // k))
     Y = np.zeros((n, k), dtype=np.int8)
+    topic_members = {t: np.flatnonzero(A[:, t]) for t in np.unique(label_topic)}  # once per topic, not label
+    topic_styles = {t: g[rows] for t, rows in topic_members.items()}
     for lab in range(k):
-        members = np.flatnonzero(A[:, label_topic[lab]])
+        members = topic_members[label_topic[lab]]
         if members.size == 0:
             continue
         m = int(round(freq[lab] * n))
         m = min(max(m, min_positives, 1), max(1, int(0.9 * members.size)))
-        score = g[members] @ U[lab] + jitter[lab]
+        score = topic_styles[label_topic[lab]] @ U[lab] + jitter[lab]
         Y[members[_top_m(score, m)], lab] = 1
 
     # 4. latent code (row chunks: no [N, K] float64 copy of Y)
@@ -171,13 +173,14 @@ def _member_jitter(rng: np.random.Generator, A: np.ndarray, label_topic: np.ndar
     as one ``(N, K)`` draw, holding only the members' entries instead of all ``N x K``."""
     n, k = A.shape[0], len(label_topic)
     parts: list[list[np.ndarray]] = [[] for _ in range(k)]
+    topics = [(topic, np.flatnonzero(label_topic == topic)) for topic in np.unique(label_topic)]
+    buffer = np.empty((min(chunk_rows, n), k))
     for start in range(0, n, chunk_rows):
-        e = 0.5 * rng.standard_normal((min(chunk_rows, n - start), k))
+        e = buffer[:min(chunk_rows, n - start)]
+        rng.standard_normal(out=e)  # the same normals as a fresh (rows, k) draw, without the allocation
         block = A[start:start + chunk_rows]
-        for topic in np.unique(label_topic):
-            labels = np.flatnonzero(label_topic == topic)
-            rows = block[:, topic]
-            taken = e[rows][:, labels]
+        for topic, labels in topics:
+            taken = 0.5 * e[np.ix_(np.flatnonzero(block[:, topic]), labels)]  # only the members' entries
             for j, lab in enumerate(labels):
                 parts[lab].append(taken[:, j])
     return [np.concatenate(p) if p else np.zeros(0) for p in parts]
