@@ -1,8 +1,12 @@
 """Multi-label evaluation metrics, vectorised in PyTorch.
 
-Library layer: depends only on ``torch``, ``numpy`` and ``math`` (no
-scikit-learn, no I/O).  Every function works on CPU or CUDA tensors, never
-loops over samples or labels in Python, and computes in ``float64``.
+Library layer: depends only on ``torch``, ``numpy``, ``math`` and bbam's own
+ops (no scikit-learn, no I/O).  Every function works on CPU or CUDA tensors,
+never loops over samples or labels in Python, and computes in ``float64``.
+The ranking metrics need, for every positive entry, how many entries (and how
+many positives) of its label or its sample score at least as high: on CPU the
+fused op :func:`bbam.ops.positive_rank_stats` counts them without sorting; on
+other devices a stable sort per row with tie groups does (the same counts).
 
 Common arguments
 ----------------
