@@ -86,6 +86,18 @@ def test_values_other_than_minus_one_zero_one_are_refused_naming_the_entry_point
                 fn(t.long())
 
 
+@pytest.mark.parametrize("bad", [2, -2, 127])
+def test_int8_values_outside_minus_one_zero_one_are_refused(bad):
+    """int8 is passed through without conversion: every entry point still refuses other values
+    (the fused kernels in their pass, the pure-PyTorch losses and CAP before computing)."""
+    features, targets, cos = _data()
+    t = targets.clone()
+    t[3, 2] = bad
+    for name, fn in _entry_points(features, cos).items():
+        with pytest.raises((ValueError, RuntimeError), match=r"'targets' must (hold|only contain)"):
+            fn(t)
+
+
 def test_unsigned_targets_have_no_unknown():
     """uint8 cannot hold -1: its 255 is an error, not 'unknown' (no wrap-around)."""
     with pytest.raises(ValueError, match="found 255"):
