@@ -25,7 +25,6 @@ Scaling is not part of this: the run's ``scaler.pt`` is applied afterwards.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from bbam.data import DatasetFormatError, load_arff, load_libsvm, token_ids, tokenize
+from bbam.data.inputs import document_text, json_lines
 from bbam.data.lookup import LIBSVM_SUFFIXES
 from bbam.data.sentence import sentence_inputs
 
@@ -64,21 +64,15 @@ def describe_inputs(cfg, data) -> Dict[str, Any]:
 def _texts(path: Path, keys: Sequence[str]) -> List[str]:
     """Documents of a ``.jsonl`` (objects with ``keys``) or ``.txt`` (one per line) file."""
     texts: List[str] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            if path.suffix == ".txt":
-                texts.append(line.rstrip("\n"))
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"argument 'data': {path}, line {lineno}: not valid JSON ({err.msg})") from None
+    if path.suffix == ".txt":
+        with open(path, encoding="utf-8") as fh:
+            texts = [line.rstrip("\n") for line in fh if line.strip()]
+    else:
+        error = lambda lineno, msg: ValueError(f"argument 'data': {path}, line {lineno}: {msg}")  # noqa: E731
+        for lineno, obj in json_lines(path, error):
             if not isinstance(obj, dict) or not any(obj.get(k) for k in keys):
-                raise ValueError(f"argument 'data': {path}, line {lineno}: expected an object with a text in "
-                                 f"{', '.join(map(repr, keys))}")
-            texts.append("\n".join(str(obj[k]) for k in keys if obj.get(k)))
+                raise error(lineno, f"expected an object with a text in {', '.join(map(repr, keys))}")
+            texts.append(document_text(obj, keys))
     if not texts:
         raise ValueError(f"argument 'data': {path} holds no documents")
     return texts

@@ -21,7 +21,7 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ import torch
 from .container import DatasetFormatError, MultiLabelData, check_exists
 from .sentence import sentence_inputs
 
-__all__ = ["tokenize", "token_ids", "load_text_jsonl", "load_image_folder"]
+__all__ = ["tokenize", "token_ids", "json_lines", "document_text", "load_text_jsonl", "load_image_folder"]
 
 _TOKEN = re.compile(r"[a-z]{2,}")
 
@@ -37,6 +37,26 @@ _TOKEN = re.compile(r"[a-z]{2,}")
 def tokenize(text: str) -> list[str]:
     """Lower-case alphabetic tokens of two letters or more."""
     return _TOKEN.findall(text.lower())
+
+
+def json_lines(path: Path, error: Callable[[int, str], Exception]) -> Iterator[Tuple[int, Any]]:
+    """``(line number, parsed value)`` of each non-empty line of a JSON-lines file; a line
+    that is not JSON raises ``error(line number, message)`` (each reader names its own
+    argument or file)."""
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise error(lineno, f"not valid JSON ({err.msg})") from None
+
+
+def document_text(obj: Mapping[str, Any], keys: Sequence[str]) -> str:
+    """The text of a document object: its non-empty ``keys`` fields joined by newlines (the
+    form a pretrained sentence model reads, in training and prediction alike)."""
+    return "\n".join(str(obj[k]) for k in keys if obj.get(k))
 
 
 def load_text_jsonl(path, text_keys: Sequence[str] = ("title", "body"), labels_key: str = "labels",
@@ -73,27 +93,20 @@ def load_text_jsonl(path, text_keys: Sequence[str] = ("title", "body"), labels_k
         raise TypeError(f"load_text_jsonl: 'sentence_encoder' must be a mapping of settings or None, "
                         f"got {type(sentence_encoder).__name__}")
     docs, labels, splits, texts = [], [], [], []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DatasetFormatError(path, f"not valid JSON ({err.msg})", lineno) from None
-            if not isinstance(obj, dict) or not isinstance(obj.get(labels_key), list):
-                raise DatasetFormatError(path, f"expected an object with a list '{labels_key}'", lineno)
-            if sentence_encoder is None:
-                docs.append(tokenize(" ".join(str(obj.get(k) or "") for k in text_keys)))
-            else:
-                docs.append(None)
-                texts.append("\n".join(str(obj[k]) for k in text_keys if obj.get(k)))
-            labels.append([str(v) for v in obj[labels_key]])
-            if split_key is not None:
-                split = obj.get(split_key)
-                if split not in ("train", "test"):
-                    raise DatasetFormatError(path, f"'{split_key}' must be 'train' or 'test', got {split!r}", lineno)
-                splits.append(split)
+    for lineno, obj in json_lines(path, lambda lineno, msg: DatasetFormatError(path, msg, lineno)):
+        if not isinstance(obj, dict) or not isinstance(obj.get(labels_key), list):
+            raise DatasetFormatError(path, f"expected an object with a list '{labels_key}'", lineno)
+        if sentence_encoder is None:
+            docs.append(tokenize(" ".join(str(obj.get(k) or "") for k in text_keys)))
+        else:
+            docs.append(None)
+            texts.append(document_text(obj, text_keys))
+        labels.append([str(v) for v in obj[labels_key]])
+        if split_key is not None:
+            split = obj.get(split_key)
+            if split not in ("train", "test"):
+                raise DatasetFormatError(path, f"'{split_key}' must be 'train' or 'test', got {split!r}", lineno)
+            splits.append(split)
     if not docs:
         raise DatasetFormatError(path, "no documents")
     train_rows = [i for i, s in enumerate(splits) if s == "train"] if splits else list(range(len(docs)))
