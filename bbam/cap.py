@@ -79,12 +79,7 @@ def _check_targets(name: str, targets: Tensor) -> Tensor:
         raise TypeError(f"{name}: 'targets' must be a torch.Tensor, got {type(targets).__name__}")
     if targets.dim() != 2:
         raise ValueError(f"{name}: 'targets' must be 2-D [N, K], got shape {tuple(targets.shape)}")
-    if targets.dtype == torch.int8 and targets.numel():
-        bad = (targets < -1) | (targets > 1)
-        if bool(bad.any()):
-            raise ValueError(f"{name}: 'targets' must hold only -1 (unknown), 0 (negative) or 1 (positive); "
-                             f"found {int(targets[bad][0])}")
-    return as_targets(targets, name)
+    return as_targets(targets, name, check_int8=True)
 
 
 def _check_scores(name: str, scores: Tensor, nan: bool = True) -> None:

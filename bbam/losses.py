@@ -78,18 +78,6 @@ class BBAMLoss(nn.Module):
         return f"margin={self.margin}, scale={self.scale}, reduction={self.reduction!r}"
 
 
-def _checked_targets(targets: Tensor, where: str) -> Tensor:
-    """int8 targets for the pure-PyTorch losses (no fused kernel checks their values): other
-    dtypes converted and checked by :func:`as_targets`; int8 values checked here on CPU (on
-    CUDA the check would synchronise every step)."""
-    targets = as_targets(targets, where)
-    if not targets.is_cuda and targets.numel() and bool(((targets < -1) | (targets > 1)).any()):
-        bad = targets[(targets < -1) | (targets > 1)][0].item()
-        raise ValueError(f"{where}: 'targets' must hold only -1 (unknown), 0 (negative) or 1 (positive); "
-                         f"found {bad!r} (dtype {targets.dtype})")
-    return targets
-
-
 def _known_weight(targets: Tensor, weight: Optional[Tensor], dtype: torch.dtype) -> Tensor:
     """Element weights with unknown (-1) targets zeroed."""
     known = (targets >= 0).to(dtype)
@@ -119,7 +107,7 @@ class BCELoss(nn.Module):
 
     def forward(self, logits: Tensor, targets: Tensor, weight: Optional[Tensor] = None) -> Tensor:
         x = logits.float()
-        targets = _checked_targets(targets, type(self).__name__)
+        targets = as_targets(targets, type(self).__name__, check_int8=True)  # no kernel checks them
         y = targets.clamp(min=0).to(x.dtype)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(x, y, reduction="none")
         return _reduce(loss * _known_weight(targets, weight, x.dtype), self.reduction)
@@ -144,7 +132,7 @@ class AsymmetricLoss(nn.Module):
 
     def forward(self, logits: Tensor, targets: Tensor, weight: Optional[Tensor] = None) -> Tensor:
         x = logits.float()
-        targets = _checked_targets(targets, type(self).__name__)
+        targets = as_targets(targets, type(self).__name__, check_int8=True)  # no kernel checks them
         y = targets.clamp(min=0).to(x.dtype)
         p = torch.sigmoid(x)
         p_neg = (p - self.clip).clamp(min=0) if self.clip > 0 else p

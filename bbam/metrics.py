@@ -529,6 +529,7 @@ def evaluate(scores, targets, threshold: float = 0.5, oracle_cardinality: bool =
     """
     s, y = _check_light(scores, targets)
     threshold = _check_threshold(threshold)
+    y = y if y.dtype == torch.bool else y != 0  # 0/1 checked: one bool copy serves every metric
     n, k = s.shape
     # thresholded metrics from per-label counts, example-based ones from per-row values,
     # accumulated over row chunks (counts of 0/1 are exact in float64: the same values as
@@ -539,14 +540,13 @@ def evaluate(scores, targets, threshold: float = 0.5, oracle_cardinality: bool =
     chunk = max(1, _CHUNK_ELEMENTS // k)
     for i in range(0, n, chunk):
         s_c, y_c = s[i:i + chunk], y[i:i + chunk]
-        y_bool = y_c if y_c.dtype == torch.bool else y_c != 0
         # the threshold is compared in float64, as the separate metrics do
         pred = _oracle_rows(s_c, y_c) if oracle_cardinality else s_c.to(_F64) >= threshold
-        tp += torch.count_nonzero(pred & y_bool, dim=0)
-        fp += torch.count_nonzero(pred & ~y_bool, dim=0)
-        fn += torch.count_nonzero(~pred & y_bool, dim=0)
-        stats = _rank_stats(s_c, y_bool)
-        rows["one_error"].append(_one_error_rows(s_c, y_bool))
+        tp += torch.count_nonzero(pred & y_c, dim=0)
+        fp += torch.count_nonzero(pred & ~y_c, dim=0)
+        fn += torch.count_nonzero(~pred & y_c, dim=0)
+        stats = _rank_stats(s_c, y_c)
+        rows["one_error"].append(_one_error_rows(s_c, y_c))
         rows["coverage"].append(_coverage_rows(stats))
         rows["ranking_loss"].append(_ranking_loss_rows(stats, k))
         rows["lrap"].append(_lrap_rows(stats, k))

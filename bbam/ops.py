@@ -28,10 +28,13 @@ REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
 Stats = Tuple[Tensor, Tensor, Tensor]
 
 
-def as_targets(targets: Tensor, where: str = "targets") -> Tensor:
+def as_targets(targets: Tensor, where: str = "targets", check_int8: bool = False) -> Tensor:
     """Targets as the int8 the kernels take: ``1`` positive, ``0`` negative, ``-1`` unknown.
 
-    * int8: returned as is (no copy, no check here: the kernels check the values);
+    * int8: returned as is (no copy; the kernels check the values in their own pass). With
+      ``check_int8`` (for pure-PyTorch consumers, which have no such pass) the values are
+      checked here too, in one pass without temporaries, on CPU only (on CUDA the check
+      would synchronise every call);
     * bool: ``True`` -> 1, ``False`` -> 0 (no unknowns);
     * other integer and floating dtypes: values must be exactly -1, 0 or 1 (e.g. a float
       ``0/1`` label matrix); anything else (0.5, 2, NaN) raises ``ValueError`` naming
@@ -43,6 +46,11 @@ def as_targets(targets: Tensor, where: str = "targets") -> Tensor:
     if not isinstance(targets, Tensor):
         raise TypeError(f"{where}: 'targets' must be a torch.Tensor, got {type(targets).__name__}")
     if targets.dtype == torch.int8:
+        if check_int8 and not targets.is_cuda and targets.numel():
+            low, high = (int(v) for v in torch.aminmax(targets))
+            if low < -1 or high > 1:
+                raise ValueError(f"{where}: 'targets' must hold only -1 (unknown), 0 (negative) or 1 (positive); "
+                                 f"found {low if low < -1 else high} (dtype {targets.dtype})")
         return targets
     if targets.dtype == torch.bool:
         return targets.to(torch.int8)

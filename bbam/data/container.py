@@ -155,9 +155,9 @@ class MultiLabelData:
         if Yn.dtype == np.bool_:
             Yn = Yn.view(np.int8)
         if Yn.size:
-            # one pass for byte labels (as unsigned, -1 is 255: values are 0/1 iff max <= 1)
-            fine = bool(Yn.view(np.uint8).max() <= 1) if Yn.dtype in (np.int8, np.uint8) else None
-            badY = None if fine else (Yn != 0) & (Yn != 1)
+            # byte labels: one pass (as unsigned, -1 is 255: values are 0/1 iff max <= 1)
+            bytes_ok = Yn.dtype in (np.int8, np.uint8) and Yn.view(np.uint8).max() <= 1
+            badY = None if bytes_ok else (Yn != 0) & (Yn != 1)
             if badY is not None and badY.any():
                 r, c = (int(v) for v in np.argwhere(badY)[0])
                 raise ValueError(
