@@ -162,7 +162,7 @@ class SemiSupervisedMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, Base
         from omegaconf import OmegaConf
 
         from bbam.app.atomic import atomic_write_text
-        from bbam.app.engine import Split, resolve_device, seed_everything
+        from bbam.app.runtime import Split, resolve_device, seed_everything
         from bbam.app.predict import Predictor, save_predictor_files
         from bbam.app.preprocess import FeatureScaler
         from bbam.train import build_engine

@@ -67,8 +67,8 @@ def _split_tensors(data, splits: Dict[str, torch.Tensor], device: torch.device, 
 
     The scaler's statistics come from the training pool only (labeled + unlabeled
     inputs; no labels, no validation or test rows): see :mod:`bbam.app.preprocess`."""
-    from bbam.app.engine import Split
     from bbam.app.preprocess import FeatureScaler
+    from bbam.app.runtime import Split
 
     pool = torch.cat([splits["labeled"], splits["unlabeled"]])
     scaler = FeatureScaler(scaling).fit(data.X[pool])
@@ -89,18 +89,26 @@ def load_run_data(cfg, device: torch.device = torch.device("cpu")):
 
 
 def build_engine(cfg, data, tensors, device: torch.device, out_dir):
-    """The model (seeded by ``cfg.seed``), losses, sampler and :class:`SelfTrainingEngine` of a run."""
+    """The method (from ``method._target_``), the model (seeded by ``cfg.seed``), the views
+    of unlabeled batches (``model.views``, when the method uses views) and the
+    :class:`SelfTrainingEngine` of a run."""
     from hydra.utils import instantiate
 
     from bbam.app.engine import SelfTrainingEngine
+    from bbam.app.methods import build_method
     from bbam.app.models import MultiLabelModel
 
+    method = build_method(cfg.method)
     torch.manual_seed(int(cfg.seed))  # model init independent of what data loading consumed
     encoder = instantiate(cfg.model.encoder, in_dim=data.num_features)
-    model = MultiLabelModel(encoder, data.num_labels, head=cfg.method.head)
-    losses = {"warmup": instantiate(cfg.method.warmup_loss), "train": instantiate(cfg.method.loss)}
-    sampler = instantiate(cfg.method.sampling) if cfg.method.negative_sampling else None
-    return SelfTrainingEngine(cfg, model, losses, sampler, tensors, device, Path(out_dir), data.label_names)
+    model = MultiLabelModel(encoder, data.num_labels, head=method.head)
+    views = None
+    if method.views:
+        if cfg.model.get("views") is None:
+            raise ValueError(f"method {method.name!r} trains on weak/strong views, but config key 'model.views' "
+                             f"is not set (see configs/model/mlp.yaml)")
+        views = instantiate(cfg.model.views)
+    return SelfTrainingEngine(cfg, model, method, tensors, device, Path(out_dir), data.label_names, views=views)
 
 
 def _instantiate_data(cfg):
@@ -144,7 +152,7 @@ def _init_distributed(cfg) -> bool:
 def _device(cfg) -> torch.device:
     import os
 
-    from bbam.app.engine import resolve_device
+    from bbam.app.runtime import resolve_device
 
     device = resolve_device(cfg.device)
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
@@ -185,7 +193,8 @@ def _train(cfg) -> Dict[str, Any]:
     from bbam.app import report
     from bbam.app.diagnostics import angle_diagnostics
     from bbam import distributed as D
-    from bbam.app.engine import atomic_write_text, seed_everything
+    from bbam.app.atomic import atomic_write_text
+    from bbam.app.runtime import seed_everything
     from bbam.app.predict import save_predictor_files
     from bbam.app.raw_inputs import describe_inputs
 
@@ -218,7 +227,7 @@ def _train(cfg) -> Dict[str, Any]:
     test["vdfd_prototype"] = diag["mean_vdfd_prototype"]
     test["vdfd_prototype_balanced"] = diag["mean_vdfd_prototype_after"]
     result = {
-        "dataset": data.name, "method": str(cfg.method.name), "lb_ratio": float(cfg.split.lb_ratio),
+        "dataset": data.name, "method": engine.method.name, "lb_ratio": float(cfg.split.lb_ratio),
         "seed": int(cfg.seed), "best_epoch": int(best["best_epoch"]), "selected_phase": engine.selected_phase(),
         "self_training_started_from_epoch": engine.warmup_start_epoch, "epochs_run": int(engine.state.epoch),
         "best_val_mAP": float(best["best_map"]), "test": test,

@@ -4,6 +4,7 @@ Usage::
 
     python bench/epoch.py [--sizes 50000x1000,200000x1000] [--features 256] [--epochs 3]
                           [--warmup-epochs 1] [--method bbam] [--device cpu] [--json PATH] [--quick]
+                          [--loader tensor|dataloader] [--workers 0]
 
 Each size ``NxK`` runs the app's own pieces (``bbam.train.load_run_data``,
 ``build_engine``, ``SelfTrainingEngine.fit``, the final test evaluation and the angle
@@ -20,6 +21,9 @@ fresh child process (so its peak resident memory is its own). Reported per size:
   epoch minus the steps, plus the checkpoint) to the optimizer steps;
 * after training: the test evaluation and the angle diagnostics;
 * peak RSS of the child (``ru_maxrss``).
+
+``--loader dataloader --workers W`` runs the same epochs with batches from a
+``torch.utils.data.DataLoader`` (``train.loader``), to compare with the tensor path.
 
 Phase times come from the engine's own ``phase_s`` record of each epoch (metrics.jsonl).
 Noisy machines: compare ratios within one run; absolute times only on a quiet machine.
@@ -54,8 +58,10 @@ def _one(n: int, k: int, ns: argparse.Namespace, queue) -> None:
         torch.set_num_threads(ns.threads)
     cfg = compose_config([f"data.num_samples={n}", f"data.num_features={ns.features}", f"data.num_labels={k}",
                           f"train.epochs={ns.epochs}", f"train.warmup_epochs={ns.warmup_epochs}",
-                          f"method={ns.method}", "train.progress=false", f"device={ns.device}", "seed=0"])
+                          f"method={ns.method}", "train.progress=false", f"device={ns.device}", "seed=0",
+                          f"train.loader={ns.loader}", f"train.num_workers={ns.workers}"])
     out: Dict = {"N": n, "K": k, "D": ns.features, "method": ns.method, "device": ns.device,
+                 "loader": ns.loader, "workers": ns.workers,
                  "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
         cfg.out_dir = tmp
@@ -72,8 +78,8 @@ def _one(n: int, k: int, ns: argparse.Namespace, queue) -> None:
         engine.fit(progress=False)
         out["epochs"] = [{"epoch": r["epoch"], "phase": r["phase"], "time_s": r["time_s"], "phase_s": r["phase_s"]}
                          for r in engine.state.history]
-        out["steps"] = {"warmup": engine._steps_per_epoch("warmup"),
-                        "self_training": engine._steps_per_epoch("self_training")}
+        out["steps"] = {"warmup": engine.steps_per_epoch("warmup"),
+                        "self_training": engine.steps_per_epoch("self_training")}
         engine.load_best()
         t = time.perf_counter()
         engine.evaluate("test")
@@ -149,6 +155,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup-epochs", type=int, default=1)
     p.add_argument("--method", default="bbam")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--loader", default="tensor", help="train.loader: tensor | dataloader")
+    p.add_argument("--workers", type=int, default=0, help="train.num_workers (--loader dataloader)")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     p.add_argument("--quick", action="store_true", help="one tiny size: a smoke test")
     p.add_argument("--json", default=None, help="output path (default bench/results/epoch-<device>.json)")

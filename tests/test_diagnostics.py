@@ -1,7 +1,6 @@
 """Balancing diagnostics: VDFD per angle family before / after the transform, and the report."""
 from __future__ import annotations
 
-import copy
 import json
 import math
 from pathlib import Path
@@ -9,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
 import bbam
 from bbam.app import diagnostics
@@ -93,9 +91,9 @@ def test_after_variances_are_a_squared_var_of_the_angles(run):
     assert online["classifier"]["var"] != diag["classifier"]["var"]  # other features, other angles
     s = engine.splits["test"]
     _, feats, _ = engine.predict(s.x)
-    a, b = (t.double() for t in engine.coefficients())
-    prototypes = getattr(engine, "prototypes", None)
-    prototypes = engine.stats.prototypes if prototypes is None else prototypes
+    a, b = (t.double() for t in engine.method.coefficients())
+    prototypes = getattr(engine.method, "prototypes", None)
+    prototypes = engine.method.stats.prototypes if prototypes is None else prototypes
     directions = {"prototype": prototypes, "classifier": engine.ema.module.classifier_weight}
     for family in FAMILIES:
         theta = _angles(feats, directions[family])
@@ -116,20 +114,18 @@ def test_after_vdfd_is_zero_on_the_angles_the_statistics_measure(run, family, mo
     """Statistics taken on the test split's own angles of ``family`` (gamma 0: the EMA takes the
     current values) balance exactly those angles: VDFD after ≈ 0 there, not on the other family."""
     out, engine = run
-    method = copy.deepcopy(engine.mc)
-    with open_dict(method):
-        method.stats_angles = family
+    method = engine.method
     s = engine.splits["test"]
     _, feats, _ = engine.predict(s.x)
-    # the engine is shared with the other tests: monkeypatch puts its statistics and config back
-    monkeypatch.setattr(engine, "mc", method)
-    monkeypatch.setattr(engine, "stats", LabelAngleStats(engine.num_labels, gamma=0.0))
+    # the engine is shared with the other tests: monkeypatch puts its statistics and settings back
+    monkeypatch.setattr(method, "stats_angles", family)
+    monkeypatch.setattr(method, "stats", LabelAngleStats(engine.num_labels, gamma=0.0))
     if family == "prototype":
-        engine.stats.update(feats, s.y)  # prototypes of the test split, angles to them
-        monkeypatch.setattr(engine, "prototypes", engine.stats.prototypes, raising=False)
+        method.stats.update(feats, s.y)  # prototypes of the test split, angles to them
+        monkeypatch.setattr(method, "prototypes", method.stats.prototypes)
     else:
         weights = engine.ema.module.classifier_weight.detach()
-        engine.stats.update_from_stats(*bbam.ops.label_angle_stats(feats, weights, s.y))
+        method.stats.update_from_stats(*bbam.ops.label_angle_stats(feats, weights, s.y))
     diag = angle_diagnostics(engine, "test")
     assert diag["stats_angles"] == family
     labels = _balanced(diag, family)

@@ -14,6 +14,7 @@ import torch
 
 from bbam import ops
 from bbam.data import make_synthetic, split_indices
+from bbam.app.batches import index_batches
 from bbam.app.models import LinearEncoder
 from bbam.app.preprocess import FeatureScaler
 from bbam.sampling import NegativeSampler
@@ -90,18 +91,18 @@ def test_every_epoch_gets_the_minimum_number_of_steps(tmp_path):
     big = _cfg(tmp_path / "b", "train.min_steps_per_epoch=1", "train.batch_size=4")
     _, t2, _ = load_run_data(big)
     e2 = build_engine(big, data, t2, torch.device("cpu"), tmp_path / "b")
-    assert e2._steps_per_epoch("warmup") == math.ceil(len(t2["labeled"]) / 4)  # a full pass when that is more
+    assert e2.steps_per_epoch("warmup") == math.ceil(len(t2["labeled"]) / 4)  # a full pass when that is more
 
 
 def test_batches_cover_rows_evenly_and_repeat_deterministically(tmp_path):
     cfg = _cfg(tmp_path)
     data, tensors, _ = load_run_data(cfg)
     engine = build_engine(cfg, data, tensors, torch.device("cpu"), tmp_path)
-    batches = engine._batches(10, 4, epoch=3, stream=0, min_batches=9)
+    batches = index_batches(10, 4, engine.seed, epoch=3, stream=0, min_batches=9)
     assert len(batches) == 9
     rows = torch.cat(batches[:3]).sort().values
     assert rows.tolist() == list(range(10))  # the first pass is a permutation
-    again = engine._batches(10, 4, epoch=3, stream=0, min_batches=9)
+    again = index_batches(10, 4, engine.seed, epoch=3, stream=0, min_batches=9)
     assert all(torch.equal(a, b) for a, b in zip(batches, again))
 
 
@@ -148,19 +149,20 @@ def test_statistics_read_the_configured_model_and_angles(tmp_path, features_from
     data, tensors, _ = load_run_data(cfg)
     engine = build_engine(cfg, data, tensors, torch.device("cpu"), tmp_path)
     engine.fit(progress=False, stop_after_epoch=1)  # warm-up done, no statistics yet
-    p = engine.refresh_pseudo_labels_and_masks()
+    engine.method.refresh(engine)
+    method = engine.method
     model = engine.model if features_from == "online" else engine.ema.module
     lb, ub = tensors["labeled"], tensors["unlabeled"]
     with torch.no_grad():
         feats = torch.cat([model.eval()(lb.x)[0], model(ub.x)[0]])
-    targets = torch.cat([lb.y, p["targets_ub"]])
+    targets = torch.cat([lb.y, method.targets_ub])
     pos = (targets == 1).double()
     protos = (pos.T @ feats.double() / pos.sum(0).clamp(min=1)[:, None]).float()
-    assert torch.allclose(engine.prototypes, protos, atol=1e-5)
+    assert torch.allclose(method.prototypes, protos, atol=1e-5)
     anchors = protos if stats_angles == "prototype" else model.classifier_weight.detach()
     count, mean, m2 = ops.label_angle_stats(feats, anchors, targets)
     seen = count > 0
-    assert torch.allclose(engine.stats.mean[seen], mean[seen], atol=1e-5)
+    assert torch.allclose(method.stats.mean[seen], mean[seen], atol=1e-5)
     if features_from == "online":  # the two models differ after the warm-up: the test can tell them apart
         with torch.no_grad():
             other = torch.cat([engine.ema.module(lb.x)[0], engine.ema.module(ub.x)[0]])
@@ -175,17 +177,18 @@ def test_refresh_pseudo_labels_and_logged_summaries(tmp_path):
     data, tensors, _ = load_run_data(cfg)
     engine = build_engine(cfg, data, tensors, torch.device("cpu"), tmp_path)
     engine.fit(progress=False, stop_after_epoch=1)
-    p = engine.refresh_pseudo_labels_and_masks()
+    p = engine.method.refresh(engine)
+    method = engine.method
     lb, ub = tensors["labeled"], tensors["unlabeled"]
     scores, feats, outs = engine.predict(ub.x)
-    targets, mask = engine.cap(scores)
-    assert torch.equal(p["targets_ub"], targets.masked_fill(~mask, -1))
-    known = p["targets_ub"] >= 0
+    targets, mask = method.cap(scores)
+    assert torch.equal(method.targets_ub, targets.masked_fill(~mask, -1))
+    known = method.targets_ub >= 0
     assert p["pseudo_confident"] == known.sum().item() / known.numel()
     assert p["pseudo_accuracy"] == pytest.approx(
-        (p["targets_ub"] == ub.y).sum().item() / known.sum().item(), rel=1e-6)
+        (method.targets_ub == ub.y).sum().item() / known.sum().item(), rel=1e-6)
     negatives = lb.y == 0
-    assert p["neg_kept_lb"] == (p["weight_lb"] & negatives).sum().item() / negatives.sum().item()
+    assert p["neg_kept_lb"] == (method.weight_lb & negatives).sum().item() / negatives.sum().item()
     _, only, _ = engine.predict(ub.x, engine.model, keep=("features",))
     with torch.no_grad():
         assert torch.equal(only, torch.cat([engine.model.eval()(ub.x[i:i + 1024])[0]

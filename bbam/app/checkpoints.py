@@ -17,10 +17,12 @@ import torch
 
 from .atomic import atomic_copy
 
-__all__ = ["run_settings", "check_same_settings", "read_checkpoint", "carry_best_checkpoint", "current_name"]
+__all__ = ["run_settings", "check_same_settings", "read_checkpoint", "carry_best_checkpoint", "current_name",
+           "method_state"]
 
 # settings a resumed run may change: they do not change what is trained
 _RESUME_FREE = ("train.progress", "train.resume", "train.stop_after_epoch", "train.save_epoch_state",
+                "train.loader", "train.num_workers",
                 "data.name")
 # modules renamed since checkpoints were first written: the same function under its new name
 _RENAMED_TARGETS = {"bbam.app.datasets.": "bbam.data.", "bbam.app.inputs.": "bbam.data."}
@@ -57,6 +59,42 @@ def run_settings(cfg) -> Dict[str, Any]:
     return flat
 
 
+def _unflatten(flat: Dict[str, Any], section: str) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in flat.items():
+        if key.startswith(section + "."):
+            *parents, leaf = key[len(section) + 1:].split(".")
+            node = out
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    return out
+
+
+def _from_flag_methods(saved: Dict[str, Any], now: Dict[str, Any]) -> Dict[str, Any]:
+    """The settings of a checkpoint written before methods were classes, with its ``method``
+    flags translated to the class config they mean; keys this version added are taken as
+    they are now (they did not exist, so the old run used what they default to)."""
+    from .methods.legacy import method_config
+
+    out = {k: v for k, v in saved.items() if not k.startswith("method.")}
+    new: Dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}.{key}", value)
+        else:
+            new[prefix] = node
+
+    walk("method", method_config(_unflatten(saved, "method")))
+    out.update(new)
+    for key in now:
+        if key not in out and not key.startswith("method."):
+            out[key] = now[key]
+    return out
+
+
 def check_same_settings(cfg, path: Path, saved: Optional[Dict[str, Any]]) -> None:
     """A resumed run must train what the interrupted one trained: refuse other data,
     split, method, model or schedule settings, naming every differing key."""
@@ -64,6 +102,8 @@ def check_same_settings(cfg, path: Path, saved: Optional[Dict[str, Any]]) -> Non
         return
     now = run_settings(cfg)
     saved = {key: current_name(value) for key, value in saved.items()}  # checkpoints from before a rename
+    if "method._target_" not in saved:
+        saved = _from_flag_methods(saved, now)
     differ = sorted(k for k in set(saved) | set(now) if saved.get(k, "<absent>") != now.get(k, "<absent>"))
     if not differ:
         return
@@ -72,6 +112,13 @@ def check_same_settings(cfg, path: Path, saved: Optional[Dict[str, Any]]) -> Non
     hint = (" Extending or shortening train.epochs on resume is not supported (each phase's learning-rate "
             "schedule spans its planned epochs): start a new run." if "train.epochs" in differ else "")
     raise ValueError(f"config key 'train.resume': {path} was trained with other settings ({shown}).{hint}")
+
+
+def method_state(ckpt: Dict[str, Any]) -> Dict[str, Any]:
+    """The method's state in a checkpoint (``method_state``; checkpoints from before the
+    method seam kept the statistics and prototypes at the top level)."""
+    state = ckpt.get("method_state")
+    return state if state is not None else {"stats": ckpt.get("stats"), "prototypes": ckpt.get("prototypes")}
 
 
 def read_checkpoint(path, device: torch.device) -> Tuple[Path, Dict[str, Any]]:

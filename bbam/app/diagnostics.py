@@ -99,15 +99,16 @@ def family_stats(features: Tensor, directions: Tensor, targets: Tensor, coef_a: 
 
 
 def _label_prototypes(engine) -> Tuple[Tensor, str]:
-    """The label prototypes of the run: the engine's last ones (``engine.prototypes``, saved in
+    """The label prototypes of the run: the method's last ones (``method.prototypes``, saved in
     checkpoints), else the statistics' anchors when those are prototypes, else the labeled
-    split's (a method without self-training, or an older checkpoint)."""
-    prototypes = getattr(engine, "prototypes", None)
+    split's (a method without prototypes, or an older checkpoint)."""
+    method = engine.method
+    prototypes = getattr(method, "prototypes", None)
     if prototypes is not None and prototypes.numel():
         return prototypes, "training (labeled + pseudo-labeled samples, last refresh)"
-    stats = engine.stats
+    stats = getattr(method, "stats", None)
     # with stats_angles=classifier the statistics' anchors are the classifier weights, not prototypes
-    if stats is not None and stats.prototypes.numel() and engine.mc.get("stats_angles", "prototype") == "prototype":
+    if stats is not None and stats.prototypes.numel() and method.stats_angles == "prototype":
         return stats.prototypes, "statistics (labeled + pseudo-labeled samples)"
     lb = engine.splits["labeled"]
     _, lb_feats, _ = engine.predict(lb.x, keep=("features",))
@@ -144,9 +145,9 @@ def angle_diagnostics(engine, split: str = "test", model: Optional[torch.nn.Modu
     if online:
         _, feats, _ = engine.predict(s.x, model, keep=("features",))
     weights = (model if online else engine.ema.module).classifier_weight.detach().float()
-    a, b = engine.coefficients()
+    a, b = engine.method.coefficients()
     prototypes, source = _label_prototypes(engine)
-    stats_angles = "none" if engine.stats is None else str(engine.mc.get("stats_angles", "prototype"))
+    stats_angles = str(getattr(engine.method, "stats_angles", "none"))
     out: Dict[str, Any] = {"split": split, "num_samples": int(y.shape[0]), "stats_angles": stats_angles,
                            "features_from": "online" if online else "ema",
                            "prototype_source": source,

@@ -15,9 +15,10 @@ what prediction needs, and :class:`Predictor` reuses exactly that:
   its sentence encoder's settings), so :meth:`Predictor.read` turns new files or texts
   into inputs the same way (:mod:`bbam.app.raw_inputs`).
 
-Scores are computed as in ``SelfTrainingEngine.predict``: cosine head ->
-``sigmoid(scale * (angle_transform(cos, a, b) - predict_margin_fraction * margin))``,
-linear head -> ``sigmoid(logits)`` (bf16 autocast on CUDA when the run used ``train.amp``).
+Scores come from the run's method, as in training (:meth:`bbam.app.methods.Method.scores`:
+for the angular methods ``sigmoid(scale * (angle_transform(cos, a, b) - f * margin))`` with
+the statistics of ``best.pt``; for the linear-head methods ``sigmoid(logits)``), with bf16
+autocast on CUDA when the run used ``train.amp``.
 """
 from __future__ import annotations
 
@@ -29,11 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-import bbam
-from bbam.functional import identity_coefficients
-from bbam.stats import LabelAngleStats
-
 from .atomic import atomic_save, atomic_write_text
+from .checkpoints import method_state
 from .preprocess import FeatureScaler
 from .raw_inputs import read_inputs
 
@@ -108,11 +106,10 @@ class Predictor:
         thresholds: ``{"global": float, "tuned": [K floats]}``; ``cfg``: the run's config.
     """
 
-    def __init__(self, cfg, model: torch.nn.Module, scaler: FeatureScaler, coefficients, num_features: int,
+    def __init__(self, cfg, model: torch.nn.Module, method, scaler: FeatureScaler, num_features: int,
                  label_names: List[str], thresholds: Dict[str, object], device: torch.device,
                  inputs: Optional[Dict[str, Any]] = None):
-        self.cfg, self.model, self.scaler = cfg, model.eval(), scaler
-        self.a, self.b = coefficients
+        self.cfg, self.model, self.method, self.scaler = cfg, model.eval(), method, scaler
         self.num_features, self.label_names, self.thresholds = num_features, label_names, thresholds
         self.device = device
         self.inputs = inputs or {"kind": "features"}
@@ -123,6 +120,7 @@ class Predictor:
         from hydra.utils import instantiate
         from omegaconf import OmegaConf
 
+        from .methods import build_method
         from .models import MultiLabelModel
 
         run = _check_run(run_dir)
@@ -135,18 +133,15 @@ class Predictor:
         inputs = json.loads(inputs_file.read_text()) if inputs_file.is_file() else {"kind": "features"}
         ckpt = torch.load(run / "checkpoints" / "best.pt", map_location=device, weights_only=True)
         K, D = len(label_names), int(scaler_state["num_features"])
+        method = build_method(cfg.method)  # a run from before the method classes: its flags translated
+        method.setup(K, device)
+        method.load_state_dict(method_state(ckpt))  # e.g. the angle statistics of the inference transform
         encoder = instantiate(cfg.model.encoder, in_dim=D)
-        model = MultiLabelModel(encoder, K, head=cfg.method.head)
+        model = MultiLabelModel(encoder, K, head=method.head)
         # the EMA copy is the model the run validated, selected and tested
         model.load_state_dict({k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")})
         model.to(device)
-        if bool(cfg.method.balance) and ckpt.get("stats") is not None:
-            stats = LabelAngleStats(K, gamma=cfg.method.stats_gamma)
-            stats.load_state_dict(ckpt["stats"])
-            coefficients = tuple(c.to(device) for c in stats.to(device).coefficients())
-        else:  # no statistics: the engine's identity transform
-            coefficients = identity_coefficients(K, device=device)
-        return cls(cfg, model, FeatureScaler.from_state_dict(scaler_state), coefficients, D, label_names,
+        return cls(cfg, model, method, FeatureScaler.from_state_dict(scaler_state), D, label_names,
                    thresholds, device, inputs)
 
     def read(self, path: Union[str, Path]) -> Tensor:
@@ -171,20 +166,14 @@ class Predictor:
     def predict_proba(self, x, batch_size: int = 1024) -> Tensor:
         """Scores ``[M, K]`` in [0, 1] (float32, CPU) of raw (unscaled) inputs ``x`` ``[M, D]``."""
         x = self._inputs(x)
-        mc, out_scores = self.cfg.method, []
+        out_scores = []
         # as the engine: bf16 autocast on CUDA when the run trained with train.amp (so CUDA
         # scores equal the run's own evaluation); fp32 on CPU
         amp = self.device.type == "cuda" and bool(self.cfg.train.amp)
         for i in range(0, x.shape[0], batch_size):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
                 _, out = self.model(x[i:i + batch_size])
-            out = out.float()
-            if self.model.head_type == "cosine":
-                phi = bbam.ops.angle_transform(out, self.a, self.b)
-                logits = mc.scale * (phi - mc.predict_margin_fraction * mc.margin)
-            else:
-                logits = out
-            out_scores.append(torch.sigmoid(logits).cpu())
+            out_scores.append(self.method.scores(out.float()).cpu())
         if not out_scores:
             return torch.zeros(0, len(self.label_names))
         return torch.cat(out_scores)
@@ -207,5 +196,5 @@ class Predictor:
         return self.predict_proba(x) >= t
 
     def __repr__(self) -> str:
-        return (f"Predictor(method={self.cfg.method.name!r}, D={self.num_features}, K={len(self.label_names)}, "
+        return (f"Predictor(method={self.method.name!r}, D={self.num_features}, K={len(self.label_names)}, "
                 f"head={self.model.head_type!r})")

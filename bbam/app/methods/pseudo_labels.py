@@ -1,0 +1,277 @@
+"""Methods that pseudo-label once per epoch: ``supervised`` (none), ``cap``, ``bam``, ``bbam``.
+
+Each semi-supervised epoch of :class:`CAP` and its subclasses starts with a refresh
+(docs/METHOD.md): (1) CAP pseudo-labels of the whole unlabeled set from the EMA model's
+scores (the inference transform: never the unlabeled samples' true labels); for the
+angular methods also (2) features of labeled + pseudo-labeled samples -> label prototypes
+and, with balancing, the per-label angle statistics; (3) prototype negative-sampling masks
+(labeled rows' masks refreshed too). The epoch's steps then read the pseudo-labels and
+masks of their rows.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+import bbam
+from bbam import distributed as D
+from bbam.cap import CAPLabeler
+from bbam.losses import AsymmetricLoss, BAMLoss, BBAMLoss, BCELoss
+from bbam.stats import LabelAngleStats
+
+from ..batches import Batch
+from ..diagnostics import pseudo_label_summary
+from .base import Forward, Method
+
+__all__ = ["Supervised", "CAP", "BAM", "BBAM"]
+
+
+class Supervised(Method):
+    """Labeled rows only: binary cross-entropy on a linear head (summed over batch and labels)."""
+
+    semi_supervised = False
+
+    def __init__(self, name: str = "supervised"):
+        super().__init__(name)
+        self.loss_fn = BCELoss(reduction="sum")
+
+    def warmup_loss(self, forward: Forward, lb: Batch) -> Tensor:
+        (out,) = forward([lb.x])
+        return 0.0 + self.loss_fn(out, lb.y, None)
+
+
+class CAP(Method):
+    """Class-aware pseudo-labels (Xie et al. 2023) with the asymmetric loss on a linear head.
+
+    Args:
+        name: method name.
+        pos_per, neg_per: CAP's shares of each label's expected positives / negatives kept
+            as confident pseudo-labels (``neg_per`` clipped to 0.998).
+        gamma_neg, gamma_pos, clip: the asymmetric loss (warm-up and self-training).
+    """
+
+    def __init__(self, name: str = "cap", pos_per: float = 1.0, neg_per: float = 0.998, gamma_neg: float = 4.0,
+                 gamma_pos: float = 0.0, clip: float = 0.05):
+        super().__init__(name)
+        self.cap = CAPLabeler(pos_per=pos_per, neg_per=neg_per)
+        self.warmup_loss_fn = AsymmetricLoss(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, reduction="sum")
+        self.loss_fn = self.warmup_loss_fn
+        self.targets_ub: Optional[Tensor] = None  # [N_u, K] int8 this epoch's pseudo-labels (-1: not confident)
+        self.weight_lb: Optional[Tensor] = None  # [N_l, K] bool this epoch's masks of the labeled rows
+        self.weight_ub: Optional[Tensor] = None  # [N_u, K] bool ... of the unlabeled rows
+        self.thresholds: Optional[Tensor] = None  # [K] CAP thresholds (only kept with train.save_epoch_state)
+
+    def bind(self, engine) -> None:
+        super().bind(engine)
+        self.cap.fit(engine.splits["labeled"].y)
+
+    # ------------------------------------------------------------------ training
+    def _loss(self, loss_fn, out: Tensor, targets: Tensor, weight: Optional[Tensor], coefs) -> Tensor:
+        return loss_fn(out, targets, weight)
+
+    def warmup_loss(self, forward: Forward, lb: Batch) -> Tensor:
+        (out,) = forward([lb.x])
+        return 0.0 + self._loss(self.warmup_loss_fn, out, lb.y, None, None)
+
+    def loss(self, forward: Forward, lb: Batch, ub: Batch) -> Tensor:
+        coefs = self.coefficients()
+        out_l, out_u = forward([lb.x, ub.x])
+        total = 0.0 + self._loss(self.loss_fn, out_l, lb.y, self.weight_lb[lb.idx].float(), coefs)
+        return total + self._loss(self.loss_fn, out_u, self.targets_ub[ub.idx], self.weight_ub[ub.idx].float(), coefs)
+
+    # ------------------------------------------------------------------ per epoch
+    @torch.no_grad()
+    def _pseudo_targets(self, engine) -> Tensor:
+        """Step (1): CAP on the EMA model's scores of the WHOLE unlabeled set (global ranks)."""
+        with engine.timed("cap"):
+            scores_u, _, _ = engine.predict_global(engine.splits["unlabeled"].x, keep=("scores",), label_major=True)
+            self.thresholds = self.cap.thresholds(scores_u) if engine.tc.save_epoch_state else None
+            return self.cap.pseudo_targets(scores_u)  # [N_u, K] int8, -1: not confident
+
+    @torch.no_grad()
+    def refresh(self, engine) -> Dict[str, float]:
+        lb, ub = engine.splits["labeled"], engine.splits["unlabeled"]
+        self.targets_ub = self._pseudo_targets(engine)
+        self.weight_lb, self.weight_ub = lb.y >= 0, self.targets_ub >= 0  # every known entry counts
+        return self._summary(engine)
+
+    def _summary(self, engine) -> Dict[str, float]:
+        with engine.timed("bookkeeping"):
+            return pseudo_label_summary(self.targets_ub, engine.splits["unlabeled"].y, self.weight_lb,
+                                        engine.splits["labeled"].y)
+
+    def end_epoch(self) -> Dict[str, float]:
+        # the [N, K] pseudo-labels and masks live for one epoch (not through validation)
+        self.targets_ub = self.weight_lb = self.weight_ub = None
+        return {}
+
+    def epoch_state(self) -> Dict[str, Tensor]:
+        if self.targets_ub is None:
+            return {}
+        # clones: the parts may be views of larger tensors (torch.save would store those whole)
+        state = {"targets_ub": self.targets_ub.cpu().clone(), "weight_lb": self.weight_lb.cpu().clone(),
+                 "weight_ub": self.weight_ub.cpu().clone()}
+        if self.thresholds is not None:
+            state["thresholds"] = self.thresholds.cpu()
+        return state
+
+
+class BAM(CAP):
+    """Binary angular margin loss on a cosine head, CAP pseudo-labels and prototype
+    negative sampling (S2ML2-BBAM without the balancing).
+
+    Args:
+        name: method name.
+        margin, scale: the angular margin ``m`` and logit scale ``s`` (training and scores).
+        predict_margin_fraction: score logit ``s * (phi - f * m)``: the boundary midway
+            between negatives (``phi < 0``) and positives (``phi > m``) at ``f = 0.5``.
+        features_from: ``online`` (the method's code) or ``ema``: the model whose features
+            give prototypes, statistics and sampling.
+        pos_per, neg_per: CAP (see :class:`CAP`).
+        sampling: a negative sampler with ``select(features, prototypes, targets, generator)``
+            (e.g. :class:`bbam.sampling.NegativeSampler`), or None: every known entry counts.
+    """
+
+    head = "cosine"
+
+    def __init__(self, name: str = "bam", margin: float = 0.4, scale: float = 20.0,
+                 predict_margin_fraction: float = 0.5, features_from: str = "online", pos_per: float = 1.0,
+                 neg_per: float = 0.998, sampling=None):
+        super().__init__(name, pos_per=pos_per, neg_per=neg_per)
+        if features_from not in ("online", "ema"):
+            raise ValueError(f"config key 'method.features_from' must be 'online' or 'ema', got {features_from!r}")
+        self.margin, self.scale = float(margin), float(scale)
+        self.predict_margin_fraction = float(predict_margin_fraction)
+        self.features_from, self.sampler = features_from, sampling
+        self.warmup_loss_fn = BAMLoss(margin=margin, scale=scale, reduction="sum")
+        self.loss_fn = self._train_loss_fn()
+        self.prototypes: Optional[Tensor] = None  # [K, D] this epoch's label prototypes
+
+    def _train_loss_fn(self):
+        return BAMLoss(margin=self.margin, scale=self.scale, reduction="sum")
+
+    def scores(self, outputs: Tensor) -> Tensor:
+        a, b = self.coefficients()
+        # s * (phi - f * m), then the sigmoid, in place on the transform's fresh output
+        logits = bbam.ops.angle_transform(outputs, a, b).sub_(self.predict_margin_fraction * self.margin)
+        return torch.sigmoid_(logits.mul_(self.scale))
+
+    # ------------------------------------------------------------------ per epoch
+    def _feature_model(self, engine):
+        # the method's code reads the online model's features (CAP scores come from the EMA model)
+        return engine.model if self.features_from == "online" else engine.ema.module
+
+    @torch.no_grad()
+    def refresh(self, engine) -> Dict[str, float]:
+        lb, ub = engine.splits["labeled"], engine.splits["unlabeled"]
+        pseudo_t = self._pseudo_targets(engine)
+        # (2) each rank: features of its shard; prototypes / statistics reduced across ranks
+        model, single = self._feature_model(engine), engine.world == 1
+        rows_lb, rows_ub = D.shard_indices(len(lb), device=self.device), D.shard_indices(len(ub), device=self.device)
+        with engine.timed("features"):
+            if single:  # every row, in sample order: no gathers
+                x_lb, x_ub, y_lb, t_ub = lb.x, ub.x, lb.y, pseudo_t
+            else:
+                x_lb, x_ub, y_lb, t_ub = lb.x[rows_lb], ub.x[rows_ub], lb.y[rows_lb], pseudo_t[rows_ub]
+            # one [n_lb + n_ub, D] buffer, filled in place (no concatenation copy)
+            feats = torch.empty((len(x_lb) + len(x_ub), engine.model.classifier_weight.shape[1]), device=self.device)
+            engine.predict(x_lb, model, keep=("features",), features_out=feats[:len(x_lb)])
+            engine.predict(x_ub, model, keep=("features",), features_out=feats[len(x_lb):])
+            targets = torch.cat([y_lb, t_ub])
+            del t_ub
+            if single:  # the pseudo-labels are a view of targets
+                pseudo_t = targets[len(lb):]
+        with engine.timed("statistics"):
+            self.prototypes, _ = D.global_prototypes(feats, targets)
+            self._update_statistics(feats, targets, model)
+        with engine.timed("sampling"):
+            weight = self._sampling_weights(engine, feats, targets, torch.cat([rows_lb, rows_ub + len(lb)]))
+        self.targets_ub, self.weight_lb, self.weight_ub = pseudo_t, weight[:len(lb)], weight[len(lb):]
+        return self._summary(engine)
+
+    def _update_statistics(self, feats: Tensor, targets: Tensor, model) -> None:
+        pass  # no balancing
+
+    def _sampling_weights(self, engine, feats: Tensor, targets: Tensor, rows: Tensor) -> Tensor:
+        """Step (3): ``[N_l + N_u, K]`` bool, the negative-sampling masks in sample order
+        (without sampling: the known entries). ``rows``: the sample index of each row of ``feats``."""
+        # negative sampling needs each label's global m_k-th similarity: select on the
+        # gathered features (exact), then scatter the masks back to sample order
+        if engine.world > 1:
+            feats, targets, rows = (torch.cat(D.gather_rows(t)) for t in (feats, targets, rows))
+        if self.sampler is not None:
+            # the same draws on every rank (random_share variant): seeded by (seed, epoch)
+            g = torch.Generator().manual_seed(engine.seed * 1_000_003 + engine.state.epoch * 101 + 2)
+            keep = self.sampler.select(feats, self.prototypes, targets, generator=g)
+        else:
+            keep = targets >= 0
+        if engine.world == 1:  # rows are 0..N-1 in order (bool: made float per batch in the step)
+            return keep
+        weight = torch.empty_like(keep)
+        weight[rows] = keep
+        return weight
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> Dict[str, Any]:
+        return {"prototypes": self.prototypes}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.prototypes = state.get("prototypes")
+
+
+class BBAM(BAM):
+    """S2ML2-BBAM: :class:`BAM` plus per-label angle statistics and the balancing transform.
+
+    Args:
+        stats_gamma: EMA weight of the old statistics (``new = (1 - g) * current + g * old``).
+        stats_angles: ``prototype`` (the paper: angles to the label prototypes) or
+            ``classifier`` (the angles the transform moves: the ``bbam_cls`` variant).
+        (others as :class:`BAM`)
+    """
+
+    def __init__(self, name: str = "bbam", margin: float = 0.4, scale: float = 20.0,
+                 predict_margin_fraction: float = 0.5, features_from: str = "online", pos_per: float = 1.0,
+                 neg_per: float = 0.998, sampling=None, stats_gamma: float = 0.01, stats_angles: str = "prototype"):
+        if stats_angles not in ("prototype", "classifier"):
+            raise ValueError(f"config key 'method.stats_angles' must be 'prototype' or 'classifier', "
+                             f"got {stats_angles!r}")
+        super().__init__(name, margin, scale, predict_margin_fraction, features_from, pos_per, neg_per, sampling)
+        self.stats_gamma, self.stats_angles = float(stats_gamma), stats_angles
+        self.stats: Optional[LabelAngleStats] = None
+
+    def _train_loss_fn(self):
+        return BBAMLoss(margin=self.margin, scale=self.scale, reduction="sum")
+
+    def setup(self, num_labels: int, device: torch.device) -> None:
+        super().setup(num_labels, device)
+        self.stats = LabelAngleStats(self.num_labels, gamma=self.stats_gamma).to(self.device)
+
+    def coefficients(self) -> Tuple[Tensor, Tensor]:
+        return self.stats.coefficients()
+
+    def _loss(self, loss_fn, out: Tensor, targets: Tensor, weight: Optional[Tensor], coefs) -> Tensor:
+        if isinstance(loss_fn, BBAMLoss):
+            return loss_fn(out, targets, weight, coefficients=coefs)
+        return loss_fn(out, targets, weight)
+
+    def _update_statistics(self, feats: Tensor, targets: Tensor, model) -> None:
+        # prototype: the method's statistics of the angles to the label prototypes;
+        # classifier: statistics of the angles the transform moves (to the classifier weights)
+        anchors = self.prototypes if self.stats_angles == "prototype" else model.classifier_weight.detach().float()
+        self.stats.update(feats, targets, prototypes=anchors)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {**super().state_dict(), "stats": self.stats.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if state.get("stats") is not None:
+            self.stats.load_state_dict(state["stats"])
+
+    def epoch_state(self) -> Dict[str, Tensor]:
+        state = super().epoch_state()
+        if state:
+            state.update({f"stats_{k}": v.cpu() for k, v in self.stats.state_dict().items()})
+        return state

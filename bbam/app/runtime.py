@@ -1,0 +1,42 @@
+"""Run-time set-up of the training app: seeding, the device, and a split's tensors."""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["Split", "seed_everything", "resolve_device"]
+
+
+@dataclass
+class Split:
+    """One split's inputs and (possibly hidden) targets, on the training device."""
+
+    x: Tensor
+    y: Tensor  # int8 {0, 1}: true labels (hidden from the learner for the unlabeled split)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"config key 'device' is {name!r} but CUDA is not available")
+    return device
