@@ -10,7 +10,7 @@ continues where it stopped (runs already in the file are skipped).
     python bench/study.py summary study.jsonl [--metric mAP] [--pair bbam:bam ...]
 
 ``--variant NAME=override,override`` adds an extra row (a method with overrides), e.g.
-``--variant bbam-noneg=method=bbam,method.negative_sampling=false``. The table gives each
+``--variant bbam-noneg=method=bbam,method.sampling=null``. The table gives each
 (dataset, lb) the mean ± std over seeds per method (mAP, F1 in percent), and paired
 per-seed comparisons (mean difference ± std, wins / ties / losses on mAP).
 """
