@@ -36,6 +36,7 @@ from bbam.functional import identity_coefficients
 from bbam.losses import BBAMLoss
 from bbam.stats import LabelAngleStats
 
+from . import stopping  # issue 18: graceful SIGINT / SIGTERM stops (bbam/app/stopping.py)
 from .diagnostics import pseudo_label_summary
 from .checkpoints import carry_best_checkpoint, check_same_settings, read_checkpoint, run_settings
 from .models import ModelEMA, MultiLabelModel
@@ -307,6 +308,7 @@ class SelfTrainingEngine:
         self.optimizer.step()
         self.scheduler.step()
         self.ema.update(self.model)
+        stopping.check_after_step(self.device, self.world)  # issue 18: a requested stop ends the run here
         return float(total.detach())
 
     def _global_mean(self, losses: List[float]) -> float:
@@ -533,7 +535,7 @@ class SelfTrainingEngine:
                 torch.distributed.barrier()  # the others wait for the files (resume, load_best)
             bar.update(1)
             bar.set_postfix(loss=f"{record['train_loss']:.3g}", val_mAP=f"{val['mAP']:.2f}",
-                            best=f"{self.state.best_map:.2f}")
+                            best=f"{self.state.best_map:.2f}" if self.state.best_epoch >= 0 else "-")
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 bar.close()
                 return {"interrupted": True}
