@@ -130,7 +130,7 @@ def _instantiate_data(cfg):
 
     try:
         return instantiate(cfg.data)
-    except MissingMandatoryValue as err:  # e.g. data=npz without data.path_or_name=...
+    except MissingMandatoryValue as err:  # e.g. data=npz without data.path=...
         raise ValueError(f"config key '{err.full_key}' is required: add {err.full_key}=... to the command") from None
     except InstantiationException as err:
         cause = err.__cause__ or err

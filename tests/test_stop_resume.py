@@ -126,12 +126,12 @@ def _bad_inputs(folder: Path):
     np.savez(folder / "nan.npz", X=x, Y=np.ones((20, 2), np.int8))
     (folder / "table.csv").write_text("a,b\n1,0\n")
     return {
-        "missing file": (["data=npz", "data.path_or_name=nope.npz"], "nope.npz"),
-        "csv": (["data=npz", "data.path_or_name=table.csv"], "table.csv"),
-        "labels 2": (["data=npz", "data.path_or_name=labels2.npz"], "found 2 at row 0"),
-        "nan feature": (["data=npz", "data.path_or_name=nan.npz"], "row 4, column 2"),
+        "missing file": (["data=npz", "data.path=nope.npz"], "nope.npz"),
+        "csv": (["data=npz", "data.path=table.csv"], "table.csv"),
+        "labels 2": (["data=npz", "data.path=labels2.npz"], "found 2 at row 0"),
+        "nan feature": (["data=npz", "data.path=nan.npz"], "row 4, column 2"),
         "bad config value": (["train.select_from=best"], "config key 'train.select_from'"),
-        "missing key": (["data=npz"], "config key 'data.path_or_name' is required"),
+        "missing key": (["data=npz"], "config key 'data.path' is required"),
         "missing checkpoint": (["train.resume=none/last.pt"], "none/last.pt"),
     }
 
@@ -149,7 +149,7 @@ def test_user_errors_are_one_short_message_and_leave_no_folder(tmp_path):
 
 
 def test_traceback_switch_shows_the_traceback_of_a_user_error(tmp_path):
-    proc = _cli(tmp_path, "data=npz", "data.path_or_name=nope.npz", env=dict(ENV, BBAM_TRACEBACK="1"), check=False)
+    proc = _cli(tmp_path, "data=npz", "data.path=nope.npz", env=dict(ENV, BBAM_TRACEBACK="1"), check=False)
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "nope.npz" in proc.stderr
     assert not (tmp_path / "outputs").exists()
 
