@@ -1,13 +1,17 @@
 """``python -m bbam.train``: S2ML2-BBAM training with Hydra configs.
 
-``train(cfg)`` is a plain function returning the final metrics; ``main()`` is only
-the Hydra wrapper. With no arguments it runs the full method on the embedded
+``train(cfg)`` is a plain function returning the final metrics (no signal handling, no
+Hydra needed); ``main()`` is the command line. With no arguments it runs the full method on the embedded
 synthetic dataset. Examples::
 
     python -m bbam.train                                   # bbam on synthetic data
     python -m bbam.train method=cap data=emotions split.lb_ratio=0.05
     python -m bbam.train -m split.lb_ratio=0.05,0.1,0.2 method=bbam,bam,cap,supervised seed=0,1,2
-    python -m bbam.train train.resume=outputs/<run>/checkpoints/last.pt   # continue a killed run
+    python -m bbam.train train.resume=outputs/<run>/checkpoints/last.pt   # continue a stopped or killed run
+
+``main()`` adds to Hydra: a resume from the checkpoint alone (:mod:`bbam.app.resume`),
+graceful SIGINT / SIGTERM stops (:mod:`bbam.app.stopping`) and one-line user errors
+(:mod:`bbam.app.errors`).
 """
 from __future__ import annotations
 
