@@ -377,7 +377,7 @@ def _resume_main(value: str, argv) -> None:
         created = not out_dir.exists()
         if plan.launch_dir is not None:
             os.chdir(plan.launch_dir)  # relative paths in the run's settings mean what they meant
-        resume.configure_logging(out_dir)
+        resume.configure_logging(out_dir, config_dir())
         train(plan.cfg)
     except BaseException as err:  # noqa: B902 - stops and user errors end here, the rest re-raised
         from bbam.app.errors import is_user_error

@@ -76,6 +76,8 @@ def test_killed_run_resumes_from_its_checkpoint_alone_from_another_directory(tmp
     assert "resumed from epoch 2" in log and log.count("run folder:") == 2
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
     assert "resumed from epoch 2" in resumed.stdout
+    # report.md says which epochs competed for the selected model
+    assert "best within the self-training phase" in (run / "report.md").read_text()
 
 
 def test_resume_with_other_settings_is_refused_naming_the_keys_and_writes_nothing(tmp_path):

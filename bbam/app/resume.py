@@ -133,15 +133,13 @@ def plan(value: str, overrides: Sequence[str], cwd: Optional[Path] = None) -> Re
 _MISSING = object()
 
 
-def configure_logging(out_dir: Path) -> None:
-    """The run's logging as under Hydra (configs/train.yaml: hydra.job_logging), with
+def configure_logging(out_dir: Path, config_dir: str) -> None:
+    """The run's logging as under Hydra (``config_dir``/train.yaml: hydra.job_logging), with
     ``<out_dir>/train.log`` appended to."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from bbam.train import config_dir
-
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
         hydra_cfg = compose(config_name="train", return_hydra_config=True).hydra
     job_logging = hydra_cfg.job_logging
     job_logging.handlers.file.filename = str(Path(out_dir) / "train.log")
