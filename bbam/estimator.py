@@ -191,7 +191,7 @@ class SemiSupervisedMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, Base
         """Scores ``[M, K]`` in [0, 1] (float32) of raw inputs ``X`` ``[M, D]``."""
         check_is_fitted(self, "predictor_")
         X = validate_data(self, _numpy(X), reset=False, dtype=np.float32)  # width and finiteness, sklearn messages
-        return self.predictor_.predict_proba(X).numpy()
+        return np.asarray(self.predictor_.predict_proba(X))  # numpy in, numpy out
 
     def predict(self, X) -> np.ndarray:
         """Labels ``[M, K]`` in {0, 1} (int64): ``score >= threshold`` (``thresholds`` param)."""

@@ -1,13 +1,17 @@
 """``python -m bbam.train``: S2ML2-BBAM training with Hydra configs.
 
-``train(cfg)`` is a plain function returning the final metrics; ``main()`` is only
-the Hydra wrapper. With no arguments it runs the full method on the embedded
+``train(cfg)`` is a plain function returning the final metrics (no signal handling, no
+Hydra needed); ``main()`` is the command line. With no arguments it runs the full method on the embedded
 synthetic dataset. Examples::
 
     python -m bbam.train                                   # bbam on synthetic data
     python -m bbam.train method=cap data=emotions split.lb_ratio=0.05
     python -m bbam.train -m split.lb_ratio=0.05,0.1,0.2 method=bbam,bam,cap,supervised seed=0,1,2
-    python -m bbam.train train.resume=outputs/<run>/checkpoints/last.pt   # continue a killed run
+    python -m bbam.train train.resume=outputs/<run>/checkpoints/last.pt   # continue a stopped or killed run
+
+``main()`` adds to Hydra: a resume from the checkpoint alone (:mod:`bbam.app.resume`),
+graceful SIGINT / SIGTERM stops (:mod:`bbam.app.stopping`) and one-line user errors
+(:mod:`bbam.app.errors`).
 """
 from __future__ import annotations
 
@@ -32,11 +36,29 @@ log = logging.getLogger("bbam.train")
 
 def _register_resolvers() -> None:
     """``${bbam_file_stem:path}``: a file's name without folder and suffix (the data configs
-    of files name their runs and reports after the file, e.g. ``emotions`` for emotions.npz)."""
+    of files name their runs and reports after the file, e.g. ``emotions`` for emotions.npz);
+    ``${bbam_data_file:relative/path}``: see :func:`data_file`."""
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("bbam_file_stem"):
         OmegaConf.register_new_resolver("bbam_file_stem", lambda path: Path(str(path)).stem)
+    if not OmegaConf.has_resolver("bbam_data_file"):
+        OmegaConf.register_new_resolver("bbam_data_file", data_file)
+
+
+def data_file(relative: str) -> str:
+    """``${bbam_data_file:reuters21578/x.jsonl}``: the file under the first data folder that
+    holds it (:func:`bbam.data.lookup.default_data_dirs`: ``$BBAM_DATA_DIR``, the
+    ``shared/data`` folder beside the repository, ``./data``), as an absolute path, so a
+    shipped config finds it from any working directory; when no folder holds it, the path
+    under the first folder (named by the reader's file-not-found error)."""
+    from bbam.data.lookup import default_data_dirs
+
+    dirs = default_data_dirs()
+    for folder in dirs:
+        if (folder / relative).exists():
+            return str((folder / relative).resolve())
+    return str((dirs[0] / relative).absolute())
 
 
 _register_resolvers()
@@ -120,7 +142,7 @@ def _instantiate_data(cfg):
 
     try:
         return instantiate(cfg.data)
-    except MissingMandatoryValue as err:  # e.g. data=npz without data.path_or_name=...
+    except MissingMandatoryValue as err:  # e.g. data=npz without data.path=...
         raise ValueError(f"config key '{err.full_key}' is required: add {err.full_key}=... to the command") from None
     except InstantiationException as err:
         cause = err.__cause__ or err
@@ -193,29 +215,39 @@ def _train(cfg) -> Dict[str, Any]:
     from bbam.app import report
     from bbam.app.diagnostics import angle_diagnostics
     from bbam import distributed as D
-    from bbam.app.atomic import atomic_write_text
+    from bbam.app.atomic import atomic_save, atomic_write_text
+    from bbam.app.errors import user_input
     from bbam.app.runtime import seed_everything
+    from bbam.app.stopping import resume_command
     from bbam.app.predict import save_predictor_files
     from bbam.app.raw_inputs import describe_inputs
 
     out_dir = Path(cfg.out_dir)
     is_main = D.rank() == 0  # only rank 0 writes
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
-    device = _device(cfg)
-    data, tensors, scaler = load_run_data(cfg, device)  # bad files fail here, before anything is written
+    with user_input():  # a user's mistake in the data or config: bbam.app.errors
+        device = _device(cfg)
+        data, tensors, scaler = load_run_data(cfg, device)  # bad files fail here, before anything is written
+    with user_input():
+        engine = build_engine(cfg, data, tensors, device, out_dir)
+        if cfg.train.resume:
+            engine.load_checkpoint(Path(cfg.train.resume))
+    # config values and the checkpoint are checked above, before the run writes anything
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         log.info("run folder: %s (%s on %s, %d labeled / %d unlabeled / %d validation / %d test rows)",
                  out_dir.resolve(), cfg.method.name, data.name, len(tensors["labeled"]), len(tensors["unlabeled"]),
                  len(tensors["val"]), len(tensors["test"]))
-    engine = build_engine(cfg, data, tensors, device, out_dir)
+    last = out_dir / "checkpoints" / "last.pt"
     if cfg.train.resume:
-        engine.load_checkpoint(Path(cfg.train.resume))
+        log.info("resumed from epoch %d (%d epochs done) of %s", engine.state.epoch, engine.state.epoch,
+                 Path(cfg.train.resume).resolve())
+    elif is_main:
+        atomic_save(engine._checkpoint(), last)  # the resume point of a run stopped in its first epoch
     status = engine.fit(progress=bool(cfg.train.progress), stop_after_epoch=cfg.train.stop_after_epoch)
     if status["interrupted"]:
-        log.info("stopped after epoch %d; continue with train.resume=%s", engine.state.epoch - 1,
-                 out_dir.resolve() / "checkpoints" / "last.pt")
+        log.info("stopped after epoch %d; continue with: %s", engine.state.epoch - 1, resume_command(last))
         return {"interrupted": True, "epoch": engine.state.epoch, "out_dir": str(out_dir)}
 
     best = engine.load_best()  # the checkpoint selected on validation
@@ -252,54 +284,169 @@ def _train(cfg) -> Dict[str, Any]:
     return result
 
 
-def _after_failure(out_dir: Path) -> None:
+def _after_failure(out_dir: Path, quiet: bool = False) -> None:
     """A run that failed before it wrote anything of its own leaves no folder behind (Hydra
-    creates it with only ``.hydra/`` and an empty ``train.log``); otherwise say where it is."""
+    creates it with only ``.hydra/`` and an empty ``train.log``), nor the parents Hydra
+    created for it (``outputs/<data>/<method>/``, up to the launch folder); otherwise say where
+    it is. ``quiet``: a user's mistake, whose own message is all that is printed."""
     if not out_dir.is_dir():
         return
     own = [p.name for p in out_dir.iterdir() if p.name not in (".hydra", "train.log")]
     if not own:
         shutil.rmtree(out_dir, ignore_errors=True)
-        print(f"bbam.train: the run failed before training; removed its empty folder {out_dir}", file=sys.stderr)
+        _remove_empty_parents(out_dir)
+        if not quiet:
+            print(f"bbam.train: the run failed before training; removed its empty folder {out_dir}", file=sys.stderr)
     elif (out_dir / "checkpoints" / "last.pt").is_file():
-        print(f"bbam.train: the run stopped; its folder is {out_dir} "
-              f"(continue with train.resume={out_dir / 'checkpoints' / 'last.pt'})", file=sys.stderr)
+        from bbam.app.stopping import resume_command
+
+        print(f"bbam.train: the run failed; its folder is {out_dir} "
+              f"(continue with: {resume_command(out_dir / 'checkpoints' / 'last.pt')})", file=sys.stderr)
     else:
         print(f"bbam.train: the run failed; its folder is {out_dir}", file=sys.stderr)
 
 
-def main() -> None:
-    """Hydra entry point (``python -m bbam.train``)."""
-    import hydra
-
-    @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-    def _run(cfg) -> float:
+def _remove_empty_parents(folder: Path) -> None:
+    """Remove the empty folders above ``folder`` inside the launch folder (not the launch folder)."""
+    cwd = Path.cwd().resolve()
+    parent = folder.resolve().parent
+    while parent != cwd and cwd in parent.parents:
         try:
-            return train(cfg).get("test", {}).get("mAP", float("nan"))
-        except BaseException:
-            import os
+            parent.rmdir()  # only succeeds when empty
+        except OSError:
+            return
+        parent = parent.parent
 
-            from hydra.core.hydra_config import HydraConfig
 
-            # only Hydra's own run folder (not a folder the user named with out_dir=); only
-            # rank 0 (the process group is gone by now)
-            hydra_dir = Path(HydraConfig.get().runtime.output_dir)
-            if os.environ.get("RANK", "0") == "0" and Path(cfg.out_dir).resolve() == hydra_dir.resolve():
-                _after_failure(hydra_dir)
-            raise
-
-    _run()
+def _is_rank0() -> bool:
     import os
 
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _exit(code: int) -> None:
+    """Leave with ``code``; a torchrun worker leaves without the C++ teardown (see main)."""
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        os._exit(code)
+    sys.exit(code)
+
+
+def _close_progress_bars() -> None:
+    try:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+    except Exception:  # pragma: no cover - cosmetics only
+        pass
+
+
+def _report_and_exit(err: BaseException, out_dir: Path = None) -> None:
+    """A graceful stop or a user's mistake: one line on stderr, no traceback, and the exit
+    status (128 + signal number, or 2). Any other error is re-raised (its traceback shown)."""
+    from bbam.app.errors import USER_ERROR_EXIT, is_user_error, short_message, show_traceback
+    from bbam.app.stopping import StopRequested, resume_command
+
+    if isinstance(err, StopRequested):
+        _close_progress_bars()  # the line below on a line of its own
+        last = Path(out_dir) / "checkpoints" / "last.pt" if out_dir is not None else None
+        if _is_rank0():
+            if last is not None and last.is_file():
+                epoch = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])
+                print(f"bbam.train: {err}; last.pt holds the first {epoch} epoch(s), the interrupted one reruns; "
+                      f"resume with: {resume_command(last)}", file=sys.stderr)
+            else:
+                print(f"bbam.train: {err} before the run wrote a checkpoint; nothing to resume", file=sys.stderr)
+        _exit(err.exit_code)
+    if is_user_error(err) and not show_traceback():
+        if _is_rank0():
+            print(f"bbam.train: error: {short_message(err)}", file=sys.stderr)
+        _exit(USER_ERROR_EXIT)
+    raise err
+
+
+def _resume_main(value: str, argv) -> None:
+    """``train.resume=<last.pt>``: continue that run with its own settings (bbam.app.resume)."""
+    import os
+
+    from bbam.app import resume
+    from bbam.app.errors import user_input
+
+    out_dir = None
+    created = False
+    try:
+        with user_input():
+            plan = resume.plan(value, argv)
+        out_dir = Path(plan.cfg.out_dir)
+        created = not out_dir.exists()
+        if plan.launch_dir is not None:
+            os.chdir(plan.launch_dir)  # relative paths in the run's settings mean what they meant
+        resume.configure_logging(out_dir, config_dir())
+        train(plan.cfg)
+    except BaseException as err:  # noqa: B902 - stops and user errors end here, the rest re-raised
+        from bbam.app.errors import is_user_error
+
+        if created and out_dir is not None and _is_rank0() and is_user_error(err):
+            _after_failure(out_dir, quiet=True)
+        _report_and_exit(err, out_dir)
+
+
+def main() -> None:
+    """Entry point of ``python -m bbam.train``: Hydra, or a resume from a checkpoint alone.
+
+    SIGINT / SIGTERM stop the run gracefully (:mod:`bbam.app.stopping`); a user's mistake
+    prints one line (:mod:`bbam.app.errors`)."""
+    import os
+
+    import hydra
+
+    from bbam.app import stopping
+    from bbam.app.resume import resume_value
+
+    stopping.install()
+    argv = sys.argv[1:]
+    value = resume_value(argv)
+    if value is not None and not any(a.startswith("-") for a in argv):
+        _resume_main(value, argv)
+    else:
+        failure: Dict[str, Any] = {}
+
+        @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+        def _run(cfg) -> float:
+            from bbam.app.errors import is_user_error, show_traceback
+            from bbam.app.stopping import StopRequested
+
+            try:
+                return train(cfg).get("test", {}).get("mAP", float("nan"))
+            except BaseException as err:
+                from hydra.core.hydra_config import HydraConfig
+
+                # only Hydra's own run folder (not a folder the user named with out_dir=); only
+                # rank 0 (the process group is gone by now)
+                hydra_dir = Path(HydraConfig.get().runtime.output_dir)
+                handled = isinstance(err, StopRequested) or (is_user_error(err) and not show_traceback())
+                if _is_rank0() and Path(cfg.out_dir).resolve() == hydra_dir.resolve():
+                    if not isinstance(err, StopRequested):
+                        _after_failure(hydra_dir, quiet=handled)
+                if not handled:
+                    raise
+                failure.update(error=err, out_dir=Path(cfg.out_dir))
+                return float("nan")
+
+        _run()
+        if failure:
+            _report_and_exit(failure["error"], failure["out_dir"])
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # A torchrun worker whose work is done and written leaves without the interpreter's
         # C++ teardown: torch's distributed threads can abort a process there ("terminate
         # called without an active exception", seen in CI), and torchrun then fails the job
         # and kills the other ranks, still writing. Every file was written atomically before.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        _exit(0)
 
 
 if __name__ == "__main__":

@@ -77,8 +77,8 @@ def test_global_quantities_equal_single_process(tmp_path):
                 torch.testing.assert_close(got[key], value, rtol=1e-6, atol=1e-6, msg=key)
 
 
-def _run(out_dir: Path, *overrides, world: int = 1, check=True):
-    args = [*FAST, f"hydra.run.dir={out_dir}", *overrides]  # out_dir follows the Hydra run folder
+def _run(out_dir: Path, *overrides, world: int = 1, check=True, base=FAST):
+    args = [*base, f"hydra.run.dir={out_dir}", *overrides]  # out_dir follows the Hydra run folder
     if world == 1:
         cmd = [sys.executable, "-m", "bbam.train", *args]
     else:
@@ -125,3 +125,30 @@ def test_two_process_resume(tmp_path):
     for key, value in m_full.items():
         assert m_res[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
     assert full.returncode == 0
+
+
+DROPOUT_ON = [a for a in FAST if not a.startswith("model.encoder.dropout")]  # the config's dropout (0.5)
+
+
+def test_with_dropout_global_quantities_on_the_same_weights_equal_single_process(tmp_path):
+    """The README's claim with dropout on: from the same weights (one checkpoint, resumed
+    with 1 and with 2 processes), every global quantity of the epoch -- CAP thresholds and
+    pseudo-labels, prototypes and angle statistics, negative-sampling masks -- is the
+    single-process one; the training steps then differ, by the dropout masks each rank draws."""
+    _run(tmp_path / "part", "train.stop_after_epoch=1", base=DROPOUT_ON)  # after the 2 warm-up epochs
+    last = tmp_path / "part" / "checkpoints" / "last.pt"
+    for world in (1, 2):
+        # the checkpoint alone: every setting, dropout included, comes from the run
+        _run(tmp_path / f"world{world}", f"train.resume={last}", "train.stop_after_epoch=2", world=world, base=())
+    a = torch.load(tmp_path / "world1" / "epoch_state.pt", weights_only=True)
+    b = torch.load(tmp_path / "world2" / "epoch_state.pt", weights_only=True)
+    assert "dropout: 0.5" in (tmp_path / "world2" / "config.yaml").read_text()
+    assert a.keys() == b.keys() and {"targets_ub", "weight_lb", "weight_ub", "thresholds"} <= set(a)
+    for key in a:
+        if a[key].dtype in (torch.bool, torch.int8, torch.int64):
+            assert torch.equal(a[key], b[key]), key
+        else:  # reduction order only
+            torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
+    w1 = torch.load(tmp_path / "world1" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    w2 = torch.load(tmp_path / "world2" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert any(not torch.allclose(w1[k], w2[k], rtol=1e-4, atol=1e-5) for k in w1)  # dropout: other draws

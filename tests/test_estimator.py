@@ -81,7 +81,7 @@ def test_out_dir_keeps_a_run_the_predictor_loads(data, tmp_path):
     for name in ("config.yaml", "checkpoints/best.pt", "scaler.pt", "labels.json", "thresholds.json"):
         assert (tmp_path / "run" / name).is_file(), name
     predictor = Predictor.from_run(tmp_path / "run")
-    np.testing.assert_array_equal(predictor.predict_proba(X).numpy(), clf.predict_proba(X))
+    np.testing.assert_array_equal(predictor.predict_proba(X), clf.predict_proba(X))  # numpy both
     tuned = np.asarray(json.loads((tmp_path / "run" / "thresholds.json").read_text())["tuned"], np.float32)
     np.testing.assert_array_equal(clf.predict(X), (clf.predict_proba(X) >= tuned).astype(np.int64))
 

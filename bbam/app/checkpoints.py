@@ -25,6 +25,7 @@ _RESUME_FREE = ("train.progress", "train.resume", "train.stop_after_epoch", "tra
                 "train.loader", "train.num_workers",
                 "data.name")
 # modules renamed since checkpoints were first written: the same function under its new name
+_RENAMED_KEYS = {"data.path_or_name": "data.path"}
 _RENAMED_TARGETS = {"bbam.app.datasets.": "bbam.data.", "bbam.app.inputs.": "bbam.data."}
 
 
@@ -102,6 +103,9 @@ def check_same_settings(cfg, path: Path, saved: Optional[Dict[str, Any]]) -> Non
         return
     now = run_settings(cfg)
     saved = {key: current_name(value) for key, value in saved.items()}  # checkpoints from before a rename
+    for old, new in _RENAMED_KEYS.items():  # keys renamed since (data=npz: data.path_or_name -> data.path)
+        if old in saved and new not in saved and new in now and old not in now:
+            saved[new] = saved.pop(old)
     if "method._target_" not in saved:
         saved = _from_flag_methods(saved, now)
     differ = sorted(k for k in set(saved) | set(now) if saved.get(k, "<absent>") != now.get(k, "<absent>"))

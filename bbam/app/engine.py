@@ -28,6 +28,7 @@ from torch import Tensor
 from bbam import distributed as D
 from bbam import metrics as M
 
+from . import stopping
 from .atomic import atomic_save, atomic_write_text
 from .batches import Batch, index_batches, make_pipeline
 from .checkpoints import carry_best_checkpoint, check_same_settings, method_state, read_checkpoint, run_settings
@@ -172,6 +173,7 @@ class SelfTrainingEngine:
         self.optimizer.step()
         self.scheduler.step()
         self.ema.update(self.model)
+        stopping.check_after_step(self.device, self.world)  # issue 18: a requested stop ends the run here
         return float(total.detach())
 
     def _global_mean(self, losses: List[float]) -> float:

@@ -162,9 +162,14 @@ class Predictor:
             raise ValueError(f"argument 'x': non-finite value at row {r}, column {c}")
         return self.scaler.transform(x).to(self.device)
 
+    def predict_proba(self, x, batch_size: int = 1024) -> Union[Tensor, np.ndarray]:
+        """Scores ``[M, K]`` in [0, 1] (float32, CPU) of raw (unscaled) inputs ``x`` ``[M, D]``:
+        a torch tensor for a tensor ``x``, else a numpy array (as the scikit-learn estimator)."""
+        scores = self._scores(x, batch_size)
+        return scores if isinstance(x, Tensor) else scores.numpy()
+
     @torch.no_grad()
-    def predict_proba(self, x, batch_size: int = 1024) -> Tensor:
-        """Scores ``[M, K]`` in [0, 1] (float32, CPU) of raw (unscaled) inputs ``x`` ``[M, D]``."""
+    def _scores(self, x, batch_size: int = 1024) -> Tensor:
         x = self._inputs(x)
         out_scores = []
         # as the engine: bf16 autocast on CUDA when the run trained with train.amp (so CUDA
@@ -190,10 +195,11 @@ class Predictor:
             return torch.tensor(self.thresholds["tuned"], dtype=torch.float32)
         raise ValueError(f"argument 'thresholds' must be 'global' or 'tuned', got {thresholds!r}")
 
-    def predict(self, x, threshold: Optional[float] = None, thresholds: str = "global") -> Tensor:
-        """Predicted labels ``[M, K]`` (bool): ``score >= threshold`` (see :meth:`threshold_vector`)."""
-        t = self.threshold_vector(threshold, thresholds)
-        return self.predict_proba(x) >= t
+    def predict(self, x, threshold: Optional[float] = None, thresholds: str = "global") -> Union[Tensor, np.ndarray]:
+        """Predicted labels ``[M, K]`` (bool): ``score >= threshold`` (see :meth:`threshold_vector`);
+        a torch tensor for a tensor ``x``, else a numpy array."""
+        labels = self._scores(x) >= self.threshold_vector(threshold, thresholds)
+        return labels if isinstance(x, Tensor) else labels.numpy()
 
     def __repr__(self) -> str:
         return (f"Predictor(method={self.method.name!r}, D={self.num_features}, K={len(self.label_names)}, "

@@ -189,6 +189,32 @@ def _per_label_section(diag: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def _selection(result: Dict[str, Any], select_from: str = "self_training") -> str:
+    """Which epochs competed for the selected model (a self-training method's model comes
+    from its own phase unless ``train.select_from: any``: the warm-up epochs, plotted too,
+    did not compete)."""
+    phase = result.get("selected_phase")
+    start = result.get("self_training_started_from_epoch")
+    text = f"selected epoch {result['best_epoch']}: validation mAP {result['best_val_mAP']:.2f} %"
+    if phase == "self_training" and select_from != "any":
+        text += (" (best within the self-training phase, whose model the method is; the warm-up epochs "
+                 "did not compete" + (f", self-training started from warm-up epoch {start}" if start is not None
+                                      else "") + ")")
+    elif phase in ("self_training", "warmup"):
+        text += " (best over every epoch, warm-up included: train.select_from=any)"
+    return text
+
+
+def _select_from(out_dir: Path) -> str:
+    try:
+        from omegaconf import OmegaConf
+
+        return str(OmegaConf.select(OmegaConf.load(out_dir / "config.yaml"), "train.select_from",
+                                    default="self_training"))
+    except Exception:  # a folder without config.yaml (e.g. written by hand): the default rule
+        return "self_training"
+
+
 def write_report(out_dir: Path) -> Path:
     """Write ``report.md`` (and the plots) from a run folder's files."""
     out_dir = Path(out_dir)
@@ -199,8 +225,7 @@ def write_report(out_dir: Path) -> Path:
     plots = _plots(out_dir, history, diag)
     lines = [f"# {result['method']} on {result['dataset']}", "",
              f"lb_ratio {result['lb_ratio']}, seed {result['seed']}; splits {result['sizes']}; "
-             f"best validation mAP {result['best_val_mAP']:.2f} % at epoch {result['best_epoch']} "
-             f"({result['epochs_run']} epochs run).", "", "## Test metrics (selected checkpoint, evaluated once)", "",
+             f"{result['epochs_run']} epochs run; {_selection(result, _select_from(out_dir))}.", "", "## Test metrics (selected checkpoint, evaluated once)", "",
              "| metric | value | unit |", "|---|---|---|"]
     lines += ["| {} | {} | {} |".format(title, *_shown(key, result["test"].get(key)))
               for key, title, _ in PAPER_METRICS + OTHER_METRICS]

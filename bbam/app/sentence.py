@@ -3,7 +3,7 @@
 transformer + head on token ids. The inputs (embeddings with their cache, token ids) are
 made on the data side by :mod:`bbam.data.sentence`.
 
-Needs the optional extra: ``pip install torch==2.13.0 -e ".[text]"``.
+Needs the optional extra: ``pip install torch==2.13.0 && pip install --no-build-isolation -e ".[text]"``.
 """
 from __future__ import annotations
 

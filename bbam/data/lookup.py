@@ -45,8 +45,9 @@ def _load_dir(d: Path, **kw: Any) -> MultiLabelData | None:
     return None
 
 
-def load_dataset(path_or_name: str | os.PathLike[str], **kw: Any) -> MultiLabelData:
-    """Load a dataset by file path, directory or name.
+def load_dataset(path_or_name: str | os.PathLike[str] | None = None, **kw: Any) -> MultiLabelData:
+    """Load a dataset by file path, directory or name (``path=`` is the same argument: the
+    key of the app's file configs, ``data.path``).
 
     * ``"synthetic"`` -> :func:`make_synthetic` (``**kw`` passed on).
     * ``*.npz`` -> :func:`load_npz`; ``*.arff`` -> :func:`load_arff`;
@@ -59,6 +60,10 @@ def load_dataset(path_or_name: str | os.PathLike[str], **kw: Any) -> MultiLabelD
       :func:`default_data_dirs`.
     """
     data_dir = kw.pop("data_dir", None)
+    path = kw.pop("path", None)
+    if (path_or_name is None) == (path is None):
+        raise TypeError("load_dataset: give exactly one of 'path_or_name' and 'path'")
+    path_or_name = path_or_name if path is None else path
     if isinstance(path_or_name, str) and path_or_name.lower() == "synthetic":
         return make_synthetic(**kw)
     p = Path(path_or_name)

