@@ -189,6 +189,15 @@ def _per_label_section(diag: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def _scaling_lines(result: Dict[str, Any]) -> List[str]:
+    """How the inputs were scaled and the margin/scale, and why (``train.scaling=auto``:
+    chosen from the training pool's features; see :func:`bbam.app.preprocess.resolve_scaling`)."""
+    choice = result.get("scaling")
+    if not choice or not choice.get("line"):  # runs from before the record existed
+        return []
+    return ["", f"Inputs: {choice['line']}."]
+
+
 def write_report(out_dir: Path) -> Path:
     """Write ``report.md`` (and the plots) from a run folder's files."""
     out_dir = Path(out_dir)
@@ -200,7 +209,8 @@ def write_report(out_dir: Path) -> Path:
     lines = [f"# {result['method']} on {result['dataset']}", "",
              f"lb_ratio {result['lb_ratio']}, seed {result['seed']}; splits {result['sizes']}; "
              f"best validation mAP {result['best_val_mAP']:.2f} % at epoch {result['best_epoch']} "
-             f"({result['epochs_run']} epochs run).", "", "## Test metrics (selected checkpoint, evaluated once)", "",
+             f"({result['epochs_run']} epochs run).", *_scaling_lines(result),
+             "", "## Test metrics (selected checkpoint, evaluated once)", "",
              "| metric | value | unit |", "|---|---|---|"]
     lines += ["| {} | {} | {} |".format(title, *_shown(key, result["test"].get(key)))
               for key, title, _ in PAPER_METRICS + OTHER_METRICS]
