@@ -164,14 +164,16 @@ class SemiSupervisedMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, Base
         from bbam.app.atomic import atomic_write_text
         from bbam.app.runtime import Split, resolve_device, seed_everything
         from bbam.app.predict import Predictor, save_predictor_files
-        from bbam.app.preprocess import FeatureScaler
+        from bbam.app.preprocess import FeatureScaler, resolve_scaling
         from bbam.train import build_engine
 
         cfg = self._config(out_dir)
         seed_everything(int(cfg.seed), bool(cfg.deterministic))
         device = resolve_device(str(cfg.device))
         # the scaler's statistics: training pool (labeled + unlabeled inputs), as the app
-        scaler = FeatureScaler(str(cfg.train.scaling)).fit(data.X[torch.cat([idx["labeled"], idx["unlabeled"]])])
+        # (train.scaling / method.margin / method.scale = auto: chosen from that pool)
+        pool = data.X[torch.cat([idx["labeled"], idx["unlabeled"]])]
+        scaler = FeatureScaler(resolve_scaling(cfg, pool)["scaling"]).fit(pool)
         x = scaler.transform(data.X)
         tensors = {name: Split(x[i].to(device), data.Y[i].to(device)) for name, i in idx.items()}
         out_dir.mkdir(parents=True, exist_ok=True)

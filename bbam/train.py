@@ -102,11 +102,18 @@ def load_run_data(cfg, device: torch.device = torch.device("cpu")):
     """The run's dataset, its split (from ``cfg.split`` and ``cfg.seed``) and scaled split tensors.
 
     Returns ``(data, {"labeled", "unlabeled", "val", "test"}: Split, scaler)``; the same
-    rows and inputs for the app, ``bench/baseline.py`` and prediction."""
+    rows and inputs for the app, ``bench/baseline.py`` and prediction. ``train.scaling``,
+    ``method.margin`` and ``method.scale`` set to ``auto`` are resolved here, in ``cfg``,
+    from the training pool's features (:func:`bbam.app.preprocess.resolve_scaling`); the
+    record of that choice is ``scaler.choice``."""
+    from bbam.app.preprocess import resolve_scaling
+
     data = _instantiate_data(cfg)
     splits = split_indices(data, cfg.split.lb_ratio, cfg.split.val_ratio, cfg.split.test_ratio, seed=int(cfg.seed),
                            min_val_size=int(cfg.split.min_val_size), max_val_ratio=float(cfg.split.max_val_ratio))
-    tensors, scaler = _split_tensors(data, splits, device, str(cfg.train.scaling))
+    choice = resolve_scaling(cfg, data.X[torch.cat([splits["labeled"], splits["unlabeled"]])])
+    tensors, scaler = _split_tensors(data, splits, device, choice["scaling"])
+    scaler.choice = choice
     return data, tensors, scaler
 
 
@@ -131,6 +138,29 @@ def build_engine(cfg, data, tensors, device: torch.device, out_dir):
                              f"is not set (see configs/model/mlp.yaml)")
         views = instantiate(cfg.model.views)
     return SelfTrainingEngine(cfg, model, method, tensors, device, Path(out_dir), data.label_names, views=views)
+
+
+def _resume_auto_settings(cfg, path: Path) -> None:
+    """A resumed run keeps what the interrupted one used: ``train.scaling`` and
+    ``angular.margin`` / ``angular.scale`` still ``auto`` take the checkpoint's values
+    (``train.scaling``, ``method.margin``, ``method.scale``; a checkpoint from before
+    ``auto`` existed holds concrete ones; the choice is otherwise the same, being made from
+    the same pool)."""
+    from omegaconf import open_dict
+
+    from bbam.app.checkpoints import read_checkpoint
+    from bbam.app.preprocess import AUTO
+
+    keys = [("train", "scaling", "train.scaling"), ("angular", "margin", "method.margin"),
+            ("angular", "scale", "method.scale")]
+    if not any(sec in cfg and str(cfg[sec].get(key)) == AUTO for sec, key, _ in keys):
+        return
+    _, ckpt = read_checkpoint(path, torch.device("cpu"))
+    saved = ckpt.get("settings") or {}
+    with open_dict(cfg):
+        for sec, key, saved_key in keys:
+            if sec in cfg and str(cfg[sec].get(key)) == AUTO and saved_key in saved:
+                cfg[sec][key] = saved[saved_key]
 
 
 def _instantiate_data(cfg):
@@ -227,6 +257,8 @@ def _train(cfg) -> Dict[str, Any]:
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
     with user_input():  # a user's mistake in the data or config: bbam.app.errors
         device = _device(cfg)
+        if cfg.train.resume:
+            _resume_auto_settings(cfg, Path(cfg.train.resume))
         data, tensors, scaler = load_run_data(cfg, device)  # bad files fail here, before anything is written
     with user_input():
         engine = build_engine(cfg, data, tensors, device, out_dir)
@@ -235,10 +267,12 @@ def _train(cfg) -> Dict[str, Any]:
     # config values and the checkpoint are checked above, before the run writes anything
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        # written after load_run_data: train.scaling / method.margin / method.scale as the run uses them
         atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         log.info("run folder: %s (%s on %s, %d labeled / %d unlabeled / %d validation / %d test rows)",
                  out_dir.resolve(), cfg.method.name, data.name, len(tensors["labeled"]), len(tensors["unlabeled"]),
                  len(tensors["val"]), len(tensors["test"]))
+        log.info("%s", scaler.choice["line"])
     last = out_dir / "checkpoints" / "last.pt"
     if cfg.train.resume:
         log.info("resumed from epoch %d (%d epochs done) of %s", engine.state.epoch, engine.state.epoch,
@@ -266,6 +300,7 @@ def _train(cfg) -> Dict[str, Any]:
         "sizes": {k: len(v) for k, v in tensors.items()}, "num_labels": data.num_labels,
     }
     result["world_size"] = D.world_size()
+    result["scaling"] = scaler.choice
     if not is_main:
         return result
     atomic_write_text(out_dir / "final_metrics.json", json.dumps(result, indent=2))
@@ -273,7 +308,8 @@ def _train(cfg) -> Dict[str, Any]:
     # what bbam.app.predict.Predictor needs besides config + best.pt: the pool-fitted scaler,
     # the label names and per-label thresholds tuned on the selected model's validation scores
     save_predictor_files(out_dir, scaler, data.num_features, data.label_names, val_scores,
-                         tensors["val"].y, float(cfg.train.threshold), describe_inputs(cfg, data))
+                         tensors["val"].y, float(cfg.train.threshold),
+                         {**describe_inputs(cfg, data), "scaling": scaler.choice})
     report.write_report(out_dir)
     table = report.metrics_table(result)
     log.debug("final metrics\n%s", table)

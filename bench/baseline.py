@@ -2,7 +2,8 @@
 
 scikit-learn's ``LogisticRegression(solver="liblinear", C=1)`` per label, trained on
 exactly the labeled rows the app's run sees (same dataset, split, seed and feature
-scaling, through :func:`bbam.train.load_run_data`), scored on the run's test split with
+scaling, through :func:`bbam.train.load_run_data`: a file dataset's ``train.scaling=auto``
+makes the run's choice, e.g. ``tfidf_l2`` for 0/1 word indicators), scored on the run's test split with
 the app's own metrics (:func:`bbam.metrics.evaluate`). A label with a single class among
 the labeled rows gets the constant score of that class.
 

@@ -9,6 +9,8 @@ continues where it stopped (runs already in the file are skipped).
     python bench/study.py table study.jsonl [--out table.md]
     python bench/study.py summary study.jsonl [--metric mAP] [--pair bbam:bam ...]
 
+A ``--datasets`` entry is a dataset config's name or a path to a user's own file
+(``.npz`` / ``.arff`` / LIBSVM: ``data=npz|arff|libsvm`` with their ``auto`` scaling).
 ``--variant NAME=override,override`` adds an extra row (a method with overrides), e.g.
 ``--variant bbam-noneg=method=bbam,method.sampling=null``. The table gives each
 (dataset, lb) the mean ± std over seeds per method (mAP, F1 in percent), and paired
@@ -64,6 +66,20 @@ def _key(row: str, overrides: Sequence[str]) -> str:
     return row + "|" + " ".join(overrides)
 
 
+def _data_overrides(data: str) -> List[str]:
+    """``--datasets`` entry -> app overrides: a dataset config's name (``medical``), or a
+    path to a file dataset (``.npz``, ``.arff``, LIBSVM), run as a user's own file with
+    ``data=npz|arff|libsvm`` and its ``train.scaling=auto`` defaults."""
+    suffix = Path(data).suffix.lower()
+    if suffix == ".npz":
+        return ["data=npz", f"data.path={data}"]
+    if suffix == ".arff":
+        return ["data=arff", f"data.path={data}"]
+    if suffix in (".svm", ".libsvm", ".txt"):
+        return ["data=libsvm", f"data.path={data}"]
+    return [f"data={data}"]
+
+
 def run(ns) -> None:
     rows: List[Tuple[str, List[str]]] = []
     for m in filter(None, ns.methods.split(",")):  # --methods "" : only the --variant rows
@@ -82,7 +98,8 @@ def run(ns) -> None:
         for lb in ns.lb.split(","):
             for seed in ns.seeds.split(","):
                 for name, ovs in rows:
-                    overrides = [f"data={data}", f"split.lb_ratio={lb}", f"seed={seed}", *ovs, *ns.overrides]
+                    overrides = [*_data_overrides(data), f"split.lb_ratio={lb}", f"seed={seed}", *ovs,
+                                 *ns.overrides]
                     if _key(name, overrides) not in done:
                         jobs.append((name, overrides))
     print(f"study: {len(jobs)} runs to do ({len(done)} already in {out})", file=sys.stderr)

@@ -13,7 +13,8 @@ what prediction needs, and :class:`Predictor` reuses exactly that:
   (``train.threshold``) and per-label thresholds tuned for F1 on the validation split;
 * ``inputs.json``: how raw data became ``X`` (numeric features, the run's vocabulary, or
   its sentence encoder's settings), so :meth:`Predictor.read` turns new files or texts
-  into inputs the same way (:mod:`bbam.app.raw_inputs`).
+  into inputs the same way (:mod:`bbam.app.raw_inputs`); its ``scaling`` record (runs
+  since ``train.scaling=auto``) is the scaling, margin and scale the run chose and used.
 
 Scores come from the run's method, as in training (:meth:`bbam.app.methods.Method.scores`:
 for the angular methods ``sigmoid(scale * (angle_transform(cos, a, b) - f * margin))`` with
@@ -98,6 +99,27 @@ def _check_run(run_dir: Union[str, Path]) -> Path:
     return run
 
 
+def _apply_scaling_record(cfg, scaler_state: Dict[str, Any], choice: Optional[Dict[str, Any]], run: Path) -> None:
+    """Prediction uses what the run used: ``scaler.pt``'s fitted kind, and the margin /
+    scale of ``inputs.json``'s ``scaling`` record wherever ``config.yaml`` leaves them
+    ``auto``. A record that disagrees with ``scaler.pt`` means a damaged run folder."""
+    if not choice:  # runs from before the record: config.yaml and scaler.pt hold concrete values
+        return
+    if str(choice.get("scaling")) != str(scaler_state.get("kind")):
+        raise ValueError(f"argument 'run': {run}: inputs.json records scaling {choice.get('scaling')!r} but "
+                         f"scaler.pt holds {scaler_state.get('kind')!r} (the run folder was altered)")
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        for key in ("margin", "scale"):
+            if choice.get(key) is None:
+                continue
+            if str(cfg.method.get(key)) == "auto":
+                cfg.method[key] = float(choice[key])
+            if "angular" in cfg and str(cfg.angular.get(key)) == "auto":
+                cfg.angular[key] = float(choice[key])
+
+
 class Predictor:
     """The selected model of a finished run, with the run's preprocessing and thresholds.
 
@@ -131,6 +153,7 @@ class Predictor:
         thresholds = json.loads((run / "thresholds.json").read_text())
         inputs_file = run / "inputs.json"  # absent in runs saved before it existed: numeric features
         inputs = json.loads(inputs_file.read_text()) if inputs_file.is_file() else {"kind": "features"}
+        _apply_scaling_record(cfg, scaler_state, inputs.get("scaling"), run)
         ckpt = torch.load(run / "checkpoints" / "best.pt", map_location=device, weights_only=True)
         K, D = len(label_names), int(scaler_state["num_features"])
         method = build_method(cfg.method)  # a run from before the method classes: its flags translated

@@ -215,6 +215,15 @@ def _select_from(out_dir: Path) -> str:
         return "self_training"
 
 
+def _scaling_lines(result: Dict[str, Any]) -> List[str]:
+    """How the inputs were scaled and the margin/scale, and why (``train.scaling=auto``:
+    chosen from the training pool's features; see :func:`bbam.app.preprocess.resolve_scaling`)."""
+    choice = result.get("scaling")
+    if not choice or not choice.get("line"):  # runs from before the record existed
+        return []
+    return ["", f"Inputs: {choice['line']}."]
+
+
 def write_report(out_dir: Path) -> Path:
     """Write ``report.md`` (and the plots) from a run folder's files."""
     out_dir = Path(out_dir)
@@ -225,7 +234,8 @@ def write_report(out_dir: Path) -> Path:
     plots = _plots(out_dir, history, diag)
     lines = [f"# {result['method']} on {result['dataset']}", "",
              f"lb_ratio {result['lb_ratio']}, seed {result['seed']}; splits {result['sizes']}; "
-             f"{result['epochs_run']} epochs run; {_selection(result, _select_from(out_dir))}.", "", "## Test metrics (selected checkpoint, evaluated once)", "",
+             f"{result['epochs_run']} epochs run; {_selection(result, _select_from(out_dir))}.",
+             *_scaling_lines(result), "", "## Test metrics (selected checkpoint, evaluated once)", "",
              "| metric | value | unit |", "|---|---|---|"]
     lines += ["| {} | {} | {} |".format(title, *_shown(key, result["test"].get(key)))
               for key, title, _ in PAPER_METRICS + OTHER_METRICS]
