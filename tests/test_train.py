@@ -68,12 +68,14 @@ def test_every_config_composes_and_instantiates(method, data, shared_data_dir, t
         dataset = instantiate(cfg.data)
         assert dataset.num_labels >= 1
         in_dim = dataset.num_features
-    if data in FILE_DATASETS:  # train.scaling / method.margin / method.scale: auto, resolved from the features
+    if data in FILE_DATASETS:  # train.scaling / angular.margin / angular.scale: auto, resolved from the features
         from bbam.app.preprocess import resolve_scaling
 
-        assert (cfg.train.scaling, cfg.method.margin, cfg.method.scale) == ("auto", "auto", "auto")
+        assert (cfg.train.scaling, cfg.angular.margin, cfg.angular.scale) == ("auto", "auto", "auto")
         resolve_scaling(cfg, dataset.X)
-        assert (cfg.train.scaling, cfg.method.margin, cfg.method.scale) == ("standardize", 0.4, 20.0)  # emotions
+        assert (cfg.train.scaling, cfg.angular.margin, cfg.angular.scale) == ("standardize", 0.4, 20.0)  # emotions
+        if "margin" in cfg.method:  # the angular methods read them
+            assert (cfg.method.margin, cfg.method.scale) == (0.4, 20.0)
     elif data == "reuters21578_text":
         in_dim = cfg.data.max_len
     instantiate(cfg.model.encoder, in_dim=in_dim)
