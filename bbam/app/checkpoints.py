@@ -40,24 +40,27 @@ def current_name(value: Any) -> Any:
 _RESUME_FREE_SUFFIXES = (".progress", ".device", ".cache_dir", ".cache")
 
 
+def _flatten(prefix: str, node: Any, out: Dict[str, Any]) -> Dict[str, Any]:
+    """``{"a.b.c": value}`` of the nested dict ``node`` under ``prefix``."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _flatten(f"{prefix}.{key}", value, out)
+    else:
+        out[prefix] = node
+    return out
+
+
 def run_settings(cfg) -> Dict[str, Any]:
     """The flattened settings that define what a run trains (``seed``, ``data``, ``split``,
     ``method``, ``model``, ``train`` less output-only keys), for the resume check."""
     from omegaconf import OmegaConf
 
-    flat: Dict[str, Any] = {"seed": int(cfg.seed)}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(f"{prefix}.{key}", value)
-        elif prefix not in _RESUME_FREE and not prefix.endswith(_RESUME_FREE_SUFFIXES):
-            flat[prefix] = current_name(node)
-
+    flat: Dict[str, Any] = {}
     for section in ("data", "split", "method", "model", "train"):
         if section in cfg:
-            walk(section, OmegaConf.to_container(cfg[section], resolve=True))
-    return flat
+            _flatten(section, OmegaConf.to_container(cfg[section], resolve=True), flat)
+    return {"seed": int(cfg.seed), **{key: current_name(value) for key, value in flat.items()
+                                      if key not in _RESUME_FREE and not key.endswith(_RESUME_FREE_SUFFIXES)}}
 
 
 def _unflatten(flat: Dict[str, Any], section: str) -> Dict[str, Any]:
@@ -79,17 +82,7 @@ def _from_flag_methods(saved: Dict[str, Any], now: Dict[str, Any]) -> Dict[str, 
     from .methods.legacy import method_config
 
     out = {k: v for k, v in saved.items() if not k.startswith("method.")}
-    new: Dict[str, Any] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(f"{prefix}.{key}", value)
-        else:
-            new[prefix] = node
-
-    walk("method", method_config(_unflatten(saved, "method")))
-    out.update(new)
+    _flatten("method", method_config(_unflatten(saved, "method")), out)
     for key in now:
         if key not in out and not key.startswith("method."):
             out[key] = now[key]

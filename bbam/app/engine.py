@@ -30,7 +30,7 @@ from bbam import metrics as M
 
 from . import stopping
 from .atomic import atomic_save, atomic_write_text
-from .batches import Batch, index_batches, make_pipeline
+from .batches import index_batches, make_pipeline
 from .checkpoints import carry_best_checkpoint, check_same_settings, method_state, read_checkpoint, run_settings
 from .inference import PARTS, predict, predict_global
 from .models import ModelEMA, MultiLabelModel

@@ -50,11 +50,12 @@ class FixMatch(Method):
         self.threshold, self.lambda_u = float(threshold), float(lambda_u)
         self.loss_fn = BCELoss(reduction="sum")
         self._truth_ub: Optional[Tensor] = None  # the unlabeled rows' true labels: logged accuracy only
-        self._counts = torch.zeros(3, dtype=torch.float64)  # weight sum, weighted correct, elements
+        self._counts = torch.zeros(3, dtype=torch.float64)  # weight sum, weighted correct, elements (on the device)
 
     def bind(self, engine) -> None:
         super().bind(engine)
         self._truth_ub = engine.splits["unlabeled"].y
+        self._counts = self._counts.to(self.device)
 
     def warmup_loss(self, forward: Forward, lb: Batch) -> Tensor:
         (out,) = forward([lb.x])
@@ -74,9 +75,11 @@ class FixMatch(Method):
         return 0.0 + self.loss_fn(out_l, lb.y, None) + self.lambda_u * self.loss_fn(out_s, pseudo, weight)
 
     def _log(self, pseudo: Tensor, weight: Tensor, idx: Tensor) -> None:
+        # summed on the device: no host synchronisation per step (read once, at end_epoch)
         correct = (pseudo == self._truth_ub[idx]).float()
-        self._counts += torch.stack([weight.sum(), (weight * correct).sum(),
-                                     torch.tensor(float(weight.numel()), device=weight.device)]).double().cpu()
+        self._counts[0] += weight.sum()
+        self._counts[1] += (weight * correct).sum()
+        self._counts[2] += weight.numel()
 
     def refresh(self, engine) -> Dict[str, float]:
         self._counts.zero_()
