@@ -17,13 +17,17 @@ Usage::
   - a run on text (``data=text_jsonl`` / ``reuters21578_text``, any text model): a
     ``.jsonl`` file of objects holding the run's text fields (``title``, ``body`` by
     default) or a ``.txt`` file with one document per line;
-  - a run on images: an ``.npz`` of pixel rows ``X`` ``[M, 3 * image_size**2]`` in [0, 1].
+  - a run on images (``data=image_folder`` / ``voc`` / ``coco``): a folder of images (every
+    image file in it and its sub-folders, sorted by path), one image file, or a label file
+    (``<path>[<TAB>...]`` per line, relative to its folder; labels ignored), decoded at
+    the run's size and encoded with its backbone (frozen features or fine-tuned model).
 * ``out``: a folder (created) receiving
 
   - ``scores.npz``: ``scores`` float32 ``[M, K]`` in [0, 1], ``predictions`` bool
     ``[M, K]``, ``label_names`` ``[K]`` str, ``thresholds`` float32 ``[K]``;
-  - ``predictions.csv``: header ``index,labels``, then one row per sample: its row
-    index in ``data`` and its predicted label names joined by ``;`` (empty: none).
+  - ``predictions.csv``: header ``index,labels`` (images: ``index,file,labels``), then
+    one row per sample: its row index in ``data`` (and its image file) and its predicted
+    label names joined by ``;`` (empty: none).
 * ``thresholds``: ``global`` (default; the run's ``train.threshold``) or ``tuned``
   (per-label thresholds tuned for F1 on the run's validation split).
 
@@ -72,13 +76,19 @@ def predict_file(run: str, data: str, out: str, thresholds: str = "global", devi
 
     predictor = Predictor.from_run(run, device=device)
     X = predictor.read(data)
-    if X.shape[1] != predictor.num_features:
-        raise ValueError(f"argument 'data': {data} has {X.shape[1]} features, the run was trained on "
-                         f"{predictor.num_features}")
-    if not bool(torch.isfinite(X).all()):
-        r, c = (int(v) for v in torch.nonzero(~torch.isfinite(X))[0])
-        raise ValueError(f"argument 'data': {data} has a non-finite value at row {r}, column {c}")
-    scores = predictor.predict_proba(X)
+    files = None  # image runs: the file of each row, written beside its labels
+    if predictor.inputs.get("kind") == "images":
+        from bbam.app.raw_inputs import image_files
+
+        files = getattr(X, "files", None) or image_files(Path(data))
+    if isinstance(X, torch.Tensor):  # features (image rows are decoded by the model's caller)
+        if X.shape[1] != predictor.num_features:
+            raise ValueError(f"argument 'data': {data} has {X.shape[1]} features, the run was trained on "
+                             f"{predictor.num_features}")
+        if not bool(torch.isfinite(X).all()):
+            r, c = (int(v) for v in torch.nonzero(~torch.isfinite(X))[0])
+            raise ValueError(f"argument 'data': {data} has a non-finite value at row {r}, column {c}")
+    scores = torch.as_tensor(predictor.predict_proba(X))  # numpy unless X is a tensor
     t = predictor.threshold_vector(thresholds=thresholds)
     pred = (scores >= t).numpy()
     names = predictor.label_names
@@ -86,8 +96,11 @@ def predict_file(run: str, data: str, out: str, thresholds: str = "global", devi
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"scores": scores.numpy(), "predictions": pred, "label_names": np.asarray(names, dtype=str)}
     _atomic_write(out_dir / "scores.npz", lambda fh: np.savez(fh, thresholds=t.numpy(), **result))
-    rows: List[List[str]] = [["index", "labels"]]
-    rows += [[str(i), ";".join(n for n, p in zip(names, row) if p)] for i, row in enumerate(pred)]
+    labels = [";".join(n for n, p in zip(names, row) if p) for row in pred]
+    if files is None:
+        rows: List[List[str]] = [["index", "labels"]] + [[str(i), lab] for i, lab in enumerate(labels)]
+    else:
+        rows = [["index", "file", "labels"]] + [[str(i), f, lab] for i, (f, lab) in enumerate(zip(files, labels))]
 
     def write_csv(fh) -> None:
         import io

@@ -85,7 +85,9 @@ def compose_config(overrides=(), config_name: str = "train"):
 
 
 def _split_tensors(data, splits: Dict[str, torch.Tensor], device: torch.device, scaling: str):
-    """Each split's (scaled) inputs and targets on ``device``, and the fitted scaler.
+    """Each split's (scaled) inputs and targets on ``device``, and the fitted scaler. For an
+    image set, a model reading pixels gets the split's images as ``x`` (decoded per batch);
+    a frozen backbone's features are ``x`` and the images ride along for image-space views.
 
     The scaler's statistics come from the training pool only (labeled + unlabeled
     inputs; no labels, no validation or test rows): see :mod:`bbam.app.preprocess`."""
@@ -95,7 +97,11 @@ def _split_tensors(data, splits: Dict[str, torch.Tensor], device: torch.device, 
     pool = torch.cat([splits["labeled"], splits["unlabeled"]])
     scaler = FeatureScaler(scaling).fit(data.X[pool])
     x = scaler.transform(data.X)
-    return {name: Split(x[idx].to(device), data.Y[idx].to(device)) for name, idx in splits.items()}, scaler
+    images = getattr(data, "images", None)  # image sets: ImageRows, decoded per batch
+    if images is not None and data.num_features == 0:  # the model reads pixels: the split's x are its images
+        return {name: Split(images.subset(idx), data.Y[idx].to(device)) for name, idx in splits.items()}, scaler
+    return {name: Split(x[idx].to(device), data.Y[idx].to(device), None if images is None else images.subset(idx))
+            for name, idx in splits.items()}, scaler
 
 
 def load_run_data(cfg, device: torch.device = torch.device("cpu")):

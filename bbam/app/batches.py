@@ -13,6 +13,13 @@ batches). Two pipelines turn index batches into :class:`Batch` es:
 Both give the same rows, and with the same views (:mod:`bbam.app.views`) the same
 batches, so a run does not depend on the pipeline: views are made on the assembled batch
 with a generator keyed by (seed, epoch, step, rank).
+
+Images (:class:`bbam.data.images.ImageRows`) are decoded per batch, so a split of images
+always goes through :class:`LoaderBatches` (``train.num_workers`` workers decode; with
+0 the main process does). Decoded ``uint8`` pixels become float ``[0, 1]`` on the
+training device (:func:`model_input`). A split whose model reads cached features can
+still carry its images for image-space views (``images``): the views then see the
+batch's decoded images, not its features.
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["Batch", "index_batches", "TensorBatches", "LoaderBatches", "PIPELINES", "make_pipeline"]
+__all__ = ["Batch", "index_batches", "TensorBatches", "LoaderBatches", "PIPELINES", "make_pipeline", "model_input", "take_rows"]
 
 PIPELINES = ("tensor", "dataloader")
 
@@ -64,6 +71,22 @@ def index_batches(n: int, batch_size: int, seed: int, epoch: int, stream: int, m
     return batches[:max(min_batches, math.ceil(n / batch_size))]
 
 
+def model_input(x: Tensor, device: torch.device) -> Tensor:
+    """``x`` on ``device`` as the model takes it: decoded ``uint8`` pixels become float32
+    in ``[0, 1]`` (after the copy: a quarter of the bytes cross to a GPU)."""
+    x = x.to(device, non_blocking=True)
+    return x.float().div_(255) if x.dtype == torch.uint8 else x
+
+
+def _is_images(x) -> bool:
+    return not isinstance(x, Tensor) and hasattr(x, "subset")  # bbam.data.images.ImageRows
+
+
+def take_rows(x, idx: Tensor):
+    """Rows ``idx`` of a split's inputs: a tensor's rows, or a lazy selection of image rows."""
+    return x.subset(idx) if _is_images(x) else x[idx]
+
+
 def _view_generator(seed: int, epoch: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + epoch * 7_919 + step) * 64 + rank + 17)
 
@@ -76,19 +99,27 @@ class TensorBatches:
             its targets are not handed out).
         views: a :class:`bbam.app.views.Views` (None: no views).
         view_names: the views each batch carries (e.g. ``("weak", "strong")``).
+        images: the split's images (:class:`~bbam.data.images.ImageRows`) for views that
+            are made from images (``views.needs_images``) while ``x`` holds features.
     """
 
-    def __init__(self, x: Tensor, y: Optional[Tensor] = None, views=None, view_names: Sequence[str] = ()):
+    def __init__(self, x: Tensor, y: Optional[Tensor] = None, views=None, view_names: Sequence[str] = (),
+                 images=None):
         if view_names and views is None:
             raise ValueError(f"views {tuple(view_names)} were asked for but no view maker is configured (key 'views')")
         self.x, self.y, self.views, self.view_names = x, y, views, tuple(view_names)
+        self.images = images if view_names and getattr(views, "needs_images", False) else None
+        if self.view_names and getattr(views, "needs_images", False) and images is None and not _is_images(x):
+            raise ValueError(f"{views!r} makes views from images, but this split has none (an image dataset with "
+                             f"model.views of images is needed)")
 
     def _batch(self, idx: Tensor, x: Tensor, y: Optional[Tensor], seed: int, epoch: int, step: int,
-               rank: int) -> Batch:
+               rank: int, images: Optional[Tensor] = None) -> Batch:
         batch = Batch(idx, x, y)
         if self.view_names:
             g = _view_generator(seed, epoch, step, rank)
-            batch.views = {name: self.views(name, x, g) for name in self.view_names}
+            source = x if images is None else images
+            batch.views = {name: self.views(name, source, g) for name in self.view_names}
         return batch
 
     def __call__(self, batches: Sequence[Tensor], seed: int, epoch: int, rank: int = 0) -> Iterator[Batch]:
@@ -99,17 +130,25 @@ class TensorBatches:
 
 
 class _Rows(torch.utils.data.Dataset):
-    """A split's rows for a DataLoader: a whole batch is fetched at once (``__getitems__``)."""
+    """A split's rows for a DataLoader: a whole batch is fetched at once (``__getitems__``).
+    Images are decoded here, in the worker; a decoding error travels back as a value and is
+    raised in the main process with its own message (not a worker traceback)."""
 
-    def __init__(self, x: Tensor, y: Optional[Tensor]):
-        self.x, self.y = x, y
+    def __init__(self, x: Tensor, y: Optional[Tensor], images=None):
+        self.x, self.y, self.images = x, y, images
 
     def __len__(self) -> int:
         return self.x.shape[0]
 
     def __getitems__(self, idx: List[int]):
+        from bbam.data.image_rows import ImageDecodeError
+
         i = torch.as_tensor(idx, dtype=torch.long)
-        return i, self.x[i], None if self.y is None else self.y[i]
+        try:
+            return (i, self.x[i], None if self.y is None else self.y[i],
+                    None if self.images is None else self.images[i])
+        except ImageDecodeError as err:
+            return err
 
     def __getitem__(self, i: int):  # single rows (not used by the batched fetch)
         return self.__getitems__([i])
@@ -127,28 +166,38 @@ class LoaderBatches(TensorBatches):
     hand-over (``bench/epoch.py`` measures it); it is the path for data read per batch."""
 
     def __init__(self, x: Tensor, y: Optional[Tensor] = None, views=None, view_names: Sequence[str] = (),
-                 num_workers: int = 0, device: Optional[torch.device] = None):
-        super().__init__(x.cpu(), None if y is None else y.cpu(), views, view_names)
+                 num_workers: int = 0, device: Optional[torch.device] = None, images=None):
+        super().__init__(x.cpu(), None if y is None else y.cpu(), views, view_names, images)
         self.num_workers, self.device = int(num_workers), device if device is not None else x.device
 
     def __call__(self, batches: Sequence[Tensor], seed: int, epoch: int, rank: int = 0) -> Iterator[Batch]:
         # its own generator: the loader's worker seeds must not draw from the global stream
         # (dropout), or the run would depend on the pipeline
+        from bbam.data.image_rows import ImageDecodeError
+
         loader = torch.utils.data.DataLoader(
-            _Rows(self.x, self.y), batch_sampler=[b.cpu().tolist() for b in batches], collate_fn=_as_is,
-            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+            _Rows(self.x, self.y, self.images), batch_sampler=[b.cpu().tolist() for b in batches],
+            collate_fn=_as_is, num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
             generator=_view_generator(seed, epoch, 1 << 20, rank))
-        for step, (idx, x, y) in enumerate(loader):
+        for step, fetched in enumerate(loader):
+            if isinstance(fetched, ImageDecodeError):
+                raise ImageDecodeError(str(fetched))
+            idx, x, y, images = fetched
             dev = self.device
-            yield self._batch(idx.to(dev), x.to(dev, non_blocking=True),
-                              None if y is None else y.to(dev, non_blocking=True), seed, epoch, step, rank)
+            yield self._batch(idx.to(dev), model_input(x, dev), None if y is None else y.to(dev, non_blocking=True),
+                              seed, epoch, step, rank, None if images is None else model_input(images, dev))
 
 
 def make_pipeline(kind: str, x: Tensor, y: Optional[Tensor] = None, views=None, view_names: Sequence[str] = (),
-                  num_workers: int = 0) -> TensorBatches:
-    """The pipeline named by ``train.loader`` (one of :data:`PIPELINES`) over one split."""
-    if kind == "tensor":
+                  num_workers: int = 0, images=None, device: Optional[torch.device] = None) -> TensorBatches:
+    """The pipeline named by ``train.loader`` (one of :data:`PIPELINES`) over one split.
+
+    ``x`` or ``images`` being image rows (decoded per batch) selects the DataLoader path
+    whatever ``kind`` says; ``device``: the training device (default: ``x``'s)."""
+    if kind not in PIPELINES:
+        raise ValueError(f"config key 'train.loader' must be one of {', '.join(PIPELINES)}; got {kind!r}")
+    device = device if device is not None else x.device
+    decodes = _is_images(x) or (images is not None and view_names and getattr(views, "needs_images", False))
+    if kind == "tensor" and not decodes:
         return TensorBatches(x, y, views, view_names)
-    if kind == "dataloader":
-        return LoaderBatches(x, y, views, view_names, num_workers=num_workers, device=x.device)
-    raise ValueError(f"config key 'train.loader' must be one of {', '.join(PIPELINES)}; got {kind!r}")
+    return LoaderBatches(x, y, views, view_names, num_workers=num_workers, device=device, images=images)

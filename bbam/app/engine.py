@@ -33,7 +33,7 @@ from .atomic import atomic_save, atomic_write_text
 from .batches import index_batches, make_pipeline
 from .checkpoints import carry_best_checkpoint, check_same_settings, method_state, read_checkpoint, run_settings
 from .inference import PARTS, predict, predict_global
-from .models import ModelEMA, MultiLabelModel
+from .models import ModelEMA, MultiLabelModel, parameter_groups
 from .runtime import Split
 
 __all__ = ["SelfTrainingEngine", "EngineState"]
@@ -93,9 +93,12 @@ class SelfTrainingEngine:
             raise ValueError(f"config key 'train.select_from' must be 'self_training' or 'any', got {self.tc.select_from!r}")
         loader, workers = str(self.tc.get("loader", "tensor")), int(self.tc.get("num_workers", 0))
         lb, ub = splits["labeled"], splits["unlabeled"]
-        self.labeled_batches = make_pipeline(loader, lb.x, lb.y, num_workers=workers)
-        self.unlabeled_batches = make_pipeline(loader, ub.x, None, views, method.views, workers)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
+        self.num_workers = workers
+        self.labeled_batches = make_pipeline(loader, lb.x, lb.y, num_workers=workers, device=device)
+        self.unlabeled_batches = make_pipeline(loader, ub.x, None, views, method.views, workers, images=ub.images,
+                                               device=device)
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model), lr=self.tc.lr,
+                                           weight_decay=self.tc.weight_decay)
         self.scheduler: Optional[torch.optim.lr_scheduler.OneCycleLR] = None
         self.state = EngineState()
         self.amp = bool(self.tc.amp) and device.type == "cuda"
@@ -131,10 +134,11 @@ class SelfTrainingEngine:
         # one OneCycle per phase, spanning exactly the epochs that phase runs
         epochs = self.boundary if phase == "warmup" else self.total_epochs - self.boundary
         lr = self.tc.lr * (1.0 if phase == "warmup" else self.tc.self_training_lr_scale)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        peaks = [lr * group.get("lr_scale", 1.0) for group in self.optimizer.param_groups]  # e.g. a backbone's lower lr
+        for group, peak in zip(self.optimizer.param_groups, peaks):
+            group["lr"] = peak
         return torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=lr, total_steps=max(1, epochs * self.steps_per_epoch(phase)),
+            self.optimizer, max_lr=peaks, total_steps=max(1, epochs * self.steps_per_epoch(phase)),
             pct_start=self.tc.pct_start)
 
     def _plan(self, n: int, batch_size: int, epoch: int, stream: int, min_batches: int = 1) -> List[Tensor]:
@@ -145,12 +149,13 @@ class SelfTrainingEngine:
     # ----------------------------------------------------------------- model outputs
     def predict(self, x: Tensor, model=None, **kwargs) -> Tuple[Optional[Tensor], ...]:
         """:func:`bbam.app.inference.predict` with the method's scores (default model: EMA)."""
+        kwargs.setdefault("num_workers", self.num_workers)
         return predict(self.ema.module if model is None else model, self.method, x, amp=self.amp, **kwargs)
 
     def predict_global(self, x: Tensor, model=None, keep: Sequence[str] = PARTS, label_major: bool = False):
         """:func:`bbam.app.inference.predict_global` (every rank gets every row)."""
         return predict_global(self.ema.module if model is None else model, self.method, x, amp=self.amp,
-                              keep=keep, label_major=label_major)
+                              keep=keep, label_major=label_major, num_workers=self.num_workers)
 
     def evaluate(self, split: str, model=None) -> Dict[str, float]:
         s = self.splits[split]

@@ -14,15 +14,35 @@ from torch import Tensor
 
 from bbam import distributed as D
 
+from .batches import model_input
+
 __all__ = ["PARTS", "predict", "predict_global"]
 
 PARTS = ("scores", "features", "outputs")  # what predict can return
 
 
+IMAGE_BATCH = 64  # images per forward at inference (bounds activation memory; 1024 feature rows otherwise)
+
+
+def _chunks(x, batch_size: int, device: torch.device, num_workers: int):
+    """``(start row, model inputs on device)`` of ``x`` in order: slices of a tensor, or
+    decoded batches of image rows (in ``num_workers`` DataLoader workers)."""
+    if isinstance(x, Tensor):
+        for i in range(0, x.shape[0], batch_size):
+            yield i, x[i:i + batch_size]
+        return
+    from bbam.data.image_features import image_loader
+
+    start = 0
+    for pixels in image_loader(x, min(batch_size, IMAGE_BATCH), num_workers, pin_memory=device.type == "cuda"):
+        yield start, model_input(pixels, device)
+        start += pixels.shape[0]
+
+
 @torch.no_grad()
 def predict(model, method, x: Tensor, *, amp: bool = False, batch_size: int = 1024,
             keep: Sequence[str] = PARTS, label_major: bool = False,
-            features_out: Optional[Tensor] = None) -> Tuple[Optional[Tensor], ...]:
+            features_out: Optional[Tensor] = None, num_workers: int = 0) -> Tuple[Optional[Tensor], ...]:
     """``(scores [N, K] in [0, 1], features [N, D], raw outputs [N, K])`` of ``model`` (eval mode).
 
     Only the parts named in ``keep`` are kept (the others are None): each is one
@@ -30,53 +50,59 @@ def predict(model, method, x: Tensor, *, amp: bool = False, batch_size: int = 10
     scores are stored label by label (a transposed view: per-label work such as CAP reads
     each label's scores contiguously). ``features_out``: a ``[N, D]`` float32 tensor the
     features are written into (e.g. a slice of a larger buffer) instead of a new one.
-    ``amp``: bf16 autocast (CUDA runs with ``train.amp``)."""
+    ``amp``: bf16 autocast (CUDA runs with ``train.amp``). ``x`` may be image rows
+    (:class:`~bbam.data.images.ImageRows`): decoded per batch by ``num_workers`` workers;
+    the outputs are then on the model's device."""
     unknown = set(keep) - set(PARTS)
     if unknown:
         raise ValueError(f"predict: 'keep' must name parts among {PARTS}, got {sorted(unknown)}")
     model = model.eval()
     n, K = x.shape[0], model.head.weight.shape[0]
+    device = x.device if isinstance(x, Tensor) else model.head.weight.device
     scores = None
     if "scores" in keep:
-        scores = torch.empty((K, n), device=x.device).T if label_major else torch.empty((n, K), device=x.device)
-    outs = torch.empty((n, K), device=x.device) if "outputs" in keep else None
+        scores = torch.empty((K, n), device=device).T if label_major else torch.empty((n, K), device=device)
+    outs = torch.empty((n, K), device=device) if "outputs" in keep else None
     dim = model.classifier_weight.shape[1]  # feature dimension D
     feats = None
     if features_out is not None and ("features" not in keep or features_out.shape != (n, dim)
-                                     or features_out.dtype != torch.float32 or features_out.device != x.device):
-        raise ValueError(f"predict: 'features_out' must be a [{n}, {dim}] float32 tensor on {x.device}, with "
+                                     or features_out.dtype != torch.float32 or features_out.device != device):
+        raise ValueError(f"predict: 'features_out' must be a [{n}, {dim}] float32 tensor on {device}, with "
                          f"'features' in keep; got {tuple(features_out.shape)} {features_out.dtype} on "
                          f"{features_out.device}, keep={tuple(keep)}")
     if "features" in keep:
-        feats = torch.empty((n, dim), device=x.device) if features_out is None else features_out
+        feats = torch.empty((n, dim), device=device) if features_out is None else features_out
     features_only = scores is None and outs is None  # the classifier head is not needed
-    for i in range(0, n, batch_size):
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+    for i, xb in _chunks(x, batch_size, device, num_workers):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             if features_only:
-                z, out = model.encoder(x[i:i + batch_size]), None
+                z, out = model.encoder(xb), None
             else:
-                z, out = model(x[i:i + batch_size])
+                z, out = model(xb)
         if feats is not None:
-            feats[i:i + batch_size] = z.float()
+            feats[i:i + len(xb)] = z.float()
         if out is None:
             continue
         out = out.float()
         if outs is not None:
-            outs[i:i + batch_size] = out
+            outs[i:i + len(xb)] = out
         if scores is not None:
-            scores[i:i + batch_size] = method.scores(out)
+            scores[i:i + len(xb)] = method.scores(out)
     return scores, feats, outs
 
 
 @torch.no_grad()
 def predict_global(model, method, x: Tensor, *, amp: bool = False, keep: Sequence[str] = PARTS,
-                   label_major: bool = False) -> Tuple[Optional[Tensor], ...]:
+                   label_major: bool = False, num_workers: int = 0) -> Tuple[Optional[Tensor], ...]:
     """:func:`predict` on all rows of ``x``, each rank computing its shard (rows
     ``rank, rank + world, ...``), gathered back into row order on every rank."""
     if D.world_size() == 1:
-        return predict(model, method, x, amp=amp, keep=keep, label_major=label_major)
+        return predict(model, method, x, amp=amp, keep=keep, label_major=label_major, num_workers=num_workers)
     n = x.shape[0]
-    local = predict(model, method, x[D.shard_indices(n, device=x.device)], amp=amp, keep=keep)
+    device = x.device if isinstance(x, Tensor) else model.head.weight.device
+    shard = D.shard_indices(n, device=x.device)
+    local = predict(model, method, x[shard] if isinstance(x, Tensor) else x.subset(shard), amp=amp, keep=keep,
+                    num_workers=num_workers)
     outs = []
     for name, part in zip(PARTS, local):
         if part is None:
@@ -87,6 +113,6 @@ def predict_global(model, method, x: Tensor, *, amp: bool = False, keep: Sequenc
         else:
             full = part.new_empty((n, *part.shape[1:]))
         for r, rows in enumerate(D.gather_rows(part)):
-            full[D.shard_indices(n, which=r, device=x.device)] = rows
+            full[D.shard_indices(n, which=r, device=device)] = rows
         outs.append(full)
     return tuple(outs)

@@ -4,14 +4,13 @@ exponential moving average (EMA) copy of the weights."""
 from __future__ import annotations
 
 import copy
-import math
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LinearEncoder", "MLPEncoder", "BackboneEncoder", "TextEncoder", "ImageEncoder", "CosineClassifier", "LinearClassifier", "MultiLabelModel", "ModelEMA"]
+__all__ = ["LinearEncoder", "MLPEncoder", "BackboneEncoder", "TextEncoder", "CosineClassifier", "LinearClassifier", "MultiLabelModel", "ModelEMA", "parameter_groups"]
 
 
 class MLPEncoder(nn.Module):
@@ -154,27 +153,18 @@ class TextEncoder(nn.Module):
         return self.mlp(self.embed(ids))
 
 
-class ImageEncoder(nn.Module):
-    """Flattened RGB images ``[B, 3 * S * S]`` -> features.
-
-    ``backbone``: any module mapping ``[B, 3, S, S]`` to ``[B, backbone_dim]`` (e.g.
-    ``torchvision.models.resnet50`` with ``fc`` replaced by ``nn.Identity``, built from its
-    ``_target_``); by default a small CNN. A linear layer maps to ``out_dim``.
-    """
-
-    def __init__(self, in_dim: int, backbone: Optional[nn.Module] = None, backbone_dim: int = 64,
-                 out_dim: int = 128):
-        super().__init__()
-        side = math.isqrt(in_dim // 3)
-        if 3 * side * side != in_dim:
-            raise ValueError(f"ImageEncoder: in_dim {in_dim} is not 3 * S * S (flattened RGB images)")
-        self.side = side
-        if backbone is None:
-            backbone = nn.Sequential(
-                nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-                nn.Conv2d(32, backbone_dim, 3, padding=1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
-                nn.Flatten())
-        self.backbone, self.proj, self.out_dim = backbone, nn.Linear(backbone_dim, out_dim), out_dim
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(self.backbone(x.view(-1, 3, self.side, self.side)))
+def parameter_groups(model: MultiLabelModel):
+    """The optimizer's parameter groups: the model's parameters as one group, unless its
+    encoder names parameters with their own learning-rate factor (``lr_scale_groups()``:
+    ``[(parameters, factor), ...]``, e.g. a pretrained backbone's lower learning rate);
+    each group then carries ``lr_scale``, which the engine's schedule multiplies in."""
+    groups = getattr(model.encoder, "lr_scale_groups", None)
+    if groups is None:
+        return list(model.parameters())
+    out, seen = [], set()
+    for params, factor in groups():
+        params = [p for p in params if p.requires_grad]
+        seen.update(id(p) for p in params)
+        out.append({"params": params, "lr_scale": float(factor)})
+    out.append({"params": [p for p in model.parameters() if id(p) not in seen], "lr_scale": 1.0})
+    return [g for g in out if g["params"]]

@@ -169,12 +169,18 @@ class Predictor:
 
     def read(self, path: Union[str, Path]) -> Tensor:
         """Raw inputs ``[M, D]`` of the new data in ``path``, made as the run made its own:
-        ``.npz`` / ARFF / LIBSVM features, or ``.jsonl`` / ``.txt`` documents for a run
-        trained on text (its vocabulary or sentence encoder). Feed them to
+        ``.npz`` / ARFF / LIBSVM features, ``.jsonl`` / ``.txt`` documents for a run
+        trained on text (its vocabulary or sentence encoder), or a folder / label file of
+        images for a run on images (its backbone's features, or image rows). Feed them to
         :meth:`predict_proba` / :meth:`predict`. See :mod:`bbam.app.raw_inputs`."""
         return read_inputs(path, self.inputs, self.num_features, len(self.label_names))
 
     def _inputs(self, x) -> Tensor:
+        if hasattr(x, "subset") and not isinstance(x, Tensor):  # image rows (a run whose model reads pixels)
+            if self.num_features != 0:
+                raise ValueError(f"argument 'x': this run's model reads [M, {self.num_features}] features, not images "
+                                 f"(use Predictor.read on the images)")
+            return x
         x = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
         if x.dim() != 2 or x.shape[1] != self.num_features:
             raise ValueError(f"argument 'x': expected [M, {self.num_features}] features (the run's feature width), "
@@ -194,10 +200,15 @@ class Predictor:
     @torch.no_grad()
     def _scores(self, x, batch_size: int = 1024) -> Tensor:
         x = self._inputs(x)
+        amp = self.device.type == "cuda" and bool(self.cfg.train.amp)
+        if not isinstance(x, Tensor):  # image rows: decoded per batch in DataLoader workers
+            from .inference import predict
+
+            workers = int(self.cfg.train.get("num_workers", 0))
+            return predict(self.model, self.method, x, amp=amp, keep=("scores",), num_workers=workers)[0].cpu()
         out_scores = []
         # as the engine: bf16 autocast on CUDA when the run trained with train.amp (so CUDA
         # scores equal the run's own evaluation); fp32 on CPU
-        amp = self.device.type == "cuda" and bool(self.cfg.train.amp)
         for i in range(0, x.shape[0], batch_size):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
                 _, out = self.model(x[i:i + batch_size])

@@ -116,7 +116,7 @@ def feature_profile(x: Tensor) -> Dict[str, Any]:
     zeros = int((x == 0).sum())
     binary = bool(((x == 0) | (x == 1)).all())
     integer = binary or bool((x == torch.round(x)).all())
-    return {"rows": int(x.shape[0]), "features": int(x.shape[1]), "min": float(x.min()),
+    return {"rows": int(x.shape[0]), "features": int(x.shape[1]), "min": float(x.min()) if x.numel() else 0.0,
             "zero_share": zeros / x.numel() if x.numel() else 0.0, "integer": integer, "binary": binary}
 
 
@@ -152,8 +152,12 @@ def describe_choice(record: Dict[str, Any]) -> str:
     """The one line of a :func:`resolve_scaling` record, e.g.
     ``features: 1,449 binary, 99 % zeros → tfidf_l2, margin 0.2, scale 30 (auto: ...)``."""
     p = record["profile"]
-    head = (f"features: {p['features']:,} {_kind_words(p)}, {_percent(p['zero_share'])} % zeros → "
-            f"{record['scaling']}, margin {_num(record['margin'])}, scale {_num(record['scale'])}")
+    if p["features"] == 0:  # image sets whose model reads pixels: no feature matrix
+        head = (f"inputs: pixels decoded per batch → {record['scaling']}, margin {_num(record['margin'])}, "
+                f"scale {_num(record['scale'])}")
+    else:
+        head = (f"features: {p['features']:,} {_kind_words(p)}, {_percent(p['zero_share'])} % zeros → "
+                f"{record['scaling']}, margin {_num(record['margin'])}, scale {_num(record['scale'])}")
     src = record["source"]
     auto = [k for k in ("scaling", "margin", "scale") if src[k] == "auto"]
     given = [k for k in ("scaling", "margin", "scale") if src[k] != "auto"]

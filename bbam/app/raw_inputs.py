@@ -18,8 +18,13 @@ A run saves ``inputs.json`` describing how its data became the feature matrix ``
   New texts for both text kinds: a ``.jsonl`` file of objects holding the run's
   ``text_keys`` (other fields, e.g. ``labels``, are ignored) or a ``.txt`` file, one
   document per line.
-* ``{"kind": "images", "image_size"}``: prediction takes an ``.npz`` of pixel rows
-  (``X`` ``[M, 3 * image_size**2]`` in [0, 1], as ``data=image_folder`` produces).
+* ``{"kind": "images", "image_size", "backbone"}``: images (``data=image_folder``,
+  ``voc``, ``coco``). New images: a folder (every image file in it and its sub-folders,
+  by sorted path) or a label file (``<path>[<TAB>...]`` per line, paths relative to the
+  file's folder, anything after the path ignored). They are decoded at the run's
+  ``image_size``; with a frozen backbone (``backbone`` settings, ``finetune`` false) the
+  inputs are its features (cached as at training), else the image rows themselves
+  (:class:`~bbam.data.image_rows.ImageRows`, decoded per batch by the model's caller).
 
 Scaling is not part of this: the run's ``scaler.pt`` is applied afterwards.
 """
@@ -53,8 +58,10 @@ def describe_inputs(cfg, data) -> Dict[str, Any]:
                     "text_keys": keys}
         settings = OmegaConf.to_container(cfg.data.sentence_encoder, resolve=True)
         return {"kind": "sentence", "text_keys": keys, "sentence": settings}
-    if target.endswith("load_image_folder"):
-        return {"kind": "images", "image_size": int(cfg.data.image_size)}
+    if getattr(data, "images", None) is not None:
+        backbone = cfg.data.get("backbone")
+        return {"kind": "images", "image_size": int(cfg.data.image_size),
+                "backbone": None if backbone is None else OmegaConf.to_container(backbone, resolve=True)}
     names = list(data.feature_names)
     if names == [f"f{j}" for j in range(len(names))]:  # placeholders: nothing to check new files against
         return {"kind": "features"}
@@ -117,9 +124,48 @@ def _arff(path: Path, num_labels: int, feature_names: Optional[Sequence[str]]) -
     return data.X
 
 
+def image_files(path: Path) -> List[str]:
+    """The images to predict: every image file under a folder (sorted paths), or the first
+    field of each line of a label file (relative to its folder)."""
+    from bbam.data.image_rows import IMAGE_SUFFIXES
+
+    if path.is_dir():
+        files = sorted(str(f) for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"argument 'data': folder {path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+        return files
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return [str(path)]
+    files = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            rel = line.split("#", 1)[0].split("\t", 1)[0].strip()
+            if not rel:
+                continue
+            file = path.parent / rel
+            if not file.is_file():
+                raise ValueError(f"argument 'data': {path}, line {lineno}: image {file} not found")
+            files.append(str(file))
+    if not files:
+        raise ValueError(f"argument 'data': {path} lists no images")
+    return files
+
+
+def _images(path: Path, spec: Dict[str, Any]):
+    from bbam.data.image_features import image_features
+    from bbam.data.image_rows import ImageRows
+
+    rows = ImageRows(image_files(path), int(spec["image_size"]))
+    backbone = spec.get("backbone")
+    if backbone is not None and not bool(backbone.get("finetune", False)):
+        return image_features(rows, backbone)
+    return rows
+
+
 def read_inputs(path, spec: Dict[str, Any], num_features: int, num_labels: int) -> torch.Tensor:
     """Raw (unscaled) model inputs ``[M, D]`` float32 of the new data in ``path``, made
-    with the run's recipe ``spec`` (see the module docstring). Errors name ``data``."""
+    with the run's recipe ``spec`` (see the module docstring), or image rows for a run
+    whose model reads pixels. Errors name ``data``."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"argument 'data': {path} does not exist")
@@ -132,7 +178,12 @@ def read_inputs(path, spec: Dict[str, Any], num_features: int, num_labels: int) 
         if kind == "text_tokens":
             return token_ids([tokenize(t) for t in texts], spec["vocab"], int(spec["max_len"]))
         return sentence_inputs(texts, spec["sentence"])[0]
-    if kind not in ("features", "images"):
+    if kind == "images":
+        if "backbone" not in spec:  # runs from before streaming images kept 64 px pixel rows
+            raise ValueError("argument 'run': this image run predates the image pipeline (pixel rows in memory); "
+                             "retrain it to predict images")
+        return _images(path, spec)
+    if kind != "features":
         raise ValueError(f"argument 'run': inputs.json names an unknown kind of inputs {kind!r}")
     if suffix == ".npz":
         return _npz(path)
@@ -143,5 +194,5 @@ def read_inputs(path, spec: Dict[str, Any], num_features: int, num_labels: int) 
             return _arff(path, num_labels, spec.get("feature_names"))
     except DatasetFormatError as err:  # names the file and line; say which argument it was
         raise ValueError(f"argument 'data': {err}") from None
-    accepted = ".npz" if kind == "images" else f".npz, .arff or LIBSVM ({', '.join(LIBSVM_SUFFIXES)})"
-    raise ValueError(f"argument 'data': expected {accepted} for this run's {kind}, got {path}")
+    raise ValueError(f"argument 'data': expected .npz, .arff or LIBSVM ({', '.join(LIBSVM_SUFFIXES)}) for this "
+                     f"run's features, got {path}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -14,10 +15,15 @@ __all__ = ["Split", "seed_everything", "resolve_device"]
 
 @dataclass
 class Split:
-    """One split's inputs and (possibly hidden) targets, on the training device."""
+    """One split's inputs and (possibly hidden) targets, on the training device.
+
+    ``x`` is a tensor, or the split's images (:class:`bbam.data.images.ImageRows`,
+    decoded per batch) for a model that reads pixels; ``images``: the split's images
+    beside feature rows ``x`` (frozen backbone features), for image-space views."""
 
     x: Tensor
     y: Tensor  # int8 {0, 1}: true labels (hidden from the learner for the unlabeled split)
+    images: Optional[Any] = None
 
     def __len__(self) -> int:
         return self.x.shape[0]

@@ -12,13 +12,19 @@ reproducible and does not depend on the data pipeline.
   spread in the batch, so it means the same under every ``train.scaling``.
 * :class:`TokenViews` (token ids ``[B, L]``, 0 = padding): token dropout, each token of a
   document dropped (set to padding) with the view's probability.
+* :class:`ImageViews` (image datasets): image-space views (flip + translation; the strong
+  one adds per-image RandAugment and Cutout, :mod:`bbam.vision.augment`) of the batch's
+  decoded images; or, on a frozen backbone's cached features, the feature-space views of
+  :class:`FeatureViews`.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["Views", "FeatureViews", "TokenViews"]
+__all__ = ["Views", "FeatureViews", "TokenViews", "ImageViews"]
 
 
 def _probability(name: str, value: float) -> float:
@@ -29,7 +35,12 @@ def _probability(name: str, value: float) -> float:
 
 
 class Views:
-    """Base class: ``__call__(name, x, generator)`` dispatches to :meth:`weak` / :meth:`strong`."""
+    """Base class: ``__call__(name, x, generator)`` dispatches to :meth:`weak` / :meth:`strong`.
+
+    ``needs_images``: the views are made from the batch's decoded images rather than from
+    its model inputs (features); the pipeline then passes those images as ``x``."""
+
+    needs_images = False
 
     def __call__(self, name: str, x: Tensor, generator: torch.Generator) -> Tensor:
         if name == "weak":
@@ -121,3 +132,84 @@ class TokenViews(Views):
 
     def __repr__(self) -> str:
         return f"TokenViews(weak_drop={self.weak_drop}, strong_drop={self.strong_drop})"
+
+
+class ImageViews(Views):
+    """Weak/strong views for image datasets.
+
+    Args:
+        space: ``images``: augmented images (weak: flip + translation; strong: + RandAugment
+            + Cutout); ``features``: :class:`FeatureViews` of the frozen backbone's features
+            (no image work); ``auto``: ``features`` with a frozen backbone, ``images`` when
+            fine-tuning (the model then reads pixels, so only image views make sense).
+        backbone: the model's backbone (a key of :data:`bbam.vision.backbones.BACKBONES`),
+            or None (a model trained from scratch on pixels, e.g. ``model=image_cnn``).
+        finetune: whether the model reads pixels (fine-tuning). With a frozen backbone and
+            ``space=images`` the views are the frozen backbone's features of the augmented
+            images: a backbone forward per view per batch (``bench/images.py`` measures it).
+        flip, translate: weak view: flip probability, largest shift (share of the side).
+        num_ops, magnitude, cutout: strong view: RandAugment operations per image, their
+            largest magnitude in [0, 1], Cutout square side (share of the side; 0: none).
+        weak_noise, strong_mask, strong_noise, mask_fill: :class:`FeatureViews` settings
+            (``space=features``).
+    """
+
+    def __init__(self, space: str = "auto", backbone: Optional[str] = None, finetune: bool = False,
+                 flip: float = 0.5, translate: float = 0.125, num_ops: int = 2, magnitude: float = 1.0,
+                 cutout: float = 0.5, weak_noise: float = 0.0, strong_mask: float = 0.3, strong_noise: float = 0.1,
+                 mask_fill: str = "shuffle"):
+        if space not in ("auto", "images", "features"):
+            raise ValueError(f"config key 'model.views.space' must be auto, images or features, got {space!r}")
+        pixels = bool(finetune) or backbone is None  # the model reads pixels
+        self.space = ("images" if pixels else "features") if space == "auto" else space
+        if pixels and self.space == "features":
+            raise ValueError("config key 'model.views.space' is 'features' but the model reads pixels "
+                             "(model.finetune=true or a CNN trained from scratch): use images or auto")
+        _probability("flip", flip)
+        if not 0.0 <= float(translate) < 0.5 or not 0.0 <= float(cutout) < 1.0 or not 0.0 <= float(magnitude) <= 1.0:
+            raise ValueError(f"config keys 'model.views.translate' (in [0, 0.5)), 'cutout' (in [0, 1)) and "
+                             f"'magnitude' (in [0, 1]) out of range: {translate}, {cutout}, {magnitude}")
+        if int(num_ops) < 0:
+            raise ValueError(f"config key 'model.views.num_ops' must be >= 0, got {num_ops}")
+        self.flip, self.translate, self.num_ops = float(flip), float(translate), int(num_ops)
+        self.magnitude, self.cutout = float(magnitude), float(cutout)
+        self.backbone_name = None if pixels else str(backbone)
+        self.features = FeatureViews(weak_noise, strong_mask, strong_noise, mask_fill)
+        self._backbone = None  # frozen backbone of image-space views on features, loaded on first use
+
+    @property
+    def needs_images(self) -> bool:
+        return self.space == "images" and self.backbone_name is not None
+
+    @torch.no_grad()
+    def _encoded(self, pixels: Tensor) -> Tensor:
+        if self.backbone_name is None:
+            return pixels
+        if self._backbone is None or self._backbone.mean.device != pixels.device:
+            from bbam.vision.backbones import load_backbone
+
+            self._backbone = load_backbone(self.backbone_name).to(pixels.device)
+        return self._backbone(pixels)
+
+    def weak(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        if self.space == "features":
+            return self.features.weak(x, generator)
+        from bbam.vision.augment import weak_augment
+
+        return self._encoded(weak_augment(x, generator, self.flip, self.translate))
+
+    def strong(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        if self.space == "features":
+            return self.features.strong(x, generator)
+        from bbam.vision.augment import strong_augment
+
+        return self._encoded(strong_augment(x, generator, self.flip, self.translate, self.num_ops, self.magnitude,
+                                            self.cutout))
+
+    def __getstate__(self):  # DataLoader workers get the view maker without a loaded backbone
+        return {**self.__dict__, "_backbone": None}
+
+    def __repr__(self) -> str:
+        return (f"ImageViews(space={self.space!r}, backbone={self.backbone_name!r}, flip={self.flip}, "
+                f"translate={self.translate}, num_ops={self.num_ops}, magnitude={self.magnitude}, "
+                f"cutout={self.cutout})")

@@ -11,8 +11,12 @@ LIBSVM reader; no Hydra, nothing from :mod:`bbam.app` or :mod:`bbam.train`):
   :mod:`~bbam.data.npz` (:func:`load_npz`, :func:`save_npz`), :mod:`~bbam.data.arff`
   (:func:`load_arff`, :func:`load_arff_pair`; MULAN ``.xml`` and MEKA ``-C`` label
   headers), :mod:`~bbam.data.libsvm` (:func:`load_libsvm`);
-* :mod:`~bbam.data.inputs` -- raw inputs: :func:`load_text_jsonl` (own vocabulary, or a
-  pretrained sentence encoder through :mod:`~bbam.data.sentence`), :func:`load_image_folder`;
+* :mod:`~bbam.data.inputs` -- raw text: :func:`load_text_jsonl` (own vocabulary, or a
+  pretrained sentence encoder through :mod:`~bbam.data.sentence`);
+* images, decoded per batch (:class:`~bbam.data.image_rows.ImageRows`), optionally as
+  a frozen backbone's cached features (:mod:`~bbam.data.image_features`):
+  :func:`load_image_folder` (:mod:`~bbam.data.images`), :func:`load_voc`
+  (:mod:`~bbam.data.voc`), :func:`load_coco` (:mod:`~bbam.data.coco`);
 * :mod:`~bbam.data.lookup` -- :func:`load_dataset` by file, directory or name;
   :func:`default_data_dirs`;
 * :mod:`~bbam.data.splits` -- :func:`iterative_stratification`, :func:`split_indices`.
@@ -20,12 +24,16 @@ LIBSVM reader; no Hydra, nothing from :mod:`bbam.app` or :mod:`bbam.train`):
 
 from .arff import load_arff, load_arff_pair
 from .container import DatasetFormatError, MultiLabelData
-from .inputs import load_image_folder, load_text_jsonl, token_ids, tokenize
+from .coco import load_coco
+from .image_rows import ImageDecodeError, ImageRows
+from .images import image_dataset, load_image_folder
+from .inputs import load_text_jsonl, token_ids, tokenize
 from .libsvm import load_libsvm
 from .lookup import default_data_dirs, load_dataset
 from .npz import load_npz, save_npz
 from .splits import iterative_stratification, split_indices
 from .synthetic import make_synthetic
+from .voc import load_voc
 
 __all__ = [
     "DatasetFormatError",
@@ -42,6 +50,11 @@ __all__ = [
     "token_ids",
     "load_text_jsonl",
     "load_image_folder",
+    "load_voc",
+    "load_coco",
+    "image_dataset",
+    "ImageRows",
+    "ImageDecodeError",
     "iterative_stratification",
     "split_indices",
 ]

@@ -1,19 +1,15 @@
-"""Raw inputs: text documents (JSON lines) and image folders, as :class:`MultiLabelData`.
+"""Raw inputs: text documents (JSON lines), as :class:`MultiLabelData`.
 
-Both keep the engine's contract (``X`` a float32 ``[N, D]`` tensor) and leave the
-encoding to the model's encoder:
-
-* text: ``X`` holds token ids (0 = padding) of a vocabulary built on the training
+``X`` is a float32 ``[N, D]`` tensor and the encoding is left to the model's encoder:
+``X`` holds token ids (0 = padding) of a vocabulary built on the training
   documents; encode with :class:`bbam.app.models.TextEncoder` (an embedding bag) or
   any text backbone that takes token ids. With ``sentence_encoder`` settings
   (``model=sentence_encoder``) ``X`` holds instead a pretrained sentence model's
-  embeddings (frozen) or its tokenizer's ids (fine-tuning): see :mod:`bbam.data.sentence`;
-* images: ``X`` holds flattened RGB pixels in ``[0, 1]``; encode with
-  :class:`bbam.app.models.ImageEncoder` (a small CNN by default, or any backbone such
-  as a torchvision ResNet given by ``_target_``).
+  embeddings (frozen) or its tokenizer's ids (fine-tuning): see :mod:`bbam.data.sentence`.
+Images are read by :mod:`bbam.data.images`.
 
-Imports only the standard library, numpy, torch (and Pillow for images,
-sentence-transformers for ``sentence_encoder``).
+Imports only the standard library, numpy, torch (and sentence-transformers for
+``sentence_encoder``).
 """
 from __future__ import annotations
 
@@ -29,7 +25,7 @@ import torch
 from .container import DatasetFormatError, MultiLabelData, check_exists
 from .sentence import sentence_inputs
 
-__all__ = ["tokenize", "token_ids", "json_lines", "document_text", "load_text_jsonl", "load_image_folder"]
+__all__ = ["tokenize", "token_ids", "json_lines", "document_text", "load_text_jsonl"]
 
 _TOKEN = re.compile(r"[a-z]{2,}")
 
@@ -147,57 +143,3 @@ def _vocabulary(docs: list[list[str]], train_rows: list[int], vocab_size: int) -
     """``["<pad>"]`` + the ``vocab_size - 1`` tokens in most training documents (ties alphabetical)."""
     df = Counter(tok for i in train_rows for tok in set(docs[i]))
     return ["<pad>"] + [tok for tok, _ in sorted(df.items(), key=lambda kv: (-kv[1], kv[0]))[: vocab_size - 1]]
-
-
-def load_image_folder(root, labels_file: str = "labels.tsv", image_size: int = 64,
-                      name: str | None = None) -> MultiLabelData:
-    """Images of a folder with a label file, as flattened RGB pixels.
-
-    Args:
-        root: the folder.
-        labels_file: a text file in ``root`` (or a path), one image a line:
-            ``<path relative to root><TAB><label>[,<label>...]`` (an empty label list is
-            allowed); ``#`` starts a comment.
-        image_size: images are converted to RGB and resized to ``image_size x image_size``.
-
-    Returns:
-        :class:`MultiLabelData` with ``X`` float32 ``[N, 3 * image_size**2]`` in ``[0, 1]``
-        (channel-major, reshaped by :class:`bbam.app.models.ImageEncoder`), labels sorted.
-    """
-    try:
-        from PIL import Image
-    except ImportError as err:  # pragma: no cover - Pillow ships with matplotlib
-        raise ImportError("load_image_folder needs Pillow (pip install pillow)") from err
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(2, f"image folder not found: {root}", str(root))
-    label_path = Path(labels_file) if Path(labels_file).is_absolute() else root / labels_file
-    check_exists(label_path)
-    rows = []
-    for lineno, line in enumerate(label_path.read_text(encoding="utf-8").splitlines(), 1):
-        line = line.split("#", 1)[0].rstrip("\n")
-        if not line.strip():
-            continue
-        rel, _, labs = line.partition("\t")
-        rows.append((lineno, rel.strip(), [s.strip() for s in labs.split(",") if s.strip()]))
-    if not rows:
-        raise DatasetFormatError(label_path, "no images listed")
-    pixels = np.zeros((len(rows), 3, image_size, image_size), dtype=np.float32)
-    for i, (lineno, rel, _) in enumerate(rows):
-        img_path = root / rel
-        if not img_path.is_file():
-            raise DatasetFormatError(label_path, f"image {img_path} not found", lineno)
-        try:
-            with Image.open(img_path) as img:
-                arr = np.asarray(img.convert("RGB").resize((image_size, image_size)), dtype=np.float32) / 255.0
-        except OSError as err:
-            raise DatasetFormatError(label_path, f"cannot read image {img_path} ({err})", lineno) from None
-        pixels[i] = arr.transpose(2, 0, 1)
-    label_names = sorted({name for _, _, labs in rows for name in labs})
-    col = {n: j for j, n in enumerate(label_names)}
-    Y = np.zeros((len(rows), len(label_names)), dtype=np.int8)
-    for i, (_, _, labs) in enumerate(rows):
-        Y[i, [col[n] for n in labs]] = 1
-    return MultiLabelData(X=torch.from_numpy(pixels.reshape(len(rows), -1)), Y=torch.from_numpy(Y),
-                          label_names=label_names, feature_names=[f"px{j}" for j in range(pixels[0].size)],
-                          name=name or root.name, source=str(label_path))

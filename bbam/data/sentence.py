@@ -22,14 +22,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from .cache import default_cache_dir, read_cache, resolve_device, write_cache
 
 __all__ = ["resolve_model_path", "model_fingerprint", "load_sentence_model", "embed_texts", "tokenize_texts",
            "sentence_inputs", "default_cache_dir"]
@@ -89,29 +89,16 @@ def model_fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
-def _device(device: Optional[str]) -> str:
-    """``auto``/None: cuda if available, else cpu; plain ``cuda`` under torchrun: this rank's GPU."""
-    device = "cuda" if device in (None, "auto") and torch.cuda.is_available() else str(device or "cpu")
-    if device == "cuda" and "LOCAL_RANK" in os.environ:
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    return "cpu" if device == "auto" else device
-
-
 def load_sentence_model(pretrained: str = DEFAULT_MODEL, device: Optional[str] = "cpu",
                         max_seq_length: Optional[int] = None):
     """A ``SentenceTransformer`` from a local folder (see :func:`resolve_model_path`)."""
     st = _sentence_transformers()
-    model = st.SentenceTransformer(str(resolve_model_path(pretrained)), device=_device(device))
+    model = st.SentenceTransformer(str(resolve_model_path(pretrained)), device=resolve_device(device))
     if max_seq_length is not None:
         if int(max_seq_length) < 2:
             raise ValueError(f"'max_seq_length' must be >= 2, got {max_seq_length}")
         model.max_seq_length = int(max_seq_length)
     return model
-
-
-def default_cache_dir() -> Path:
-    """``$BBAM_CACHE_DIR`` or ``~/.cache/bbam/embeddings``."""
-    return Path(os.environ.get("BBAM_CACHE_DIR") or Path.home() / ".cache" / "bbam" / "embeddings").expanduser()
 
 
 def _cache_key(pretrained: str, fingerprint: str, texts: Sequence[str], max_seq_length: int) -> str:
@@ -122,40 +109,6 @@ def _cache_key(pretrained: str, fingerprint: str, texts: Sequence[str], max_seq_
     meta = {"format": _CACHE_FORMAT, "model": str(pretrained), "fingerprint": fingerprint,
             "max_seq_length": int(max_seq_length), "n": len(texts), "texts": th.hexdigest()}
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
-
-
-def _read_cache(path: Path, key: str, n: int) -> Optional[np.ndarray]:
-    """The cached ``[n, D]`` embeddings, or None (missing; a bad file is reported and ignored)."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            emb, stored = np.asarray(z["embeddings"], dtype=np.float32), str(z["key"])
-        if stored != key or emb.ndim != 2 or emb.shape[0] != n or not np.isfinite(emb).all():
-            raise ValueError(f"key or shape {emb.shape} does not match {n} texts")
-        return emb
-    except Exception as err:  # corrupt / truncated / foreign file: rebuild it
-        warnings.warn(f"embedding cache {path} is unreadable ({type(err).__name__}: {err}); recomputing it",
-                      RuntimeWarning, stacklevel=3)
-        return None
-
-
-def _write_cache(path: Path, key: str, emb: np.ndarray) -> None:
-    """Atomic write: a temporary file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would (mkstemp makes it 0600)
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, embeddings=emb, key=np.array(key))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def embed_texts(texts: Sequence[str], pretrained: str = DEFAULT_MODEL, max_seq_length: int = 256,
@@ -171,7 +124,7 @@ def embed_texts(texts: Sequence[str], pretrained: str = DEFAULT_MODEL, max_seq_l
     path = resolve_model_path(pretrained)
     key = _cache_key(pretrained, model_fingerprint(path), texts, max_seq_length)
     file = Path(cache_dir or default_cache_dir()).expanduser() / f"{Path(str(pretrained)).name}-{key[:32]}.npz"
-    if cache and (emb := _read_cache(file, key, len(texts))) is not None:
+    if cache and (emb := read_cache(file, key, len(texts))) is not None:
         return torch.from_numpy(emb)
     from tqdm.auto import tqdm
 
@@ -190,7 +143,7 @@ def embed_texts(texts: Sequence[str], pretrained: str = DEFAULT_MODEL, max_seq_l
     if parts:
         emb[order] = np.concatenate(parts)
     if cache:
-        _write_cache(file, key, emb)
+        write_cache(file, key, emb)
     return torch.from_numpy(emb)
 
 

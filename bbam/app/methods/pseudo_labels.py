@@ -21,7 +21,7 @@ from bbam.cap import CAPLabeler
 from bbam.losses import AsymmetricLoss, BAMLoss, BBAMLoss, BCELoss
 from bbam.stats import LabelAngleStats
 
-from ..batches import Batch
+from ..batches import Batch, take_rows
 from ..diagnostics import pseudo_label_summary
 from .base import Forward, Method
 
@@ -174,7 +174,8 @@ class BAM(CAP):
             if single:  # every row, in sample order: no gathers
                 x_lb, x_ub, y_lb, t_ub = lb.x, ub.x, lb.y, pseudo_t
             else:
-                x_lb, x_ub, y_lb, t_ub = lb.x[rows_lb], ub.x[rows_ub], lb.y[rows_lb], pseudo_t[rows_ub]
+                x_lb, x_ub = take_rows(lb.x, rows_lb), take_rows(ub.x, rows_ub)
+                y_lb, t_ub = lb.y[rows_lb], pseudo_t[rows_ub]
             # one [n_lb + n_ub, D] buffer, filled in place (no concatenation copy)
             feats = torch.empty((len(x_lb) + len(x_ub), engine.model.classifier_weight.shape[1]), device=self.device)
             engine.predict(x_lb, model, keep=("features",), features_out=feats[:len(x_lb)])

@@ -1,0 +1,129 @@
+"""Frozen backbone features of image rows, computed once per image set and cached on disk.
+
+With a frozen backbone (``model.finetune=false``, the CPU default) the training loop only
+trains a head on the features, so they are computed once: every image decoded (in
+DataLoader workers) at ``S x S``, passed through the backbone in eval mode, and the
+``[N, dim]`` float32 features written to the cache folder
+(:func:`bbam.data.cache.default_cache_dir`) as ``<backbone>-<S>px-<key>.npz``. The key
+holds the backbone's weights fingerprint, ``S``, the decoding procedure's version and the
+SHA-256 of every image file's bytes, so changed images, weights or size never reuse
+stale features. Library layer: numpy, torch, tqdm and :mod:`bbam.vision`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bbam.vision.backbones import load_backbone, weights_id
+
+from .cache import default_cache_dir, read_cache, resolve_device, write_cache
+from .image_rows import ImageDecodeError, ImageRows
+
+__all__ = ["image_features", "image_loader", "SETTINGS"]
+
+_CACHE_FORMAT = 1  # bump when decoding (decode_image) or the feature procedure changes
+SETTINGS = {"name", "finetune", "batch_size", "num_workers", "device", "cache_dir", "cache", "progress"}
+
+
+class _Decoded(torch.utils.data.Dataset):
+    """Batches of decoded images for a DataLoader; a decoding error travels back as a value
+    (re-raised in the main process with its own one-line message, not a worker traceback)."""
+
+    def __init__(self, rows: ImageRows):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, idx):
+        try:
+            return self.rows[idx]
+        except ImageDecodeError as err:
+            return err
+
+    def __getitem__(self, i):
+        return self.__getitems__([i])
+
+
+def _as_is(batch):
+    return batch
+
+
+def _raise_errors(batch):
+    if isinstance(batch, ImageDecodeError):
+        raise ImageDecodeError(str(batch))
+    return batch
+
+
+def image_loader(rows: ImageRows, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False):
+    """Decoded ``uint8 [B, 3, S, S]`` batches of ``rows`` in order, decoded by ``num_workers``
+    DataLoader workers (0: in this process). A missing or corrupt image raises
+    :class:`~bbam.data.images.ImageDecodeError` naming the file."""
+    loader = torch.utils.data.DataLoader(_Decoded(rows), batch_size=int(batch_size), shuffle=False,
+                                         num_workers=int(num_workers), collate_fn=_as_is,
+                                         pin_memory=pin_memory)
+    return (_raise_errors(b) for b in loader)
+
+
+def _cache_key(rows: ImageRows, backbone: str) -> str:
+    files = hashlib.sha256()
+    for path in rows.files:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as err:
+            raise ImageDecodeError(f"image {path}: cannot read ({err.strerror or err})") from None
+        files.update(hashlib.sha256(data).digest())
+    meta = {"format": _CACHE_FORMAT, "weights": weights_id(backbone), "size": rows.image_size,
+            "n": len(rows), "images": files.hexdigest()}
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+
+
+@torch.no_grad()
+def image_features(rows: ImageRows, settings: Mapping[str, Any]) -> Tensor:
+    """``[N, dim]`` float32 features of ``rows`` through the frozen backbone ``settings["name"]``.
+
+    Args:
+        rows: the images (:class:`~bbam.data.images.ImageRows`).
+        settings: ``name`` (a key of :data:`bbam.vision.backbones.BACKBONES`); optional
+            ``batch_size`` (64), ``num_workers`` (DataLoader decoding workers, 2),
+            ``device`` ("auto"), ``cache_dir`` (None: the default folder), ``cache`` (True),
+            ``progress`` (True).
+    """
+    unknown = set(settings) - SETTINGS
+    if unknown:
+        raise ValueError(f"image_features: unknown settings {sorted(unknown)} (expected among {sorted(SETTINGS)})")
+    name = str(settings["name"])
+    cache = bool(settings.get("cache", True))
+    file = None
+    if cache:
+        key = _cache_key(rows, name)
+        folder = Path(settings.get("cache_dir") or default_cache_dir()).expanduser()
+        file = folder / f"{name}-{rows.image_size}px-{key[:32]}.npz"
+        cached = read_cache(file, key, len(rows))
+        if cached is not None:
+            return torch.from_numpy(cached)
+    from tqdm.auto import tqdm
+
+    device = torch.device(resolve_device(settings.get("device", "auto")))
+    backbone = load_backbone(name).to(device)
+    out = np.empty((len(rows), backbone.dim), dtype=np.float32)
+    batches = image_loader(rows, int(settings.get("batch_size", 64)), int(settings.get("num_workers", 2)),
+                           pin_memory=device.type == "cuda")
+    done = 0
+    with tqdm(total=len(rows), desc=f"{name} features ({rows.image_size} px)", unit="img",
+              disable=not bool(settings.get("progress", True)), leave=False) as bar:
+        for pixels in batches:
+            x = pixels.to(device, non_blocking=True).float().div_(255)
+            feats = backbone(x)  # float32 on every device: cached features do not depend on where they were made
+            out[done:done + len(pixels)] = feats.float().cpu().numpy()
+            done += len(pixels)
+            bar.update(len(pixels))
+    if cache:
+        write_cache(file, key, out)
+    return torch.from_numpy(out)

@@ -1,0 +1,93 @@
+"""Image rows decoded when indexed: :class:`ImageRows` and :func:`decode_image`.
+
+:class:`ImageRows` holds file paths only; indexing it decodes just those images
+(``uint8 [B, 3, S, S]``, squashed to ``S x S`` as the research code's ``Resize((S, S))``).
+Library layer: numpy, torch, Pillow.
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+__all__ = ["ImageDecodeError", "ImageRows", "decode_image", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class ImageDecodeError(ValueError):
+    """An image file is missing or cannot be decoded (the message names the file)."""
+
+
+def decode_image(path, size: int) -> torch.Tensor:
+    """The image at ``path`` as ``uint8 [3, size, size]`` RGB (squashed to a square).
+
+    JPEGs are decoded at the smallest DCT scale that still covers ``size`` (Pillow's
+    ``draft``: several times faster for photos much larger than ``size``), then resized
+    bilinearly (with antialiasing)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (size, size))
+            rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
+            arr = np.asarray(rgb, dtype=np.uint8)
+    except FileNotFoundError:
+        raise ImageDecodeError(f"image {path}: file not found") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        raise ImageDecodeError(f"image {path}: cannot decode ({err})") from None
+    return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+
+
+class ImageRows(torch.utils.data.Dataset):
+    """Rows of images, decoded when indexed.
+
+    Args:
+        files: ``N`` image paths.
+        image_size: side ``S`` of the decoded square images.
+
+    ``rows[i]`` is ``uint8 [3, S, S]``; ``rows[index]`` (a list, LongTensor or slice) is
+    ``uint8 [B, 3, S, S]``; :meth:`subset` is a lazy selection (no decoding). ``shape`` is
+    ``(N, 3, S, S)`` and ``device`` the CPU, as for a tensor of the decoded set, so the
+    training loop treats a split of images like a split of feature rows.
+    """
+
+    dtype = torch.uint8
+    device = torch.device("cpu")
+
+    def __init__(self, files: Sequence[str], image_size: int):
+        if int(image_size) < 8:
+            raise ValueError(f"ImageRows: 'image_size' must be >= 8 pixels, got {image_size}")
+        self.files, self.image_size = [str(f) for f in files], int(image_size)
+
+    @property
+    def shape(self) -> Tuple[int, int, int, int]:
+        return (len(self.files), 3, self.image_size, self.image_size)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _rows(self, index) -> List[int]:
+        if isinstance(index, slice):
+            return list(range(len(self.files)))[index]
+        if isinstance(index, torch.Tensor):
+            return index.cpu().reshape(-1).tolist()
+        return [int(i) for i in index]
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            return decode_image(self.files[int(index)], self.image_size)
+        rows = self._rows(index)
+        if not rows:
+            return torch.empty((0, 3, self.image_size, self.image_size), dtype=torch.uint8)
+        return torch.stack([decode_image(self.files[i], self.image_size) for i in rows])
+
+    def subset(self, index) -> "ImageRows":
+        return ImageRows([self.files[i] for i in self._rows(index)], self.image_size)
+
+    def cpu(self) -> "ImageRows":
+        return self
+
+    def __repr__(self) -> str:
+        return f"ImageRows(N={len(self.files)}, image_size={self.image_size})"
