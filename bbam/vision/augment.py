@@ -163,11 +163,13 @@ def randaugment(x: Tensor, generator: torch.Generator, num_ops: int = 2, magnitu
                 dev_rows = rows.to(x.device)
                 out = out.index_copy(0, dev_rows, _color_op(name, out.index_select(0, dev_rows),
                                                             mags[rows, slot].to(x.device), signs[rows, slot].to(x.device)))
-    geometric = torch.tensor([RANDAUGMENT_OPS.index(n) for n in _GEOMETRIC])
-    if torch.isin(ops, geometric).any():
-        keep = torch.isin(ops, geometric)
-        theta = _geometric_theta(torch.where(keep, ops, 0), torch.where(keep, mags, 0.0), signs)
-        out = _affine(out, theta, "gray").clamp_(0, 1)
+    geometric = torch.isin(ops, torch.tensor([RANDAUGMENT_OPS.index(n) for n in _GEOMETRIC]))
+    rows = geometric.any(1).nonzero().flatten()  # only the images that drew a geometric operation are warped
+    if rows.numel():
+        keep = geometric[rows]
+        theta = _geometric_theta(torch.where(keep, ops[rows], 0), torch.where(keep, mags[rows], 0.0), signs[rows])
+        dev_rows = rows.to(x.device)
+        out = out.index_copy(0, dev_rows, _affine(out.index_select(0, dev_rows), theta, "gray").clamp_(0, 1))
     return out
 
 
