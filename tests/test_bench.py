@@ -22,3 +22,25 @@ def test_epoch_bench_quick(tmp_path):
         assert math.isfinite(summary[key]), key
     assert summary["st_steps_s"] > 0 and summary["peak_rss_gib"] > 0
     assert "(non-step)/steps" in proc.stdout
+
+
+def test_images_bench_quick(tmp_path):
+    """bench/images.py --quick on a folder of generated photos: every figure is reported."""
+    import pytest
+
+    pytest.importorskip("efficientnet_lite_pytorch", reason="the vision extra is not installed")
+    from test_images import write_images
+
+    root = write_images(tmp_path / "imgs", n=130, size=40)
+    out = tmp_path / "images.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "images.py"), "--quick", "--root", str(root),
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    (size,) = result["sizes"]
+    for key in ("decode_w0_img_s", "decode_w1_img_s", "decode_w2_img_s", "decode_views_w2_img_s", "weak_img_s",
+                "strong_img_s", "frozen_img_s", "frozen_gflop_per_img", "frozen_gflop_s", "finetune_step_img_s",
+                "finetune_gflop_s", "feature_views_batch_s", "image_views_batch_s", "image_over_feature_views"):
+        assert math.isfinite(size[key]) and size[key] > 0, key
+    assert [r["rows"] for r in result["rss"]] == [64, 128] and all(r["peak_rss_mib"] > 0 for r in result["rss"])
+    assert "peak RSS" in proc.stdout

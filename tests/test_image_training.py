@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,7 +136,37 @@ def test_finetuned_run_resumes_to_the_same_result_and_predicts(tmp_path):
     assert out["scores"].shape == (48, 2) and np.isfinite(out["scores"]).all()
 
 
-def test_cnn_from_scratch_on_pixels(tmp_path):
-    result, run = _run(tmp_path, "cnn", "model=image_cnn", "method=cap", "model.encoder.out_dim=16", base=CNN)
+def test_cnn_from_scratch_on_pixels_with_caps_two_views(tmp_path):
+    result, run = _run(tmp_path, "cnn", "model=image_cnn", "method=cap", "model.encoder.out_dim=16",
+                       "method.unlabeled_views=[weak,strong]", base=CNN)
     assert np.isfinite(result["test"]["mAP"])
     assert json.loads((run / "inputs.json").read_text())["backbone"] is None
+
+
+def test_a_batch_of_one_photo_trains_with_running_batch_norm_statistics():
+    from bbam.app.image_models import PretrainedImageEncoder
+
+    enc = PretrainedImageEncoder(0, finetune=True, hidden=[8], out_dim=4).train()
+    enc(torch.rand(1, 3, 32, 32)).sum().backward()  # batch norm cannot take batch statistics of one photo
+    assert enc.backbone.training and enc.backbone.net.net._bn0.weight.grad is not None
+    assert {id(p) for p in enc.lr_scale_groups()[0][0]} == {id(p) for p in enc.backbone.parameters()}
+    with pytest.raises(ValueError, match=r"inputs must be RGB pixels \[B, 3, S, S\]"):
+        enc(torch.rand(2, 1280))
+    with pytest.raises(ValueError, match="in_dim 7 is not the 1280 features"):
+        PretrainedImageEncoder(7)
+
+
+def test_an_unreadable_photo_stops_the_app_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    root = write_images(tmp_path / "imgs", n=12)
+    (root / "sub" / "img3.png").write_bytes(b"garbage")
+    proc = subprocess.run([sys.executable, "-m", "bbam.train", "data=image_folder", f"data.root={root}",
+                           "data.image_size=32", "train.progress=false", f"hydra.run.dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, cwd=tmp_path,
+                          env={**__import__("os").environ, "BBAM_CACHE_DIR": str(tmp_path / "cache"),
+                               "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("bbam.train: error: image ")
+    assert "img3.png: cannot decode" in proc.stderr and "Traceback" not in proc.stderr

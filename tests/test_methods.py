@@ -79,6 +79,22 @@ def test_cap_loss_uses_the_epochs_pseudo_labels_and_masks():
     assert float(loss) == pytest.approx(expected, rel=1e-6)
 
 
+def test_cap_on_both_views_sums_their_losses_with_the_same_pseudo_labels():
+    m = _bound(CAP(gamma_neg=4.0, gamma_pos=0.0, clip=0.05, unlabeled_views=["weak", "strong"]), 1)
+    assert m.views == ("weak", "strong")
+    m.targets_ub = torch.tensor([[1], [0]], dtype=torch.int8)
+    m.weight_lb, m.weight_ub = torch.tensor([[False]]), torch.tensor([[True], [False]])
+    x_l, x_u, w, s = torch.zeros(1, 2), torch.zeros(2, 2), torch.ones(2, 2), torch.full((2, 2), 2.0)
+    lb = Batch(torch.tensor([0]), x_l, torch.tensor([[0]], dtype=torch.int8))
+    ub = Batch(torch.tensor([0, 1]), x_u, views={"weak": w, "strong": s})
+    table = {id(x_l): torch.tensor([[0.5]]), id(x_u): torch.tensor([[9.0], [9.0]]),
+             id(w): torch.tensor([[1.0], [4.0]]), id(s): torch.tensor([[-2.0], [4.0]])}
+    loss = m.loss(_forward(table), lb, ub)  # the plain unlabeled inputs are not read; row 1 is masked
+    assert float(loss) == pytest.approx(_softplus(-1.0) + _softplus(2.0), rel=1e-6)
+    with pytest.raises(ValueError, match="'method.unlabeled_views' must list distinct views among weak, strong"):
+        CAP(unlabeled_views=["weak", "medium"])
+
+
 def test_bam_and_bbam_losses_and_scores_by_hand():
     margin, scale = 0.3, 10.0
     # BAM: logit = s * (cos - y * m)

@@ -26,6 +26,8 @@ _RESUME_FREE = ("train.progress", "train.resume", "train.stop_after_epoch", "tra
                 "data.name")
 # modules renamed since checkpoints were first written: the same function under its new name
 _RENAMED_KEYS = {"data.path_or_name": "data.path"}
+# keys added since, with the value that gives the behaviour of the code before them
+_ADDED_KEYS = {"method.unlabeled_views": []}
 _RENAMED_TARGETS = {"bbam.app.datasets.": "bbam.data.", "bbam.app.inputs.": "bbam.data."}
 
 
@@ -101,6 +103,9 @@ def check_same_settings(cfg, path: Path, saved: Optional[Dict[str, Any]]) -> Non
             saved[new] = saved.pop(old)
     if "method._target_" not in saved:
         saved = _from_flag_methods(saved, now)
+    for key, before in _ADDED_KEYS.items():  # a checkpoint from before the key: it trained as its default
+        if key not in saved and now.get(key, "<absent>") == before:
+            saved[key] = before
     differ = sorted(k for k in set(saved) | set(now) if saved.get(k, "<absent>") != now.get(k, "<absent>"))
     if not differ:
         return

@@ -60,7 +60,11 @@ def mark(err: BaseException) -> BaseException:
 
 
 def is_user_error(err: BaseException) -> bool:
-    return isinstance(err, UserError) or bool(getattr(err, _MARK, False))
+    """A user's mistake: marked at the input boundary, the app's own :class:`UserError`, or a
+    photo that cannot be read (found whenever a batch decodes it, mid-run too)."""
+    from bbam.data.image_rows import ImageDecodeError
+
+    return isinstance(err, (UserError, ImageDecodeError)) or bool(getattr(err, _MARK, False))
 
 
 def show_traceback() -> bool:

@@ -68,6 +68,12 @@ class PretrainedImageEncoder(nn.Module):
         if self.backbone is None:
             return self.head(x)
         _check_pixels(x, "PretrainedImageEncoder")
+        if self.training and x.shape[0] == 1:  # one photo has no batch statistics: batch norm uses its running ones
+            self.backbone.eval()
+            try:
+                return self.head(self.backbone(x))
+            finally:
+                self.backbone.train()
         return self.head(self.backbone(x))
 
 

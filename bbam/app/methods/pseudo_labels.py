@@ -10,7 +10,7 @@ masks of their rows.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -42,6 +42,15 @@ class Supervised(Method):
         return 0.0 + self.loss_fn(out, lb.y, None)
 
 
+def _view_names(names: Sequence[str]) -> Tuple[str, ...]:
+    names = tuple(str(n) for n in (names or ()))
+    bad = [n for n in names if n not in ("weak", "strong")]
+    if bad or len(set(names)) != len(names):
+        raise ValueError(f"config key 'method.unlabeled_views' must list distinct views among weak, strong; "
+                         f"got {list(names)}")
+    return names
+
+
 class CAP(Method):
     """Class-aware pseudo-labels (Xie et al. 2023) with the asymmetric loss on a linear head.
 
@@ -50,11 +59,15 @@ class CAP(Method):
         pos_per, neg_per: CAP's shares of each label's expected positives / negatives kept
             as confident pseudo-labels (``neg_per`` clipped to 0.998).
         gamma_neg, gamma_pos, clip: the asymmetric loss (warm-up and self-training).
+        unlabeled_views: the views of each unlabeled batch the loss is taken on, each with
+            the epoch's pseudo-labels and summed (``[weak, strong]``: CAP's image recipe);
+            empty: the unlabeled inputs themselves.
     """
 
     def __init__(self, name: str = "cap", pos_per: float = 1.0, neg_per: float = 0.998, gamma_neg: float = 4.0,
-                 gamma_pos: float = 0.0, clip: float = 0.05):
+                 gamma_pos: float = 0.0, clip: float = 0.05, unlabeled_views: Sequence[str] = ()):
         super().__init__(name)
+        self.views = _view_names(unlabeled_views)
         self.cap = CAPLabeler(pos_per=pos_per, neg_per=neg_per)
         self.warmup_loss_fn = AsymmetricLoss(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, reduction="sum")
         self.loss_fn = self.warmup_loss_fn
@@ -77,9 +90,12 @@ class CAP(Method):
 
     def loss(self, forward: Forward, lb: Batch, ub: Batch) -> Tensor:
         coefs = self.coefficients()
-        out_l, out_u = forward([lb.x, ub.x])
+        out_l, *outs_u = forward([lb.x, *([ub.views[v] for v in self.views] or [ub.x])])
         total = 0.0 + self._loss(self.loss_fn, out_l, lb.y, self.weight_lb[lb.idx].float(), coefs)
-        return total + self._loss(self.loss_fn, out_u, self.targets_ub[ub.idx], self.weight_ub[ub.idx].float(), coefs)
+        targets, weight = self.targets_ub[ub.idx], self.weight_ub[ub.idx].float()
+        for out_u in outs_u:  # the plain unlabeled inputs, or each view with the same pseudo-labels
+            total = total + self._loss(self.loss_fn, out_u, targets, weight, coefs)
+        return total
 
     # ------------------------------------------------------------------ per epoch
     @torch.no_grad()
@@ -92,7 +108,7 @@ class CAP(Method):
 
     @torch.no_grad()
     def refresh(self, engine) -> Dict[str, float]:
-        lb, ub = engine.splits["labeled"], engine.splits["unlabeled"]
+        lb = engine.splits["labeled"]
         self.targets_ub = self._pseudo_targets(engine)
         self.weight_lb, self.weight_ub = lb.y >= 0, self.targets_ub >= 0  # every known entry counts
         return self._summary(engine)
@@ -138,8 +154,8 @@ class BAM(CAP):
 
     def __init__(self, name: str = "bam", margin: float = 0.4, scale: float = 20.0,
                  predict_margin_fraction: float = 0.5, features_from: str = "online", pos_per: float = 1.0,
-                 neg_per: float = 0.998, sampling=None):
-        super().__init__(name, pos_per=pos_per, neg_per=neg_per)
+                 neg_per: float = 0.998, sampling=None, unlabeled_views: Sequence[str] = ()):
+        super().__init__(name, pos_per=pos_per, neg_per=neg_per, unlabeled_views=unlabeled_views)
         if features_from not in ("online", "ema"):
             raise ValueError(f"config key 'method.features_from' must be 'online' or 'ema', got {features_from!r}")
         self.margin, self.scale = float(margin), float(scale)
@@ -234,11 +250,13 @@ class BBAM(BAM):
 
     def __init__(self, name: str = "bbam", margin: float = 0.4, scale: float = 20.0,
                  predict_margin_fraction: float = 0.5, features_from: str = "online", pos_per: float = 1.0,
-                 neg_per: float = 0.998, sampling=None, stats_gamma: float = 0.01, stats_angles: str = "prototype"):
+                 neg_per: float = 0.998, sampling=None, stats_gamma: float = 0.01, stats_angles: str = "prototype",
+                 unlabeled_views: Sequence[str] = ()):
         if stats_angles not in ("prototype", "classifier"):
             raise ValueError(f"config key 'method.stats_angles' must be 'prototype' or 'classifier', "
                              f"got {stats_angles!r}")
-        super().__init__(name, margin, scale, predict_margin_fraction, features_from, pos_per, neg_per, sampling)
+        super().__init__(name, margin, scale, predict_margin_fraction, features_from, pos_per, neg_per, sampling,
+                         unlabeled_views)
         self.stats_gamma, self.stats_angles = float(stats_gamma), stats_angles
         self.stats: Optional[LabelAngleStats] = None
 
