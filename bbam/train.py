@@ -143,6 +143,9 @@ def build_engine(cfg, data, tensors, device: torch.device, out_dir):
             raise ValueError(f"method {method.name!r} trains on weak/strong views, but config key 'model.views' "
                              f"is not set (see configs/model/mlp.yaml)")
         views = instantiate(cfg.model.views)
+        if getattr(views, "needs_images", False) and str(cfg.train.scaling) != "none":
+            raise ValueError(f"model.views.space=images makes views from the frozen backbone's raw features, but "
+                             f"train.scaling={cfg.train.scaling} scales the cached ones: use train.scaling=none")
     return SelfTrainingEngine(cfg, model, method, tensors, device, Path(out_dir), data.label_names, views=views)
 
 

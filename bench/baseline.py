@@ -63,6 +63,9 @@ def baseline_metrics(cfg, C: float = 1.0) -> Dict[str, Any]:
 
     data, splits, _ = load_run_data(cfg)
     lb, test = splits["labeled"], splits["test"]
+    if not isinstance(lb.x, torch.Tensor):
+        raise ValueError("the logistic-regression floor needs feature vectors; this configuration's model reads "
+                         "pixels (for photos, the floor is taken on a frozen backbone's features: model.finetune=false)")
     scores = logistic_regression_scores(lb.x.double().numpy(), lb.y.numpy(), test.x.double().numpy(), C=C)
     result = M.evaluate(torch.from_numpy(scores).float(), test.y, threshold=float(cfg.train.threshold))
     return {"dataset": data.name, "method": "logreg", "lb_ratio": float(cfg.split.lb_ratio), "seed": int(cfg.seed),

@@ -170,3 +170,20 @@ def test_an_unreadable_photo_stops_the_app_with_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("bbam.train: error: image ")
     assert "img3.png: cannot decode" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_mobilenet_v2_model_config(tmp_path):
+    from bbam.vision.backbones import weights_path
+
+    try:
+        weights_path("mobilenet_v2")
+    except ImportError as err:
+        pytest.skip(str(err))
+    result, run = _run(tmp_path, "mnv2", "model=mobilenet_v2", "method=supervised")
+    assert np.isfinite(result["test"]["mAP"])
+    assert json.loads((run / "inputs.json").read_text())["backbone"]["name"] == "mobilenet_v2"
+
+
+def test_frozen_image_views_refuse_scaled_features(tmp_path):
+    with pytest.raises(ValueError, match="model.views.space=images .* use train.scaling=none"):
+        _run(tmp_path, "scaled", "method=fixmatch", "model.views.space=images", "train.scaling=standardize")

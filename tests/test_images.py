@@ -215,3 +215,36 @@ def test_feature_cache(tmp_path, monkeypatch):
     (tmp_path / "imgs" / "sub" / "img3.png").write_bytes(b"broken")
     with pytest.raises(ImageDecodeError, match=r"img3.png: cannot decode"):
         load_image_folder(tmp_path / "imgs", image_size=32, backbone={**settings, "num_workers": 2})
+
+
+def test_decoding_edge_cases(tmp_path):
+    from PIL import Image
+
+    deep = (np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 200)  # 16-bit gray, 0..51000
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    px = decode_image(tmp_path / "deep.png", 16)
+    assert px.dtype == torch.uint8 and int(px.min()) == 0 and int(px.max()) == 255 and len(px.unique()) > 100
+    tall = np.zeros((40, 20, 3), dtype=np.uint8)
+    tall[:10] = 255  # white on top
+    img = Image.fromarray(tall)
+    exif = img.getexif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise: the white band ends up on the right
+    img.save(tmp_path / "rotated.jpg", exif=exif)
+    px = decode_image(tmp_path / "rotated.jpg", 20).float()
+    assert px[:, :, -5:].mean() > 200 and px[:, :, :5].mean() < 50
+    x = torch.rand(0, 3, 8, 8)
+    assert augment.weak_augment(x, torch.Generator()).shape == x.shape  # a rank's empty share of a batch
+    assert augment.strong_augment(x, torch.Generator()).shape == x.shape
+    with pytest.raises(TypeError, match="boolean mask"):
+        ImageRows([str(tmp_path / "deep.png")], 8)[torch.tensor([True])]
+
+
+def test_label_file_comments_and_duplicates(tmp_path):
+    write_images(tmp_path, n=3)
+    (tmp_path / "sub" / "img0.png").rename(tmp_path / "sub" / "a #1.png")
+    (tmp_path / "labels.tsv").write_text("# a comment\nsub/a #1.png\tred\n  # another\nsub/img1.png\tblue\n")
+    data = load_image_folder(tmp_path, image_size=8)
+    assert data.images.files[0].endswith("a #1.png") and len(data.images) == 2
+    (tmp_path / "labels.tsv").write_text("sub/img1.png\tred\nsub/img2.png\tblue\nsub/img1.png\tblue\n")
+    with pytest.raises(DatasetFormatError, match=r"line 3: image 'sub/img1.png' is listed twice \(first on line 1\)"):
+        load_image_folder(tmp_path, image_size=8)

@@ -173,7 +173,7 @@ class Predictor:
         trained on text (its vocabulary or sentence encoder), or a folder / label file of
         images for a run on images (its backbone's features, or image rows). Feed them to
         :meth:`predict_proba` / :meth:`predict`. See :mod:`bbam.app.raw_inputs`."""
-        return read_inputs(path, self.inputs, self.num_features, len(self.label_names))
+        return read_inputs(path, self.inputs, self.num_features, len(self.label_names), device=str(self.device))
 
     def _inputs(self, x) -> Tensor:
         if hasattr(x, "subset") and not isinstance(x, Tensor):  # image rows (a run whose model reads pixels)

@@ -137,10 +137,10 @@ def image_files(path: Path) -> List[str]:
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return [str(path)]
     files = []
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:
         for lineno, line in enumerate(fh, 1):
-            rel = line.split("#", 1)[0].split("\t", 1)[0].strip()
-            if not rel:
+            rel = line.split("\t", 1)[0].strip()
+            if not rel or rel.startswith("#"):  # blank or a comment line
                 continue
             file = path.parent / rel
             if not file.is_file():
@@ -151,21 +151,24 @@ def image_files(path: Path) -> List[str]:
     return files
 
 
-def _images(path: Path, spec: Dict[str, Any]):
+def _images(path: Path, spec: Dict[str, Any], device: Optional[str]):
     from bbam.data.image_features import image_features
     from bbam.data.image_rows import ImageRows
 
     rows = ImageRows(image_files(path), int(spec["image_size"]))
     backbone = spec.get("backbone")
     if backbone is not None and not bool(backbone.get("finetune", False)):
-        return image_features(rows, backbone)
+        # the run's backbone settings, on the prediction's device (not the training machine's)
+        return image_features(rows, {**backbone, **({"device": device} if device else {})})
     return rows
 
 
-def read_inputs(path, spec: Dict[str, Any], num_features: int, num_labels: int) -> torch.Tensor:
+def read_inputs(path, spec: Dict[str, Any], num_features: int, num_labels: int,
+                device: Optional[str] = None) -> torch.Tensor:
     """Raw (unscaled) model inputs ``[M, D]`` float32 of the new data in ``path``, made
     with the run's recipe ``spec`` (see the module docstring), or image rows for a run
-    whose model reads pixels. Errors name ``data``."""
+    whose model reads pixels (``device``: where a frozen backbone computes features; default
+    the run's setting). Errors name ``data``."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"argument 'data': {path} does not exist")
@@ -182,7 +185,7 @@ def read_inputs(path, spec: Dict[str, Any], num_features: int, num_labels: int) 
         if "backbone" not in spec:  # runs from before streaming images kept 64 px pixel rows
             raise ValueError("argument 'run': this image run predates the image pipeline (pixel rows in memory); "
                              "retrain it to predict images")
-        return _images(path, spec)
+        return _images(path, spec, device)
     if kind != "features":
         raise ValueError(f"argument 'run': inputs.json names an unknown kind of inputs {kind!r}")
     if suffix == ".npz":

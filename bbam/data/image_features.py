@@ -27,7 +27,7 @@ from .image_rows import ImageDecodeError, ImageRows
 
 __all__ = ["image_features", "image_loader", "SETTINGS"]
 
-_CACHE_FORMAT = 1  # bump when decoding (decode_image) or the feature procedure changes
+_CACHE_FORMAT = 2  # bump when decoding (decode_image) or the feature procedure changes
 SETTINGS = {"name", "finetune", "batch_size", "num_workers", "device", "cache_dir", "cache", "progress"}
 
 
@@ -64,10 +64,12 @@ def _raise_errors(batch):
 def image_loader(rows: ImageRows, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False):
     """Decoded ``uint8 [B, 3, S, S]`` batches of ``rows`` in order, decoded by ``num_workers``
     DataLoader workers (0: in this process). A missing or corrupt image raises
-    :class:`~bbam.data.images.ImageDecodeError` naming the file."""
+    :class:`~bbam.data.images.ImageDecodeError` naming the file. The loader has its own
+    generator: a pass over images does not draw from the global random stream (a training
+    run's dropout draws do not depend on how often it evaluates)."""
     loader = torch.utils.data.DataLoader(_Decoded(rows), batch_size=int(batch_size), shuffle=False,
                                          num_workers=int(num_workers), collate_fn=_as_is,
-                                         pin_memory=pin_memory)
+                                         pin_memory=pin_memory, generator=torch.Generator())
     return (_raise_errors(b) for b in loader)
 
 

@@ -24,13 +24,20 @@ def decode_image(path, size: int) -> torch.Tensor:
     """The image at ``path`` as ``uint8 [3, size, size]`` RGB (squashed to a square).
 
     JPEGs are decoded at the smallest DCT scale that still covers ``size`` (Pillow's
-    ``draft``: several times faster for photos much larger than ``size``), then resized
-    bilinearly (with antialiasing)."""
-    from PIL import Image, UnidentifiedImageError
+    ``draft``: several times faster for photos much larger than ``size``), turned upright
+    by their EXIF orientation tag, then resized bilinearly (with antialiasing). Single-channel
+    images of more than 8 bits (16-bit PNG, 32-bit or float TIFF) are stretched from their
+    own minimum and maximum to 0-255 first."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
             img.draft("RGB", (size, size))
+            img = ImageOps.exif_transpose(img)  # photos as they are shown (camera orientation tag)
+            if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # 16/32-bit or float: to 8 bits
+                a = np.asarray(img, dtype=np.float64)
+                lo, hi = float(a.min()), float(a.max())
+                img = Image.fromarray(((a - lo) * (255.0 / (hi - lo)) if hi > lo else a * 0).astype(np.uint8))
             rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
             arr = np.asarray(rgb, dtype=np.uint8)
     except FileNotFoundError:
@@ -72,6 +79,8 @@ class ImageRows(torch.utils.data.Dataset):
         if isinstance(index, slice):
             return list(range(len(self.files)))[index]
         if isinstance(index, torch.Tensor):
+            if index.dtype == torch.bool:
+                raise TypeError("ImageRows: index with row numbers, not a boolean mask")
             return index.cpu().reshape(-1).tolist()
         return [int(i) for i in index]
 

@@ -30,10 +30,11 @@ __all__ = ["ImageDecodeError", "ImageRows", "decode_image", "read_label_file", "
            "image_dataset", "load_image_folder", "IMAGE_SUFFIXES"]
 
 def _tab_lines(path: Path):
-    """``(line number, first field, second field)`` of a tab-separated file; ``#`` comments."""
+    """``(line number, first field, second field)`` of a tab-separated file; lines starting
+    with ``#`` are comments."""
     for lineno, line in text_lines(path):
-        line = line.split("#", 1)[0].rstrip("\r\n")
-        if not line.strip():
+        line = line.rstrip("\r\n")
+        if not line.strip() or line.lstrip().startswith("#"):  # blank or a comment line ('#' in a path is kept)
             continue
         first, tab, second = line.partition("\t")
         yield lineno, first.strip(), second.strip(), bool(tab)
@@ -45,11 +46,15 @@ def read_label_file(path, root) -> List[Tuple[str, List[str]]]:
     the line."""
     path, root = Path(path), Path(root)
     check_exists(path)
-    rows = []
+    rows, seen = [], {}
     for lineno, rel, labels, _ in _tab_lines(path):
         file = root / rel
         if not file.is_file():
             raise DatasetFormatError(path, f"image {file} not found", lineno)
+        key = str(file.resolve())
+        if key in seen:
+            raise DatasetFormatError(path, f"image {rel!r} is listed twice (first on line {seen[key]})", lineno)
+        seen[key] = lineno
         rows.append((str(file), [s.strip() for s in labels.split(",") if s.strip()]))
     if not rows:
         raise DatasetFormatError(path, "no images listed")
@@ -124,7 +129,8 @@ def load_image_folder(root, labels_file: str = "labels.tsv", split_file: Optiona
     Args:
         root: the folder.
         labels_file: a text file in ``root`` (or a path), one image a line:
-            ``<path relative to root><TAB><label>[,<label>...]``; ``#`` starts a comment.
+            ``<path relative to root><TAB><label>[,<label>...]``; a line starting with ``#``
+            is a comment.
         split_file: None (the app draws a split), or a file in ``root`` (or a path) with
             lines ``<path relative to root><TAB>train|test``: the official split.
         image_size, backbone: see :func:`image_dataset`.

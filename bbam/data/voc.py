@@ -134,10 +134,10 @@ def load_voc(root: PathLike, train_sets: Union[str, Sequence[str]] = ("train",),
 
     An image is positive for a class when its annotation has an object of that class
     *not* marked ``<difficult>1</difficult>``: an image whose only instances of a class
-    are difficult is negative for it. This is the convention of the VOC classification
-    benchmark and of multi-label research code, which ignore difficult-only labels
-    rather than counting them positive. An image without (non-difficult) objects is an
-    all-negative row.
+    are difficult is negative for it. (VOC's classification benchmark leaves such
+    image-class pairs out of its score instead; a training target has to be 0 or 1, and
+    a difficult-only instance is not counted as a positive.) An image without
+    (non-difficult) objects is an all-negative row.
 
     Raises:
         FileNotFoundError: ``root`` or an image-set file is missing.

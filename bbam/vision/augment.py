@@ -55,6 +55,8 @@ def weak_augment(x: Tensor, generator: torch.Generator, flip: float = 0.5, trans
     of each side (uniform per image, reflection padding)."""
     _check(x)
     b = x.shape[0]
+    if b == 0:  # a rank's empty share of a last partial batch
+        return x.clone()
     sign = torch.where(_rand(generator, b) < flip, -1.0, 1.0)
     shift = (_rand(generator, b, 2) * 2 - 1) * (2 * translate)  # normalised coordinates span 2
     if translate == 0:
@@ -150,6 +152,8 @@ def randaugment(x: Tensor, generator: torch.Generator, num_ops: int = 2, magnitu
     if not 0.0 <= magnitude <= 1.0:
         raise ValueError(f"randaugment: 'magnitude' must be in [0, 1], got {magnitude}")
     b = x.shape[0]
+    if b == 0:
+        return x.clone()
     ops = torch.randint(len(RANDAUGMENT_OPS), (b, num_ops), generator=generator)
     mags = _rand(generator, b, num_ops) * magnitude
     signs = torch.where(_rand(generator, b, num_ops) < 0.5, -1.0, 1.0)
