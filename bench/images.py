@@ -14,7 +14,7 @@ of them), at each size ``S`` of ``--sizes``, each time the median of ``--repeats
 * **augment**: images/s of the weak and of the strong view alone on decoded batches;
 * **frozen features**: images/s of EfficientNet-Lite0's forward pass (eval, batch 64) on
   decoded images, its FLOPs per image (``torch.utils.flop_counter``) and the GFLOP/s
-  reached;
+  reached; and the same forward in the NCHW layout instead of channels-last;
 * **fine-tuning step**: images/s of one optimizer step (forward, backward, AdamW) of the
   backbone + head + cosine classifier on a batch of 32, with FLOPs (3 x the forward's)
   and GFLOP/s;
@@ -107,6 +107,11 @@ def measure_size(files: List[str], size: int, repeats: int) -> Dict[str, float]:
     out["frozen_img_s"] = len(x) / t
     out["frozen_gflop_per_img"] = flops / len(x) / 1e9
     out["frozen_gflop_s"] = flops / t / 1e9
+    nchw = load_backbone("efficientnet_lite0")  # the same network in the default NCHW layout
+    nchw.net.to(memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        out["frozen_nchw_img_s"] = len(x) / _median_time(lambda: nchw.net(((x - nchw.mean) / nchw.std).contiguous()),
+                                                         repeats)
 
     model = MultiLabelModel(PretrainedImageEncoder(0, finetune=True), 5)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -151,6 +156,15 @@ def measure_size(files: List[str], size: int, repeats: int) -> Dict[str, float]:
     return out
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory (VmHWM). Not ``ru_maxrss``: that survives the
+    ``exec`` of a spawned child and would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _stream(files: List[str], n: int, size: int, queue) -> None:
     """Child: stream ``n`` rows (``files`` repeated) through 2 decoding workers; peak RSS."""
     from bbam.data.image_features import image_loader
@@ -162,7 +176,7 @@ def _stream(files: List[str], n: int, size: int, queue) -> None:
     for pixels in image_loader(rows, 64, 2):
         total += float(pixels[:, 0, 0, 0].float().sum())  # consume the batch
     wall = time.perf_counter() - t0
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    own = _peak_rss_mib()
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     queue.put({"rows": n, "size": size, "peak_rss_mib": own, "worker_peak_rss_mib": workers,
                "img_s": n / wall, "whole_set_tensor_mib": n * 3 * size * size * 4 / 2**20})
@@ -203,7 +217,7 @@ def main(argv=None) -> Dict:
         print(f"{size} px: decode {r['decode_w0_img_s']:.0f} / {r['decode_w1_img_s']:.0f} / "
               f"{r['decode_w2_img_s']:.0f} img/s (0/1/2 workers), + views {r['decode_views_w2_img_s']:.0f}; "
               f"weak {r['weak_img_s']:.0f}, strong {r['strong_img_s']:.0f} img/s; frozen "
-              f"{r['frozen_img_s']:.1f} img/s ({r['frozen_gflop_per_img']:.2f} GFLOP/img, "
+              f"{r['frozen_img_s']:.1f} img/s (NCHW {r['frozen_nchw_img_s']:.1f}; {r['frozen_gflop_per_img']:.2f} GFLOP/img, "
               f"{r['frozen_gflop_s']:.1f} GFLOP/s); fine-tuning step {r['finetune_step_img_s']:.1f} img/s "
               f"({r['finetune_gflop_s']:.1f} GFLOP/s); views of 128: features {r['feature_views_batch_s'] * 1e3:.2f} ms, "
               f"images {r['image_views_batch_s']:.2f} s ({r['image_over_feature_views']:.0f}x)", flush=True)

@@ -39,7 +39,7 @@ def test_images_bench_quick(tmp_path):
     result = json.loads(out.read_text())
     (size,) = result["sizes"]
     for key in ("decode_w0_img_s", "decode_w1_img_s", "decode_w2_img_s", "decode_views_w2_img_s", "weak_img_s",
-                "strong_img_s", "frozen_img_s", "frozen_gflop_per_img", "frozen_gflop_s", "finetune_step_img_s",
+                "strong_img_s", "frozen_img_s", "frozen_nchw_img_s", "frozen_gflop_per_img", "frozen_gflop_s", "finetune_step_img_s",
                 "finetune_gflop_s", "feature_views_batch_s", "image_views_batch_s", "image_over_feature_views"):
         assert math.isfinite(size[key]) and size[key] > 0, key
     assert [r["rows"] for r in result["rss"]] == [64, 128] and all(r["peak_rss_mib"] > 0 for r in result["rss"])
