@@ -187,3 +187,17 @@ def test_mobilenet_v2_model_config(tmp_path):
 def test_frozen_image_views_refuse_scaled_features(tmp_path):
     with pytest.raises(ValueError, match="model.views.space=images .* use train.scaling=none"):
         _run(tmp_path, "scaled", "method=fixmatch", "model.views.space=images", "train.scaling=standardize")
+
+
+def test_frozen_batchnorm_statistics_when_fine_tuning():
+    from bbam.app.image_models import PretrainedImageEncoder
+
+    enc = PretrainedImageEncoder(0, finetune=True, hidden=[8], out_dim=4, freeze_batchnorm=True).train()
+    bn = enc.backbone.net.net._bn0
+    before = bn.running_mean.clone()
+    enc(torch.rand(4, 3, 32, 32)).sum().backward()
+    assert not bn.training and torch.equal(bn.running_mean, before) and bn.weight.grad is not None
+    assert enc.training and enc.head.training  # the rest trains as usual
+    enc(torch.rand(1, 3, 32, 32))  # the batch-of-one path restores the same modes
+    assert not bn.training and enc.backbone.net.training
+

@@ -34,12 +34,16 @@ class PretrainedImageEncoder(nn.Module):
             (``hidden=[]`` and ``out_dim=None``: the backbone features as they are).
         backbone_lr_scale: fine-tuning: the backbone's learning rate relative to
             ``train.lr`` (pretrained weights take smaller steps than the new head).
+        freeze_batchnorm: fine-tuning: the backbone's batch norms keep their ImageNet
+            running statistics (eval mode; their scale and shift still train) instead of
+            re-estimating them from each training batch.
     """
 
     def __init__(self, in_dim: int, backbone: str = "efficientnet_lite0", finetune: bool = False,
                  hidden: Sequence[int] = (512,), out_dim: Optional[int] = 256, dropout: float = 0.1,
-                 backbone_lr_scale: float = 0.1):
+                 backbone_lr_scale: float = 0.1, freeze_batchnorm: bool = False):
         super().__init__()
+        self.freeze_batchnorm = bool(freeze_batchnorm)
         if backbone not in BACKBONES:
             raise ValueError(f"config key 'model.encoder.backbone' must be one of {', '.join(BACKBONES)}, "
                              f"got {backbone!r}")
@@ -60,6 +64,14 @@ class PretrainedImageEncoder(nn.Module):
         else:
             self.head, self.out_dim = MLPEncoder(dim, list(hidden), int(out_dim), dropout), int(out_dim)
 
+    def train(self, mode: bool = True) -> "PretrainedImageEncoder":
+        super().train(mode)
+        if mode and self.freeze_batchnorm and self.backbone is not None:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
     def lr_scale_groups(self):
         """The backbone's parameters with ``backbone_lr_scale`` (see :func:`bbam.app.models.parameter_groups`)."""
         return [(list(self.backbone.parameters()), self.backbone_lr_scale)] if self.backbone is not None else []
@@ -73,7 +85,7 @@ class PretrainedImageEncoder(nn.Module):
             try:
                 return self.head(self.backbone(x))
             finally:
-                self.backbone.train()
+                self.train()
         return self.head(self.backbone(x))
 
 
