@@ -27,7 +27,7 @@ _RESUME_FREE = ("train.progress", "train.resume", "train.stop_after_epoch", "tra
 # modules renamed since checkpoints were first written: the same function under its new name
 _RENAMED_KEYS = {"data.path_or_name": "data.path"}
 # keys added since, with the value that gives the behaviour of the code before them
-_ADDED_KEYS = {"method.unlabeled_views": [], "model.encoder.freeze_batchnorm": False}
+_ADDED_KEYS = {"method.unlabeled_views": []}
 _RENAMED_TARGETS = {"bbam.app.datasets.": "bbam.data.", "bbam.app.inputs.": "bbam.data."}
 
 

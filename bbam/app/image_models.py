@@ -36,12 +36,13 @@ class PretrainedImageEncoder(nn.Module):
             ``train.lr`` (pretrained weights take smaller steps than the new head).
         freeze_batchnorm: fine-tuning: the backbone's batch norms keep their ImageNet
             running statistics (eval mode; their scale and shift still train) instead of
-            re-estimating them from each training batch.
+            re-estimating them from each training batch (measured far better on MIML with
+            batches of 16 labeled photos: ``docs/RESULTS.md``).
     """
 
     def __init__(self, in_dim: int, backbone: str = "efficientnet_lite0", finetune: bool = False,
                  hidden: Sequence[int] = (512,), out_dim: Optional[int] = 256, dropout: float = 0.1,
-                 backbone_lr_scale: float = 0.1, freeze_batchnorm: bool = False):
+                 backbone_lr_scale: float = 0.1, freeze_batchnorm: bool = True):
         super().__init__()
         self.freeze_batchnorm = bool(freeze_batchnorm)
         if backbone not in BACKBONES:
