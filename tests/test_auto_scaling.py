@@ -4,10 +4,8 @@ config.yaml, prediction and the baseline applying the same choice, resume, and t
 same pipeline as the named configs on shared sets."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -187,12 +185,7 @@ def test_resume_of_an_old_run_keeps_its_concrete_settings(tmp_path):
 
 
 # ----------------------------------------------------------------------------- baseline
-def _baseline_module():
-    spec = importlib.util.spec_from_file_location("bbam_bench_baseline_auto", ROOT / "bench" / "baseline.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from test_learning import _baseline_module  # noqa: E402  (bench/baseline.py loaded once, by file)
 
 
 def test_baseline_uses_the_same_choice(tmp_path):

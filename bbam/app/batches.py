@@ -30,7 +30,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["Batch", "index_batches", "TensorBatches", "LoaderBatches", "PIPELINES", "make_pipeline", "model_input", "take_rows"]
+__all__ = ["Batch", "index_batches", "TensorBatches", "LoaderBatches", "PIPELINES", "make_pipeline", "model_input", "take_rows", "is_image_rows"]
 
 PIPELINES = ("tensor", "dataloader")
 
@@ -78,13 +78,15 @@ def model_input(x: Tensor, device: torch.device) -> Tensor:
     return x.float().div_(255) if x.dtype == torch.uint8 else x
 
 
-def _is_images(x) -> bool:
-    return not isinstance(x, Tensor) and hasattr(x, "subset")  # bbam.data.images.ImageRows
+def is_image_rows(x) -> bool:
+    """Whether a split's inputs are image rows (:class:`bbam.data.image_rows.ImageRows`,
+    decoded per batch) rather than a tensor."""
+    return not isinstance(x, Tensor) and hasattr(x, "subset")
 
 
 def take_rows(x, idx: Tensor):
     """Rows ``idx`` of a split's inputs: a tensor's rows, or a lazy selection of image rows."""
-    return x.subset(idx) if _is_images(x) else x[idx]
+    return x.subset(idx) if is_image_rows(x) else x[idx]
 
 
 def _view_generator(seed: int, epoch: int, step: int, rank: int) -> torch.Generator:
@@ -109,7 +111,7 @@ class TensorBatches:
             raise ValueError(f"views {tuple(view_names)} were asked for but no view maker is configured (key 'views')")
         self.x, self.y, self.views, self.view_names = x, y, views, tuple(view_names)
         self.images = images if view_names and getattr(views, "needs_images", False) else None
-        if self.view_names and getattr(views, "needs_images", False) and images is None and not _is_images(x):
+        if self.view_names and getattr(views, "needs_images", False) and images is None and not is_image_rows(x):
             raise ValueError(f"{views!r} makes views from images, but this split has none (an image dataset with "
                              f"model.views of images is needed)")
 
@@ -197,7 +199,7 @@ def make_pipeline(kind: str, x: Tensor, y: Optional[Tensor] = None, views=None, 
     if kind not in PIPELINES:
         raise ValueError(f"config key 'train.loader' must be one of {', '.join(PIPELINES)}; got {kind!r}")
     device = device if device is not None else x.device
-    decodes = _is_images(x) or (images is not None and view_names and getattr(views, "needs_images", False))
+    decodes = is_image_rows(x) or (images is not None and view_names and getattr(views, "needs_images", False))
     if kind == "tensor" and not decodes:
         return TensorBatches(x, y, views, view_names)
     return LoaderBatches(x, y, views, view_names, num_workers=num_workers, device=device, images=images)

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from .atomic import atomic_save, atomic_write_text
+from .batches import is_image_rows
 from .checkpoints import method_state
 from .preprocess import FeatureScaler
 from .raw_inputs import read_inputs
@@ -176,7 +177,7 @@ class Predictor:
         return read_inputs(path, self.inputs, self.num_features, len(self.label_names), device=str(self.device))
 
     def _inputs(self, x) -> Tensor:
-        if hasattr(x, "subset") and not isinstance(x, Tensor):  # image rows (a run whose model reads pixels)
+        if is_image_rows(x):  # a run whose model reads pixels
             if self.num_features != 0:
                 raise ValueError(f"argument 'x': this run's model reads [M, {self.num_features}] features, not images "
                                  f"(use Predictor.read on the images)")
@@ -201,7 +202,7 @@ class Predictor:
     def _scores(self, x, batch_size: int = 1024) -> Tensor:
         x = self._inputs(x)
         amp = self.device.type == "cuda" and bool(self.cfg.train.amp)
-        if not isinstance(x, Tensor):  # image rows: decoded per batch in DataLoader workers
+        if is_image_rows(x):  # decoded per batch in DataLoader workers
             from .inference import predict
 
             workers = int(self.cfg.train.get("num_workers", 0))
