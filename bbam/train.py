@@ -15,16 +15,17 @@ graceful SIGINT / SIGTERM stops (:mod:`bbam.app.stopping`) and one-line user err
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Any, Dict
 
 import torch
 
+from bbam.app.config import compose_config, config_dir, register_resolvers
 from bbam.data import split_indices
 
 __all__ = ["train", "main", "config_dir", "load_run_data", "build_engine", "compose_config"]
@@ -33,55 +34,7 @@ __all__ = ["train", "main", "config_dir", "load_run_data", "build_engine", "comp
 # DEBUG lines (one per epoch, the final table) only train.log (configs/train.yaml: hydra.job_logging).
 log = logging.getLogger("bbam.train")
 
-
-def _register_resolvers() -> None:
-    """``${bbam_file_stem:path}``: a file's name without folder and suffix (the data configs
-    of files name their runs and reports after the file, e.g. ``emotions`` for emotions.npz);
-    ``${bbam_data_file:relative/path}``: see :func:`data_file`."""
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("bbam_file_stem"):
-        OmegaConf.register_new_resolver("bbam_file_stem", lambda path: Path(str(path)).stem)
-    if not OmegaConf.has_resolver("bbam_data_file"):
-        OmegaConf.register_new_resolver("bbam_data_file", data_file)
-
-
-def data_file(relative: str) -> str:
-    """``${bbam_data_file:reuters21578/x.jsonl}``: the file under the first data folder that
-    holds it (:func:`bbam.data.lookup.default_data_dirs`: ``$BBAM_DATA_DIR``, the
-    ``shared/data`` folder beside the repository, ``./data``), as an absolute path, so a
-    shipped config finds it from any working directory; when no folder holds it, the path
-    under the first folder (named by the reader's file-not-found error)."""
-    from bbam.data.lookup import default_data_dirs
-
-    dirs = default_data_dirs()
-    for folder in dirs:
-        if (folder / relative).exists():
-            return str((folder / relative).resolve())
-    return str((dirs[0] / relative).absolute())
-
-
-_register_resolvers()
-
-
-def config_dir() -> str:
-    """The Hydra config folder: the installed ``bbam/configs`` or the source tree's ``configs/``."""
-    packaged = resources.files("bbam") / "configs"
-    if packaged.is_dir():
-        return str(packaged)
-    source = Path(__file__).resolve().parents[1] / "configs"
-    if source.is_dir():
-        return str(source)
-    raise FileNotFoundError("bbam: Hydra configs not found (expected bbam/configs or the repository's configs/)")
-
-
-def compose_config(overrides=(), config_name: str = "train"):
-    """The app's config composed with Hydra ``overrides`` (outside a Hydra run: ``out_dir``
-    must then be set by the caller before :func:`train`)."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides))
+register_resolvers()  # configs composed outside main() (tests, notebooks) resolve ${bbam_...:} too
 
 
 def _split_tensors(data, splits: Dict[str, torch.Tensor], device: torch.device, scaling: str):
@@ -104,17 +57,18 @@ def _split_tensors(data, splits: Dict[str, torch.Tensor], device: torch.device, 
             for name, idx in splits.items()}, scaler
 
 
-def load_run_data(cfg, device: torch.device = torch.device("cpu")):
+def load_run_data(cfg, device: torch.device = torch.device("cpu"), data_record=None):
     """The run's dataset, its split (from ``cfg.split`` and ``cfg.seed``) and scaled split tensors.
 
     Returns ``(data, {"labeled", "unlabeled", "val", "test"}: Split, scaler)``; the same
     rows and inputs for the app, ``bench/baseline.py`` and prediction. ``train.scaling``,
     ``method.margin`` and ``method.scale`` set to ``auto`` are resolved here, in ``cfg``,
     from the training pool's features (:func:`bbam.app.preprocess.resolve_scaling`); the
-    record of that choice is ``scaler.choice``."""
+    record of that choice is ``scaler.choice``. ``data_record``: where a resumed run's data
+    was (:mod:`bbam.app.data_source`)."""
     from bbam.app.preprocess import resolve_scaling
 
-    data = _instantiate_data(cfg)
+    data = _instantiate_data(cfg, data_record)
     splits = split_indices(data, cfg.split.lb_ratio, cfg.split.val_ratio, cfg.split.test_ratio, seed=int(cfg.seed),
                            min_val_size=int(cfg.split.min_val_size), max_val_ratio=float(cfg.split.max_val_ratio))
     choice = resolve_scaling(cfg, data.X[torch.cat([splits["labeled"], splits["unlabeled"]])])
@@ -149,12 +103,12 @@ def build_engine(cfg, data, tensors, device: torch.device, out_dir):
     return SelfTrainingEngine(cfg, model, method, tensors, device, Path(out_dir), data.label_names, views=views)
 
 
-def _resume_auto_settings(cfg, path: Path) -> None:
+def _resume_auto_settings(cfg, path: Path):
     """A resumed run keeps what the interrupted one used: ``train.scaling`` and
     ``angular.margin`` / ``angular.scale`` still ``auto`` take the checkpoint's values
     (``train.scaling``, ``method.margin``, ``method.scale``; a checkpoint from before
     ``auto`` existed holds concrete ones; the choice is otherwise the same, being made from
-    the same pool)."""
+    the same pool). Returns the checkpoint's record of where the data was (or None)."""
     from omegaconf import open_dict
 
     from bbam.app.checkpoints import read_checkpoint
@@ -162,32 +116,72 @@ def _resume_auto_settings(cfg, path: Path) -> None:
 
     keys = [("train", "scaling", "train.scaling"), ("angular", "margin", "method.margin"),
             ("angular", "scale", "method.scale")]
-    if not any(sec in cfg and str(cfg[sec].get(key)) == AUTO for sec, key, _ in keys):
-        return
     _, ckpt = read_checkpoint(path, torch.device("cpu"))
     saved = ckpt.get("settings") or {}
     with open_dict(cfg):
         for sec, key, saved_key in keys:
             if sec in cfg and str(cfg[sec].get(key)) == AUTO and saved_key in saved:
                 cfg[sec][key] = saved[saved_key]
+    return ckpt.get("data_source")
 
 
-def _instantiate_data(cfg):
-    """Build the dataset; a file or format problem surfaces as its own clear message."""
+def _instantiate_data(cfg, data_record=None):
+    """Build the dataset; a file or format problem surfaces as its own clear message. A
+    resumed run's ``data_record`` (:mod:`bbam.app.data_source`) finds its file again."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     from omegaconf.errors import MissingMandatoryValue
 
-    try:
-        return instantiate(cfg.data)
-    except MissingMandatoryValue as err:  # e.g. data=npz without data.path=...
-        raise ValueError(f"config key '{err.full_key}' is required: add {err.full_key}=... to the command") from None
-    except InstantiationException as err:
-        cause = err.__cause__ or err
-        if isinstance(cause, (FileNotFoundError, ValueError, ImportError)):
-            raise cause from None
-        raise
+    from bbam.app import data_source
+    from bbam.data.lookup import fetch_hint
+
+    def build(data_cfg, **overrides):
+        try:
+            return instantiate(data_cfg, **overrides)
+        except MissingMandatoryValue as err:  # e.g. data=npz without data.path=...
+            raise ValueError(f"config key '{err.full_key}' is required: add {err.full_key}=... to the command") \
+                from None
+        except InstantiationException as err:
+            cause = err.__cause__ or err
+            hint = fetch_hint(cause.filename) if isinstance(cause, FileNotFoundError) and cause.filename else None
+            if hint:  # a named set's file (data=miml, data=reuters21578_text): how to get it
+                raise FileNotFoundError(2, f"{cause.strerror}: {hint}", cause.filename) from None
+            if isinstance(cause, (FileNotFoundError, ValueError, ImportError)):
+                raise cause from None
+            raise
+
+    return data_source.load(cfg.data, build, data_record)
+
+
+class _Announcement:
+    """A log line said once, when a block takes longer than a delay (a fast failure of the
+    block then prints only its own error)."""
+
+    def __init__(self, say):
+        self.say, self.done = say, False
+
+    def _fire(self) -> None:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        self.done = True
+        with logging_redirect_tqdm():  # on a line of its own above a progress bar being drawn
+            self.say()
+
+    @contextlib.contextmanager
+    def after(self, delay_s):
+        import threading
+
+        timer = None if delay_s is None else threading.Timer(delay_s, self._fire)
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        try:
+            yield
+        finally:
+            if timer is not None:
+                timer.cancel()
+                timer.join()
 
 
 def _init_distributed(cfg) -> bool:
@@ -257,20 +251,24 @@ def _train(cfg) -> Dict[str, Any]:
     from bbam.app.atomic import atomic_save, atomic_write_text
     from bbam.app.errors import user_input
     from bbam.app.runtime import seed_everything
-    from bbam.app.stopping import resume_command
+    from bbam.app.stopping import record_stop, resume_command
     from bbam.app.predict import save_predictor_files
     from bbam.app.raw_inputs import describe_inputs
+    from bbam.app import data_source
 
     out_dir = Path(cfg.out_dir)
     is_main = D.rank() == 0  # only rank 0 writes
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
-    with user_input():  # a user's mistake in the data or config: bbam.app.errors
+    announce = _Announcement(lambda: log.info("run folder: %s (reading the data)", out_dir.resolve()))
+    with user_input(), announce.after(2.0 if is_main else None):  # a user's mistake: bbam.app.errors
         device = _device(cfg)
-        if cfg.train.resume:
-            _resume_auto_settings(cfg, Path(cfg.train.resume))
-        data, tensors, scaler = load_run_data(cfg, device)  # bad files fail here, before anything is written
+        data_record = _resume_auto_settings(cfg, Path(cfg.train.resume)) if cfg.train.resume else None
+        # bad files fail here, before anything is written; a data pass that takes longer than
+        # 2 s (a photo set's frozen features: minutes) is preceded by the run folder's line
+        data, tensors, scaler = load_run_data(cfg, device, data_record)
     with user_input():
         engine = build_engine(cfg, data, tensors, device, out_dir)
+        engine.data_source = data_source.describe(cfg.data, data)  # saved in every checkpoint
         if cfg.train.resume:
             engine.load_checkpoint(Path(cfg.train.resume))
     # config values and the checkpoint are checked above, before the run writes anything
@@ -278,10 +276,15 @@ def _train(cfg) -> Dict[str, Any]:
         out_dir.mkdir(parents=True, exist_ok=True)
         # written after load_run_data: train.scaling / method.margin / method.scale as the run uses them
         atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        log.info("run folder: %s (%s on %s, %d labeled / %d unlabeled / %d validation / %d test rows)",
-                 out_dir.resolve(), cfg.method.name, data.name, len(tensors["labeled"]), len(tensors["unlabeled"]),
-                 len(tensors["val"]), len(tensors["test"]))
-        log.info("%s", scaler.choice["line"])
+        if not announce.done:
+            log.info("run folder: %s", out_dir.resolve())
+        log.info("%s on %s: %d labeled / %d unlabeled / %d validation / %d test rows%s",
+                 cfg.method.name, data.name, len(tensors["labeled"]), len(tensors["unlabeled"]),
+                 len(tensors["val"]), len(tensors["test"]),
+                 f" (data: {engine.data_source['file']})" if engine.data_source else "")
+        # margin and scale matter to a cosine head only
+        log.info("%s", scaler.choice["line"] if engine.method.head == "cosine" else
+                 report.line_without_margin(scaler.choice))
     last = out_dir / "checkpoints" / "last.pt"
     if cfg.train.resume:
         log.info("resumed from epoch %d (%d epochs done) of %s", engine.state.epoch, engine.state.epoch,
@@ -289,9 +292,14 @@ def _train(cfg) -> Dict[str, Any]:
     elif is_main:
         atomic_save(engine._checkpoint(), last)  # the resume point of a run stopped in its first epoch
     status = engine.fit(progress=bool(cfg.train.progress), stop_after_epoch=cfg.train.stop_after_epoch)
-    if status["interrupted"]:
-        log.info("stopped after epoch %d; continue with: %s", engine.state.epoch - 1, resume_command(last))
+    if status["interrupted"]:  # train.stop_after_epoch (a testing aid: as if killed)
+        text = f"stopped after epoch {engine.state.epoch - 1}; continue with: {resume_command(last)}"
+        if is_main:
+            log.info("%s", text)
+            record_stop(out_dir, text)
         return {"interrupted": True, "epoch": engine.state.epoch, "out_dir": str(out_dir)}
+    if engine.stopped_early and is_main:
+        log.info("%s", report.early_stop_line(engine.stopped_early))
 
     best = engine.load_best()  # the checkpoint selected on validation
     test = engine.evaluate("test")
@@ -310,6 +318,11 @@ def _train(cfg) -> Dict[str, Any]:
     }
     result["world_size"] = D.world_size()
     result["scaling"] = scaler.choice
+    result["data_source"] = engine.data_source
+    result["stopped_early"] = engine.stopped_early
+    # what the report shows: margin/scale only for a cosine head, "after balancing" only for BBAM
+    result["method_traits"] = {"angular": engine.method.head == "cosine",
+                               "balances": str(diag.get("stats_angles", "none")) != "none"}
     if not is_main:
         return result
     atomic_write_text(out_dir / "final_metrics.json", json.dumps(result, indent=2))
@@ -320,7 +333,7 @@ def _train(cfg) -> Dict[str, Any]:
                          tensors["val"].y, float(cfg.train.threshold),
                          {**describe_inputs(cfg, data), "scaling": scaler.choice})
     report.write_report(out_dir)
-    table = report.metrics_table(result)
+    table = report.metrics_table(result, balances=result["method_traits"]["balances"])
     log.debug("final metrics\n%s", table)
     if cfg.train.progress:
         print(table, file=sys.stderr)
@@ -398,15 +411,19 @@ def _report_and_exit(err: BaseException, out_dir: Path = None) -> None:
     from bbam.app.stopping import StopRequested, resume_command
 
     if isinstance(err, StopRequested):
+        from bbam.app.stopping import record_stop
+
         _close_progress_bars()  # the line below on a line of its own
         last = Path(out_dir) / "checkpoints" / "last.pt" if out_dir is not None else None
         if _is_rank0():
             if last is not None and last.is_file():
                 epoch = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])
-                print(f"bbam.train: {err}; last.pt holds the first {epoch} epoch(s), the interrupted one reruns; "
-                      f"resume with: {resume_command(last)}", file=sys.stderr)
+                text = (f"{err}; last.pt holds the first {epoch} epoch(s), the interrupted one reruns; "
+                        f"resume with: {resume_command(last)}")
+                record_stop(out_dir, text)  # train.log and report.md: the line outlives the terminal
             else:
-                print(f"bbam.train: {err} before the run wrote a checkpoint; nothing to resume", file=sys.stderr)
+                text = f"{err} before the run wrote a checkpoint; nothing to resume"
+            print(f"bbam.train: {text}", file=sys.stderr)
         _exit(err.exit_code)
     if is_user_error(err) and not show_traceback():
         if _is_rank0():
@@ -459,6 +476,12 @@ def main() -> None:
     if value is not None and not any(a.startswith("-") for a in argv):
         _resume_main(value, argv)
     else:
+        from bbam.app.overrides import check_overrides
+
+        try:
+            check_overrides(argv)  # a misspelt key or choice: one line, status 2 (not Hydra's page)
+        except BaseException as err:  # noqa: B902 - user errors end here, the rest re-raised
+            _report_and_exit(err)
         failure: Dict[str, Any] = {}
 
         @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")

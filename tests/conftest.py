@@ -16,7 +16,7 @@ def _shared_data_dir() -> Path:
 def shared_data_dir() -> Path:
     path = _shared_data_dir()
     if not path.is_dir():
-        pytest.skip(f"real datasets not found at {path} (set BBAM_DATA_DIR or place ../shared/data beside the repo)")
+        pytest.skip(f"real datasets not found at {path}: python -m bbam.data.fetch --all downloads them into $BBAM_DATA_DIR")
     return path
 
 

@@ -20,7 +20,7 @@ from bbam import data as ds
 DATA_DIR = Path(os.environ.get("BBAM_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
 needs_data = pytest.mark.skipif(
     not (DATA_DIR / "emotions" / "emotions.npz").is_file(),
-    reason=f"shared datasets not found at {DATA_DIR} (set BBAM_DATA_DIR to the directory holding emotions/, yeast/, ...)",
+    reason=f"real datasets not found at {DATA_DIR}: python -m bbam.data.fetch --all downloads them into $BBAM_DATA_DIR",
 )
 
 
@@ -477,8 +477,10 @@ def test_load_dataset_dispatch(tmp_path):
     ds.save_npz(d, tmp_path / "toy" / "toy.npz")
     assert torch.equal(ds.load_dataset(tmp_path / "toy").X, d.X)
     assert torch.equal(ds.load_dataset("toy", data_dir=tmp_path).X, d.X)
-    with pytest.raises(FileNotFoundError, match=r"dataset 'absent' not found; looked in: .*absent"):
+    with pytest.raises(FileNotFoundError, match=r"dataset 'absent' not found in .*: expected absent/absent\.npz"):
         ds.load_dataset("absent", data_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"dataset 'emotions' not found in .*: get it with `python -m bbam\.data\.fetch emotions"):
+        ds.load_dataset("emotions", data_dir=tmp_path)
     write(tmp_path / "d.csv", "1,2\n")
     with pytest.raises(ds.DatasetFormatError, match=r"d\.csv: unsupported file extension"):
         ds.load_dataset(tmp_path / "d.csv")

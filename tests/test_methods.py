@@ -330,7 +330,11 @@ def test_a_run_saved_before_the_seam_still_predicts():
     expected = np.load(LEGACY / "expected_scores.npz")
     p = Predictor.from_run(LEGACY / "finished")
     assert isinstance(p.method, BBAM)
-    np.testing.assert_array_equal(p.predict_proba(expected["X"]), expected["scores"])
+    # The stored scores were computed on another CPU: float32 sums in another order (AVX-512 vs
+    # AVX2 kernels) move each cosine by a few ulps (~1e-7), i.e. a logit by scale (20) x that
+    # (~1e-5 at most for this 64 -> 16 -> 8 MLP), hence a score by at most 2.5e-6 absolute
+    # and 2e-5 relative. A changed computation moves scores by orders of magnitude more.
+    np.testing.assert_allclose(p.predict_proba(expected["X"]), expected["scores"], rtol=2e-5, atol=1e-7)
 
 
 def test_a_checkpoint_saved_before_the_seam_still_resumes(tmp_path):
@@ -342,4 +346,7 @@ def test_a_checkpoint_saved_before_the_seam_still_resumes(tmp_path):
     cfg.out_dir = str(tmp_path / "resumed")
     result = train(cfg)
     old = json.loads((LEGACY / "finished" / "final_metrics.json").read_text())
-    assert result["test"]["mAP"] == old["test"]["mAP"]  # the old code's uninterrupted run, bit for bit
+    # the old code's uninterrupted run, written on another CPU: the same selected epoch and the
+    # same ranking of the test scores (mAP moves only when two scores swap, by far more than 1e-6)
+    assert result["best_epoch"] == old["best_epoch"]
+    assert result["test"]["mAP"] == pytest.approx(old["test"]["mAP"], abs=1e-6)

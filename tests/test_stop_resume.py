@@ -113,6 +113,10 @@ def test_signal_stops_gracefully_and_the_printed_command_finishes_the_run(tmp_pa
     lines = [line for line in err.splitlines() if "resume with:" in line]
     assert len(lines) == 1 and lines[0].startswith(f"bbam.train: stopped by {sig.name}"), err[-3000:]
     command = lines[0].split("resume with: ", 1)[1]
+    # the line outlives the terminal (a Ctrl-C under `| tee` loses it): train.log and report.md
+    assert f"stopped by {sig.name}" in (run / "train.log").read_text()
+    assert f"resume with: {command}" in (run / "train.log").read_text()
+    assert f"resume with: {command}" in (run / "report.md").read_text()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     done = subprocess.run(command + " train.progress=false", shell=True, cwd=elsewhere, env=ENV,
@@ -135,6 +139,10 @@ def _bad_inputs(folder: Path):
         "bad config value": (["train.select_from=best"], "config key 'train.select_from'"),
         "missing key": (["data=npz"], "config key 'data.path' is required"),
         "missing checkpoint": (["train.resume=none/last.pt"], "none/last.pt"),
+        "misspelt key": (["train.epochz=3"], "unknown config key 'train.epochz': did you mean train.epochs?"),
+        "added key nothing reads": (["+train.epochz=3"], "did you mean train.epochs?"),
+        "unknown method": (["method=foo"], "unknown method 'foo'; choose one of: bam, bbam, bbam_cls, cap"),
+        "unknown model": (["model=mpl"], "unknown model 'mpl' (did you mean mlp?)"),
     }
 
 
@@ -147,6 +155,11 @@ def test_user_errors_are_one_short_message_and_leave_no_folder(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) <= 2 and lines[0].startswith("bbam.train: error: "), (name, proc.stderr[-2000:])
         assert expected in proc.stderr and "Traceback" not in proc.stderr, (name, proc.stderr)
+        assert "run folder" not in proc.stdout + proc.stderr, name  # a fast failure prints only its error
+        if name in ("misspelt key", "added key nothing reads", "unknown method", "unknown model"):
+            assert len(lines) == 1 and "Hydra" not in proc.stderr and "search path" not in proc.stderr, name
+        if name == "nan feature":
+            assert lines[0].count("nan.npz") == 1, lines[0]  # one file name per message
         assert sorted(p.name for p in tmp_path.iterdir()) == before, name  # no outputs/<name>/<method>/ either
 
 

@@ -90,11 +90,18 @@ def test_every_config_composes_and_instantiates(method, data, shared_data_dir, t
 
 def test_every_yaml_key_is_commented():
     for path in CONFIGS.rglob("*.yaml"):
+        block = None  # the indentation of a block scalar's key (its text lines are not keys)
         for i, line in enumerate(path.read_text().splitlines(), 1):
             stripped = line.strip()
+            indent = len(line) - len(line.lstrip())
+            if block is not None and (not stripped or indent > block):
+                continue
+            block = None
             if not stripped or stripped.startswith(("#", "- ", "_target_:")) or ":" not in stripped:
                 continue
             assert "#" in line, f"{path.relative_to(CONFIGS)}:{i}: key {stripped.split(':')[0]!r} has no comment"
+            if stripped.split("#")[0].rstrip().endswith(("|", "|-", ">", ">-")):
+                block = indent
 
 
 def test_end_to_end_run_writes_outputs(tmp_path):

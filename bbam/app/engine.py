@@ -74,6 +74,8 @@ class SelfTrainingEngine:
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.world, self.rank = D.world_size(), D.rank()
         self.is_main = self.rank == 0  # only rank 0 writes outputs and checkpoints
+        self.data_source: Optional[Dict[str, Any]] = None  # where the data was (set by the app; checkpoints)
+        self.stopped_early: Optional[Dict[str, int]] = None  # set by fit when train.patience ends the run
         if model.head_type != method.head:
             raise ValueError(f"method {method.name!r} needs a {method.head} head, the model has a {model.head_type} one")
         self.model = model.to(device)
@@ -225,6 +227,7 @@ class SelfTrainingEngine:
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "num_labels": self.num_labels, "seed": self.seed, "method": self.method.name,
             "settings": run_settings(self.cfg),
+            "data_source": self.data_source,  # where the data was: bbam.app.data_source
         }
 
     def load_checkpoint(self, path: Path) -> None:
@@ -272,7 +275,8 @@ class SelfTrainingEngine:
 
     # ----------------------------------------------------------------- main loop
     def fit(self, progress: bool = True, stop_after_epoch: Optional[int] = None) -> Dict[str, Any]:
-        """Train until the last epoch or early stop. Returns ``{"interrupted": bool}``."""
+        """Train until the last epoch or early stop. Returns ``{"interrupted": bool}``; an
+        early stop sets :attr:`stopped_early` (``after_epochs``, ``patience``, ``max_epochs``)."""
         from tqdm.auto import tqdm
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -321,6 +325,9 @@ class SelfTrainingEngine:
                 bar.close()
                 return {"interrupted": True}
             if self.state.bad_epochs >= self.tc.patience:
+                self.stopped_early = {"after_epochs": self.state.epoch, "patience": int(self.tc.patience),
+                                      "max_epochs": int(self.total_epochs)}
+                bar.set_description(f"{self.method.name} (stopped early: train.patience)")
                 break
         bar.close()
         return {"interrupted": False}

@@ -38,7 +38,7 @@ __all__ = ["FeatureScaler", "SCALINGS", "AUTO", "SPARSE_ZERO_SHARE", "feature_pr
 
 SCALINGS = ("none", "standardize", "tfidf_l2", "l2")
 AUTO = "auto"  # train.scaling / method.margin / method.scale: chosen from the training pool's features
-# The rule's one threshold. Measured on the 7 shared MULAN/Reuters sets: the bag-of-words sets have
+# The rule's one threshold. Measured on the 7 named MULAN/Reuters sets: the bag-of-words sets have
 # 91.6-99.1 % zeros in their training pool, the dense ones 0-1.2 % (scene is non-negative, in [0, 1],
 # but dense): 50 % lies far from both.
 SPARSE_ZERO_SHARE = 0.5

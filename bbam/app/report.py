@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from .atomic import atomic_write_text
 
-__all__ = ["write_report", "metrics_table", "PAPER_METRICS", "UNITS"]
+__all__ = ["write_report", "metrics_table", "method_traits", "PAPER_METRICS", "UNITS"]
 
 # The paper's five metrics, then the rest (name in results -> column title, higher is better?)
 PAPER_METRICS = [("micro_f1", "Micro-F1", True), ("macro_f1", "Macro-F1", True), ("mAP", "mAP", True),
@@ -25,6 +26,11 @@ UNITS: Dict[str, Tuple[float, str]] = {
     "coverage": (1, "labels"), "ranking_loss": (1, "fraction of label pairs (0–1)"),
     "vca": (1, "variance of per-label accuracies in 0–1"), "vdfd": (1, "rad²"), "vdfd_balanced": (1, "rad²")}
 FAMILY_TITLES = {"prototype": "to label prototypes", "classifier": "to classifier weights"}
+# Fallbacks by method name, for run folders without config.yaml / diagnostics.json: the
+# methods with a cosine head (margin and scale matter) and those that balance.
+ANGULAR_METHODS = ("bam", "bbam", "bbam_cls")
+BALANCING_METHODS = ("bbam", "bbam_cls")
+NON_BALANCING_METHODS = ("bam", "cap", "supervised", "fixmatch", "softmatch")
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -45,11 +51,37 @@ def _shown(key: str, v: Any) -> Tuple[str, str]:
     return _fmt(v), unit
 
 
-def metrics_table(result: Dict[str, Any]) -> str:
-    """A plain-text table of a run's test metrics, with units."""
-    rows = [(title, *_shown(key, result["test"].get(key))) for key, title, _ in PAPER_METRICS + OTHER_METRICS]
+def _undefined(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and not math.isfinite(v))
+
+
+def _balances_from_result(result: Dict[str, Any]) -> bool:
+    """Whether the run's method balances, from ``final_metrics.json`` alone: by its name
+    (the shipped methods), else whether the transform changed the test VDFD at all."""
+    name = str(result.get("method", ""))
+    if name in BALANCING_METHODS:
+        return True
+    if name in NON_BALANCING_METHODS:
+        return False
+    test = result.get("test") or {}
+    before, after = test.get("vdfd"), test.get("vdfd_balanced")
+    return not _undefined(before) and not _undefined(after) and before != after
+
+
+def _metric_keys(balances: bool) -> List[Tuple[str, str, bool]]:
+    """The rows of the test metrics table: VDFD after balancing only for a method that balances."""
+    return [m for m in PAPER_METRICS + OTHER_METRICS if balances or m[0] != "vdfd_balanced"]
+
+
+def metrics_table(result: Dict[str, Any], balances: Optional[bool] = None) -> str:
+    """A plain-text table of a run's test metrics, with units (``balances``: whether the
+    method balances, which shows VDFD after balancing; None: told from ``result``)."""
+    if balances is None:
+        balances = _balances_from_result(result)
+    rows = [(title, *_shown(key, result["test"].get(key))) for key, title, _ in _metric_keys(balances)]
     width, vwidth = max(len(t) for t, _, _ in rows), max(len(v) for _, v, _ in rows)
-    head = f"{result['method']} on {result['dataset']} (lb_ratio {result['lb_ratio']}, seed {result['seed']}), test set:"
+    head = (f"{result['method']} on {result['dataset']} (lb_ratio {result['lb_ratio']}, seed {result['seed']}), "
+            "test set:")
     return "\n".join([head] + [f"  {t:<{width}}  {v:>{vwidth}}  {u}" for t, v, u in rows])
 
 
@@ -77,17 +109,21 @@ def _learning_curves(plt, path: Path, history: List[Dict[str, Any]]) -> None:
     plt.close(fig)
 
 
-def _vdfd_plot(plt, path: Path, diag: Dict[str, Any]) -> None:
+def _vdfd_plot(plt, path: Path, diag: Dict[str, Any], balances: bool = True) -> None:
     names, K = diag["label_names"], len(diag["label_names"])
     fig, axes = plt.subplots(2, 1, figsize=(min(max(8, 0.3 * K), 40), 7), sharex=True)
     xs = list(range(K))
     for ax, family in zip(axes, ("prototype", "classifier")):
         fam = diag[family]
-        ax.bar([x - 0.2 for x in xs], _nan(fam["vdfd"]), width=0.4, label="before balancing")
-        ax.bar([x + 0.2 for x in xs], _nan(fam.get("vdfd_after", fam["vdfd"])), width=0.4, label="after balancing")
-        fitted = " — statistics taken here" if diag.get("stats_angles") == family else ""
+        if balances:
+            ax.bar([x - 0.2 for x in xs], _nan(fam["vdfd"]), width=0.4, label="before balancing")
+            ax.bar([x + 0.2 for x in xs], _nan(fam.get("vdfd_after", fam["vdfd"])), width=0.4,
+                   label="after balancing")
+            ax.legend(fontsize=8)
+        else:  # no transform: VDFD as measured
+            ax.bar(xs, _nan(fam["vdfd"]), width=0.6)
+        fitted = " — statistics taken here" if balances and diag.get("stats_angles") == family else ""
         ax.set(ylabel="VDFD (rad²)", title=f"angles {FAMILY_TITLES[family]}{fitted}")
-        ax.legend(fontsize=8)
     axes[-1].set_xticks(xs, names, rotation=90, fontsize=7 if K > 30 else 9)
     axes[-1].set_xlabel("label")
     fig.suptitle(f"VDFD = |var(angles of positives) − var(angles of negatives)| per label, {diag['split']} set")
@@ -96,22 +132,24 @@ def _vdfd_plot(plt, path: Path, diag: Dict[str, Any]) -> None:
     plt.close(fig)
 
 
-def _histograms(plt, path: Path, diag: Dict[str, Any]) -> None:
+def _histograms(plt, path: Path, diag: Dict[str, Any], balances: bool = True) -> None:
     names, c = diag["label_names"], diag["classifier"]
-    # the labels with the largest VDFD before balancing: where the transform has most to do
+    # the labels with the largest VDFD (before balancing): where the transform has most to do
     order = sorted(range(len(names)), key=lambda k: -(c["vdfd"][k] if c["vdfd"][k] is not None else -1))
     shown = sorted(order[:6])
-    fig, axes = plt.subplots(2, len(shown), figsize=(3 * len(shown), 5.5), squeeze=False, sharex=True)
+    rows = ((0, "", " (before balancing)"), (1, "_after", " (after balancing)")) if balances else ((0, "", ""),)
+    fig, axes = plt.subplots(len(rows), len(shown), figsize=(3 * len(shown), 2.75 * len(rows) + 0.5),
+                             squeeze=False, sharex=True)
     bins = len(c["hist_pos"][0])
     centers = [(i + 0.5) * 180 / bins for i in range(bins)]
     for j, k in enumerate(shown):
-        for row, suffix, when in ((0, "", "before"), (1, "_after", "after")):
+        for row, suffix, when in rows:
             ax = axes[row][j]
             for key, label in ((f"hist_neg{suffix}", "negatives"), (f"hist_pos{suffix}", "positives")):
                 counts = c[key][k]
                 total = max(sum(counts), 1)
                 ax.plot(centers, [v / total for v in counts], label=label)
-            ax.set_title(f"{names[k]} ({when} balancing)", fontsize=10)
+            ax.set_title(f"{names[k]}{when}", fontsize=10)
             ax.tick_params(labelsize=9)
     for row in axes:
         row[0].set_ylabel("share of samples per bin", fontsize=9)
@@ -124,7 +162,7 @@ def _histograms(plt, path: Path, diag: Dict[str, Any]) -> None:
     plt.close(fig)
 
 
-def _plots(out_dir: Path, history: List[Dict[str, Any]], diag: Dict[str, Any]) -> List[str]:
+def _plots(out_dir: Path, history: List[Dict[str, Any]], diag: Dict[str, Any], balances: bool = True) -> List[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,32 +173,102 @@ def _plots(out_dir: Path, history: List[Dict[str, Any]], diag: Dict[str, Any]) -
         _learning_curves(plt, out_dir / "learning_curves.png", history)
         files.append("learning_curves.png")
     if diag:
-        _vdfd_plot(plt, out_dir / "vdfd_per_label.png", diag)
-        _histograms(plt, out_dir / "angle_histograms.png", diag)
+        _vdfd_plot(plt, out_dir / "vdfd_per_label.png", diag, balances)
+        _histograms(plt, out_dir / "angle_histograms.png", diag, balances)
         files += ["vdfd_per_label.png", "angle_histograms.png"]
     return files
 
 
-def _balancing_section(diag: Dict[str, Any], result: Dict[str, Any]) -> List[str]:
-    """"What balancing does": mean VDFD per angle family before / after the transform."""
-    fitted = diag.get("stats_angles", "prototype")
+_VDFD_DEFINITION = ("VDFD is, per label, |variance of the angles of its positive samples − variance of the angles "
+                    "of its negative samples| (rad², lower = the two angle distributions are equally spread).")
+_VCA_DEFINITION = ("VCA is the variance over labels of the per-label accuracy (accuracies as fractions 0–1; "
+                   "lower = labels are served more evenly).")
+
+
+def _shown_number(v: Any) -> Optional[float]:
+    """``v`` as the report prints it (``_fmt``), read back: the comparison a reader can check
+    on the table (None when undefined)."""
+    if _undefined(v):
+        return None
+    return float(_fmt(float(v)))
+
+
+def _change_clauses(diag: Dict[str, Any]) -> Tuple[List[str], List[str]]:
+    """What the mean-VDFD table shows, family by family: ``(clauses, undefined)`` where each
+    clause says how balancing moved the family's test-set mean VDFD, with the numbers, and
+    ``undefined`` lists the families without a value. The direction is read from the numbers
+    as printed, so the words never disagree with the table."""
+    verbs: List[Tuple[str, str, str]] = []  # (verb, family title, "before → after")
+    undefined = []
+    for family in ("prototype", "classifier"):
+        before, after = diag.get(f"mean_vdfd_{family}"), diag.get(f"mean_vdfd_{family}_after")
+        b, a = _shown_number(before), _shown_number(after)
+        if b is None or a is None:
+            undefined.append(FAMILY_TITLES[family])
+            continue
+        verb = "lowered" if a < b else "raised" if a > b else "left unchanged"
+        verbs.append((verb, FAMILY_TITLES[family], f"{_fmt(float(before))} → {_fmt(float(after))}"))
+    clauses = []
+    for i, (verb, title, numbers) in enumerate(verbs):
+        obj = "mean VDFD" if i == 0 else "it"
+        if verb == "left unchanged":
+            clauses.append(f"left {obj} unchanged for the angles {title} ({numbers})")
+        elif i > 0 and verb == verbs[0][0]:
+            clauses.append(f"also {verb} {obj} for the angles {title} ({numbers})")
+        else:
+            clauses.append(f"{verb} {obj} for the angles {title} ({numbers})")
+    return clauses, undefined
+
+
+def _test_set_sentence(diag: Dict[str, Any]) -> str:
+    """E.g. "On the test set (table below) balancing lowered mean VDFD for the angles to label
+    prototypes (0.031 → 0.012) and raised it for the angles to classifier weights (0.0251 → 0.035)."."""
+    split = diag.get("split", "test")
+    clauses, undefined = _change_clauses(diag)
+    text = ""
+    if clauses:
+        text = f"On the {split} set (table below) balancing " + " and ".join(clauses) + "."
+    if undefined:
+        which = " and ".join(f"the angles {t}" for t in undefined)
+        text += (" " if text else "") + (f"Mean VDFD on the {split} set is undefined for {which} (no label has "
+                                         "enough positive and negative samples there).")
+    return text
+
+
+def _balancing_section(diag: Dict[str, Any], result: Dict[str, Any], balances: Optional[bool] = None) -> List[str]:
+    """"What balancing does": what the transform equalises and what the test-set table of
+    mean VDFD per angle family (before / after the transform) shows. For a method that does
+    not balance (``diag["stats_angles"] == "none"``): VDFD alone, and a line saying so."""
+    fitted = str(diag.get("stats_angles", "prototype"))
+    if balances is None:
+        balances = fitted != "none"
     K = len(diag["label_names"])
-    lines = ["", "## What balancing does", "",
-             "VDFD is, per label, |variance of the angles of its positive samples − variance of the angles of its "
-             "negative samples| (rad², lower = the two angle distributions are equally spread); BBAM's transform "
-             "θ' = a·θ + b rescales each polarity so both get the same variance, which makes VDFD 0 on the angles "
-             "and samples its statistics were measured on. VCA is the variance over labels of the per-label accuracy "
-             "(accuracies as fractions 0–1; lower = labels are served more evenly).", ""]
-    if fitted == "none":
-        lines.append("This method does not balance: the transform is the identity, so after = before.")
-    else:
-        lines.append(f"Statistics were taken on the angles {FAMILY_TITLES.get(fitted, fitted)} "
-                     f"(`method.stats_angles={fitted}`, training samples, EMA over epochs); the loss transforms the "
-                     f"angles to the classifier weights. {diag.get('balanced_labels', '?')} of {K} labels have "
-                     "non-identity coefficients (a warm-up checkpoint has none).")
-    lines += ["", f"Mean VDFD over labels on the {diag.get('split', 'test')} set (rad²; angles of the "
-              f"{diag.get('features_from', 'ema')} model's features, prototypes from the "
-              f"{diag.get('prototype_source', '?')}):", "",
+    split = diag.get("split", "test")
+    source = (f"angles of the {diag.get('features_from', 'ema')} model's features, prototypes from the "
+              f"{diag.get('prototype_source', '?')}")
+    if not balances:
+        lines = ["", "## Angle balance (VDFD) and VCA", "", f"{_VDFD_DEFINITION} {_VCA_DEFINITION}", "",
+                 f"This method ({result.get('method', '?')}) does not balance: it has no balancing transform, "
+                 "so VDFD is shown as measured.",
+                 "", f"Mean VDFD over labels on the {split} set (rad²; {source}):", "",
+                 "| angles | VDFD (rad²) |", "|---|---|"]
+        for family in ("prototype", "classifier"):
+            lines.append(f"| {FAMILY_TITLES[family]} | {_fmt(diag.get(f'mean_vdfd_{family}'))} |")
+        lines += ["", f"VCA on the test set: {_fmt(result['test'].get('vca'))} (variance of accuracies in 0–1)."]
+        return lines
+    measured = FAMILY_TITLES.get(fitted, fitted)
+    lines = ["", "## What balancing does", "", f"{_VDFD_DEFINITION} {_VCA_DEFINITION}", "",
+             "BBAM's transform θ' = a·θ + b rescales, per label, the angles of each polarity to the classifier "
+             "weights (the angles the loss uses). Its coefficients are chosen to equalise the two polarities' "
+             "variances of the angles its statistics were measured on: the training samples' angles "
+             f"{measured} (labeled and pseudo-labeled; `method.stats_angles={fitted}`), averaged by EMA over "
+             "epochs. The test samples, and the other family of angles, are not what the coefficients were "
+             f"fitted on, so their VDFD after balancing can be lower or higher. {diag.get('balanced_labels', '?')} "
+             f"of {K} labels have non-identity coefficients (a warm-up checkpoint has none)."]
+    sentence = _test_set_sentence(diag)
+    if sentence:
+        lines += ["", sentence]
+    lines += ["", f"Mean VDFD over labels on the {split} set (rad²; {source}):", "",
               "| angles | before balancing | after balancing |", "|---|---|---|"]
     for family in ("prototype", "classifier"):
         mark = " (statistics taken here)" if family == fitted else ""
@@ -170,22 +278,31 @@ def _balancing_section(diag: Dict[str, Any], result: Dict[str, Any]) -> List[str
     return lines
 
 
-def _per_label_section(diag: Dict[str, Any]) -> List[str]:
+def _per_label_section(diag: Dict[str, Any], balances: bool = True) -> List[str]:
     p, coef = diag["per_label"], diag["coefficients"]
     fams = {f: diag.get(f, {}) for f in ("prototype", "classifier")}
+    if balances:
+        about = ("VDFD in rad² before → after balancing, for the angles to the prototypes and to the classifier "
+                 "weights; a neg / a pos: the transform's slope for the label's negatives / positives "
+                 "(θ' = a·θ + b; > 1 spreads that polarity's angles, < 1 narrows them, 1 = untouched).")
+        columns, extra = " a neg | a pos |", "---|---|"
+    else:
+        about = ("VDFD in rad² for the angles to the prototypes and to the classifier weights (the method does "
+                 "not balance).")
+        columns, extra = "", ""
     lines = ["", f"## Per label ({diag.get('split', 'test')} set)", "",
-             "AP, F1 and accuracy in %; VDFD in rad² before → after balancing, for the angles to the prototypes "
-             "and to the classifier weights; a neg / a pos: the transform's slope for the label's negatives / "
-             "positives (θ' = a·θ + b; > 1 spreads that polarity's angles, < 1 narrows them, 1 = untouched). "
-             "Variances are in `diagnostics.json`.", "",
+             f"AP, F1 and accuracy in %; {about} Variances are in `diagnostics.json`.", "",
              "| label | positives | AP (%) | F1 (%) | accuracy (%) | VDFD prototype (rad²) | "
-             "VDFD classifier (rad²) | a neg | a pos |", "|---|---|---|---|---|---|---|---|---|"]
+             f"VDFD classifier (rad²) |{columns}", f"|---|---|---|---|---|---|---|{extra}"]
     for k, name in enumerate(diag["label_names"]):
-        vd = [f"{_fmt(f['vdfd'][k])} → {_fmt(f.get('vdfd_after', f['vdfd'])[k])}" if f else "—"
-              for f in fams.values()]
+        if balances:
+            vd = [f"{_fmt(f['vdfd'][k])} → {_fmt(f.get('vdfd_after', f['vdfd'])[k])}" if f else "—"
+                  for f in fams.values()]
+            slopes = [_fmt(coef["a"][0][k]), _fmt(coef["a"][1][k])]
+        else:
+            vd, slopes = [_fmt(f["vdfd"][k]) if f else "—" for f in fams.values()], []
         lines.append("| " + " | ".join([str(name), str(p["positives"][k]), _pct(p["ap"][k]), _pct(p["f1"][k]),
-                                        _pct(p["accuracy"][k]), *vd, _fmt(coef["a"][0][k]),
-                                        _fmt(coef["a"][1][k])]) + " |")
+                                        _pct(p["accuracy"][k]), *vd, *slopes]) + " |")
     return lines
 
 
@@ -215,13 +332,97 @@ def _select_from(out_dir: Path) -> str:
         return "self_training"
 
 
-def _scaling_lines(result: Dict[str, Any]) -> List[str]:
-    """How the inputs were scaled and the margin/scale, and why (``train.scaling=auto``:
-    chosen from the training pool's features; see :func:`bbam.app.preprocess.resolve_scaling`)."""
+def _method_section(out_dir: Path) -> Optional[Dict[str, Any]]:
+    """The run's ``method`` section from ``config.yaml`` as a class config (an older run's
+    flags translated, :func:`bbam.app.methods.method_config`), or None."""
+    try:
+        from omegaconf import OmegaConf
+
+        from .methods import method_config
+
+        mc = OmegaConf.select(OmegaConf.load(out_dir / "config.yaml"), "method")
+        return None if mc is None else method_config(mc)
+    except Exception:  # a folder without config.yaml (e.g. written by hand): decided by name
+        return None
+
+
+def method_traits(out_dir: Path, result: Dict[str, Any], diag: Optional[Dict[str, Any]] = None) -> Dict[str, bool]:
+    """What the run's method does, for the report: ``angular`` (a cosine head, so the angular
+    margin and logit scale matter: bam, bbam, bbam_cls) and ``balances`` (the BBAM transform:
+    bbam, bbam_cls). From the method's class (its ``head``) or ``config.yaml``'s method section
+    (``margin``) and ``diagnostics.json``'s ``stats_angles`` ("none": no balancing); by the
+    method's name where those files are missing."""
+    if isinstance(result.get("method_traits"), dict):  # recorded by the run (bbam.train)
+        return {"angular": bool(result["method_traits"]["angular"]),
+                "balances": bool(result["method_traits"]["balances"])}
+    conf = _method_section(Path(out_dir))
+    name = str(result.get("method", ""))
+    cls = None
+    if conf is not None and conf.get("_target_"):
+        try:
+            from hydra.utils import get_class
+
+            cls = get_class(str(conf["_target_"]))
+        except Exception:
+            cls = None
+    if cls is not None and isinstance(getattr(cls, "head", None), str):
+        angular = cls.head == "cosine"
+    elif conf is not None:
+        angular = "margin" in conf
+    else:
+        angular = name in ANGULAR_METHODS
+    if diag and diag.get("stats_angles") is not None:
+        balances = str(diag["stats_angles"]) != "none"
+    elif conf is not None:
+        balances = "stats_angles" in conf
+    else:
+        balances = _balances_from_result(result)
+    return {"angular": angular, "balances": balances}
+
+
+def line_without_margin(choice: Dict[str, Any]) -> str:
+    """The scaling record's line without margin and scale (a linear-head method has neither):
+    rebuilt from the record's fields by :func:`bbam.app.preprocess.describe_choice` with
+    margin/scale counted as the scaling is (auto or given), then their words taken out; an
+    older record without those fields has its printed line edited the same way."""
+    line = str(choice["line"])
+    try:
+        from .preprocess import describe_choice
+
+        source = dict(choice["source"])
+        source["margin"] = source["scale"] = source["scaling"]
+        line = describe_choice({**choice, "source": source})
+    except Exception:  # an older record: edit the printed line
+        pass
+    line = re.sub(r",\s*margin\s+[^\s,;()]+,\s*scale\s+[^\s,;()]+", "", line)
+    line = line.replace(" (all given in the config)", " (given in the config)")
+    auto = re.search(r" \(auto: ([^()]*?)(?:; ([^();]*) as given)?\)$", line)
+    if auto:  # "(auto: why; train.scaling, method.margin as given)": only the scaling's part
+        given = [n.strip() for n in (auto.group(2) or "").split(",") if n.strip()]
+        tail = " (given in the config)" if "train.scaling" in given else f" (auto: {auto.group(1)})"
+        line = line[:auto.start()] + tail
+    return line
+
+
+def _scaling_lines(result: Dict[str, Any], angular: bool = True) -> List[str]:
+    """How the inputs were scaled and, for an angular method (``angular``: a cosine head),
+    the margin/scale, and why (``train.scaling=auto``: chosen from the training pool's
+    features; see :func:`bbam.app.preprocess.resolve_scaling`)."""
     choice = result.get("scaling")
     if not choice or not choice.get("line"):  # runs from before the record existed
         return []
-    return ["", f"Inputs: {choice['line']}."]
+    return ["", f"Inputs: {choice['line'] if angular else line_without_margin(choice)}."]
+
+
+def early_stop_line(stop: Dict[str, Any]) -> str:
+    """The line a run that ``train.patience`` ended prints, logs and reports."""
+    return (f"stopped early after {stop['after_epochs']} of {stop['max_epochs']} epochs: no better validation mAP "
+            f"for {stop['patience']} epochs (train.patience)")
+
+
+def _early_stop_lines(result: Dict[str, Any]) -> List[str]:
+    stop = result.get("stopped_early")
+    return ["", f"The run {early_stop_line(stop)}."] if stop else []
 
 
 def write_report(out_dir: Path) -> Path:
@@ -231,16 +432,19 @@ def write_report(out_dir: Path) -> Path:
     diag_path = out_dir / "diagnostics.json"
     diag = json.loads(diag_path.read_text()) if diag_path.exists() else {}
     history = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    plots = _plots(out_dir, history, diag)
+    traits = method_traits(out_dir, result, diag)
+    balances = traits["balances"]
+    plots = _plots(out_dir, history, diag, balances)
     lines = [f"# {result['method']} on {result['dataset']}", "",
              f"lb_ratio {result['lb_ratio']}, seed {result['seed']}; splits {result['sizes']}; "
              f"{result['epochs_run']} epochs run; {_selection(result, _select_from(out_dir))}.",
-             *_scaling_lines(result), "", "## Test metrics (selected checkpoint, evaluated once)", "",
-             "| metric | value | unit |", "|---|---|---|"]
+             *_early_stop_lines(result),
+             *_scaling_lines(result, traits["angular"]), "", "## Test metrics (selected checkpoint, evaluated once)",
+             "", "| metric | value | unit |", "|---|---|---|"]
     lines += ["| {} | {} | {} |".format(title, *_shown(key, result["test"].get(key)))
-              for key, title, _ in PAPER_METRICS + OTHER_METRICS]
+              for key, title, _ in _metric_keys(balances)]
     if diag:
-        lines += _balancing_section(diag, result) + _per_label_section(diag)
+        lines += _balancing_section(diag, result, balances) + _per_label_section(diag, balances)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
     path = out_dir / "report.md"

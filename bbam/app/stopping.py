@@ -95,3 +95,29 @@ def _python() -> str:
 def resume_command(last_pt: Path) -> str:
     """A shell command that continues the run of ``last_pt`` from any directory."""
     return f"{_python()} -m bbam.train train.resume={shlex.quote(str(Path(last_pt).resolve()))}"
+
+
+def record_stop(out_dir: Path, text: str) -> None:
+    """Write a stop's line (with its resume command) where it outlives the terminal: the
+    run's ``train.log`` (through the log file handler when one writes there, else appended)
+    and ``report.md``, which until the run finishes says only that it stopped and how to
+    continue it."""
+    import logging
+    import time
+
+    from .atomic import atomic_write_text
+
+    out_dir = Path(out_dir)
+    log_file = (out_dir / "train.log").resolve()
+    record = logging.LogRecord("bbam.train", logging.WARNING, __file__, 0, text, None, None)
+    handlers = [h for h in logging.getLogger().handlers + logging.getLogger("bbam").handlers
+                if isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == log_file]
+    if handlers:
+        for handler in handlers:
+            handler.handle(record)
+    elif out_dir.is_dir():
+        with open(log_file, "a", encoding="utf-8") as f:
+            f.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}][bbam.train][WARNING] - {text}\n")
+    if out_dir.is_dir():
+        atomic_write_text(out_dir / "report.md", f"# Run stopped\n\n{text}\n\nThe report is written when the run "
+                                                 "finishes.\n")

@@ -2,10 +2,10 @@
 
 Owns the ARFF reader (header, dense and sparse rows, quoting), the choice of the label
 attributes (MULAN ``.xml`` label headers, MEKA ``-C`` options) and the train/test pair
-layout of ``shared/data``. Every error names the file and the line.
+layout of the named sets (``python -m bbam.data.fetch``). Every error names the file and the line.
 
 The reader is our own, not liac-arff (vendored in scikit-learn as
-``sklearn.externals._arff``): on every real ARFF file of ``shared/data`` both give the
+``sklearn.externals._arff``): on every ARFF file of the named MULAN sets both give the
 same ``X``, ``Y`` and names, and ours is 1.1-1.7x faster end to end (2.2x on a dense file
 written from scene; ``bench/parsers.py``). liac-arff also loads files this reader
 rejects (a stray line or an unknown ``@`` declaration in the header; ``INTEGER`` values
@@ -456,7 +456,7 @@ def load_arff_pair(
     name: str | None = None,
 ) -> MultiLabelData:
     """Stack an official train/test ARFF pair: rows = train block, then test
-    block; ``train_idx``/``test_idx`` record the split (the ``shared/data``
+    block; ``train_idx``/``test_idx`` record the split (the named sets'
     ``.npz`` layout).  Attribute and label names of both files must agree."""
     tr = load_arff(train_path, num_labels=num_labels, xml_path=xml_path)
     te = load_arff(test_path, num_labels=num_labels, xml_path=xml_path)

@@ -29,7 +29,9 @@ class DatasetFormatError(ValueError):
         self.path = str(path)
         self.line = line
         where = f"{self.path}" if line is None else f"{self.path}, line {line}"
-        super().__init__(f"{where}: {message}")
+        # a message that already names the file (e.g. MultiLabelData's checks of a file's
+        # arrays, re-raised by a reader) is not prefixed with it again
+        super().__init__(message if line is None and self.path in message else f"{where}: {message}")
 
 
 def text_lines(path: Path) -> Iterator[tuple[int, str]]:

@@ -13,19 +13,55 @@ from .libsvm import load_libsvm
 from .npz import load_npz
 from .synthetic import make_synthetic
 
-__all__ = ["load_dataset", "default_data_dirs"]
+__all__ = ["load_dataset", "default_data_dirs", "user_cache_data_dir", "fetch_hint"]
+
+_CHECKOUT_DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"  # a data folder beside a checkout
+
+
+def user_cache_data_dir() -> Path:
+    """``~/.cache/bbam/data``: where ``python -m bbam.data.fetch`` stores the sets when
+    ``$BBAM_DATA_DIR`` is unset (:func:`bbam.data.fetch.download_dir`)."""
+    return Path.home() / ".cache" / "bbam" / "data"
 
 
 def default_data_dirs() -> list[Path]:
     """Directories searched for dataset names, in order: ``$BBAM_DATA_DIR``
-    (``os.pathsep``-separated), ``<repo>/../shared/data``, ``./data``."""
-    dirs: list[Path] = []
-    env = os.environ.get("BBAM_DATA_DIR")
-    if env:
-        dirs += [Path(s) for s in env.split(os.pathsep) if s]
-    dirs.append(Path(__file__).resolve().parents[3] / "shared" / "data")
-    dirs.append(Path.cwd() / "data")
-    return dirs
+    (``os.pathsep``-separated) or, when it is unset, ``~/.cache/bbam/data`` (the
+    download place of ``python -m bbam.data.fetch``); then a ``shared/data`` folder
+    beside a development checkout, ``./data``."""
+    env = [Path(s).expanduser() for s in os.environ.get("BBAM_DATA_DIR", "").split(os.pathsep) if s]
+    return (env or [user_cache_data_dir()]) + [_CHECKOUT_DATA_DIR, Path.cwd() / "data"]
+
+
+def _not_found(name: str, roots: list[Path], data_dir: object) -> FileNotFoundError:
+    """One line: where it looked, and how to get the set (the fetch command for the sets it knows)."""
+    from .fetch import SOURCES  # here, not at the top: ``python -m bbam.data.fetch`` must find it unimported
+
+    shown = ", ".join(str(r) for r in roots if r != _CHECKOUT_DATA_DIR or r.is_dir())
+    src = SOURCES.get(name)
+    if src is not None and f"{name}/{name}.npz" in src.outputs:
+        cmd = f"python -m bbam.data.fetch {name}" + (f" --data-dir {data_dir}" if data_dir is not None else "")
+        text = f"dataset {name!r} not found in {shown}: get it with `{cmd}`" + (
+            "" if data_dir is not None else f" (or set BBAM_DATA_DIR to a folder holding {name}/{name}.npz)")
+    else:
+        text = (f"dataset {name!r} not found in {shown}: expected {name}/{name}.npz (or {name}/{name}-train.arff "
+                f"and -test.arff, or {name}.npz) in one of them; set BBAM_DATA_DIR to the folder holding it")
+    return FileNotFoundError(2, text, name)
+
+
+def fetch_hint(missing: str | os.PathLike[str]) -> str | None:
+    """How to get a missing file of a named set (``<data folder>/miml``,
+    ``.../reuters21578/reuters21578_texts.jsonl``: the paths the shipped configs name):
+    ``get it with `python -m bbam.data.fetch miml` ...``; None for any other path."""
+    from .fetch import SOURCES
+
+    missing = Path(missing).absolute()
+    for name, src in SOURCES.items():
+        for output in src.outputs:
+            if any(missing == (root / output).absolute() for root in default_data_dirs()):
+                return (f"get it with `python -m bbam.data.fetch {name}` (or set BBAM_DATA_DIR to a folder "
+                        f"holding {output})")
+    return None
 
 
 LIBSVM_SUFFIXES = (".svm", ".libsvm", ".txt")  # file names read as LIBSVM
@@ -57,7 +93,8 @@ def load_dataset(path_or_name: str | os.PathLike[str] | None = None, **kw: Any) 
       ``<name>-train.arff``/``<name>-test.arff``, else ``<name>.arff``.
     * a bare name (e.g. ``"emotions"``): looked up as ``<root>/<name>/`` or
       ``<root>/<name>.npz`` in ``kw.pop("data_dir")`` if given, else in
-      :func:`default_data_dirs`.
+      :func:`default_data_dirs`. Not found: a ``FileNotFoundError`` in one line naming the
+      folders, and for a set ``python -m bbam.data.fetch`` serves, that command.
     """
     data_dir = kw.pop("data_dir", None)
     path = kw.pop("path", None)
@@ -84,16 +121,13 @@ def load_dataset(path_or_name: str | os.PathLike[str] | None = None, **kw: Any) 
     if suffix or len(p.parts) > 1:
         raise FileNotFoundError(2, f"dataset file not found: {p}", str(p))
     roots = [Path(data_dir)] if data_dir is not None else default_data_dirs()
-    tried = []
     for root in roots:
         d = root / str(path_or_name)
         if d.is_dir():
             out = _load_dir(d, **kw)
             if out is not None:
                 return out
-        tried.append(str(d) + "/")
         f = root / f"{path_or_name}.npz"
         if f.is_file():
             return load_npz(f)
-        tried.append(str(f))
-    raise FileNotFoundError(2, f"dataset {str(path_or_name)!r} not found; looked in: {', '.join(tried)}", str(path_or_name))
+    raise _not_found(str(path_or_name), roots, data_dir)

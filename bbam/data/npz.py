@@ -1,4 +1,4 @@
-"""The ``.npz`` layout of ``shared/data`` (see its README): :func:`load_npz` reads it,
+"""The ``.npz`` layout of the named sets (``python -m bbam.data.fetch``): :func:`load_npz` reads it,
 :func:`save_npz` writes it."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _first_bad_label(Y: np.ndarray) -> tuple[int, int, Any] | None:
 
 
 def load_npz(path: str | os.PathLike[str], name: str | None = None) -> MultiLabelData:
-    """Read the ``.npz`` layout of ``shared/data`` (see its README).
+    """Read the named sets' ``.npz`` layout (what ``python -m bbam.data.fetch`` writes).
 
     Keys: ``X`` ``[N, D]`` (any real dtype, stored float32), ``Y`` ``[N, K]``
     0/1, optional ``train_idx``/``test_idx`` (int), ``label_names``,
