@@ -365,6 +365,10 @@ def test_mulan_conversion_equals_the_stored_npz(name, shared_data_dir, mirror, t
     assert run_cli(capsys, name)[0] == 0
     got, want = np.load(tmp_path / "data" / name / f"{name}.npz"), np.load(folder / f"{name}.npz")
     assert got.files == want.files
+    _assert_same_arrays(got, want)
+
+
+def _assert_same_arrays(got, want) -> None:
     for key in want.files:
         assert got[key].dtype == want[key].dtype and np.array_equal(got[key], want[key]), key
 
@@ -377,8 +381,7 @@ def test_reuters_bag_of_words_from_the_stored_texts_equals_the_stored_npz(shared
         records = [json.loads(line) for line in f]
     got, want = fetch.reuters_arrays(records), np.load(folder / "reuters21578.npz")
     assert sorted(got) == sorted(want.files)
-    for key in want.files:
-        assert got[key].dtype == want[key].dtype and np.array_equal(got[key], want[key]), key
+    _assert_same_arrays(got, want)
 
 
 def test_miml_images_and_split_equal_the_stored_folder(shared_data_dir):

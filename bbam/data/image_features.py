@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,6 +23,7 @@ from torch import Tensor
 from bbam.vision.backbones import load_backbone, weights_id
 
 from .cache import default_cache_dir, read_cache, resolve_device, write_cache
+from .progress import progress_bar
 from .image_rows import ImageDecodeError, ImageRows
 
 __all__ = ["image_features", "image_loader", "SETTINGS"]
@@ -75,28 +74,6 @@ def image_loader(rows: ImageRows, batch_size: int = 64, num_workers: int = 0, pi
     return (_raise_errors(b) for b in loader)
 
 
-def _bar_size(stream) -> dict:
-    """tqdm's ``ncols`` / ``nrows`` for a bar on ``stream``: none (tqdm measures the terminal)
-    unless ``stream`` is a terminal that reports no size (0 x 0: a pseudo-terminal nobody
-    sized, e.g. under ``script``, ``docker exec -t`` or some CI runners), where tqdm's measured
-    size (-1 x -1) would print nothing at all: then ``$COLUMNS`` x ``$LINES`` or 80 x 24."""
-    try:
-        size = os.get_terminal_size(stream.fileno())
-    except (AttributeError, OSError, ValueError):  # not a terminal (a file, a pipe, captured)
-        return {}
-    if size.columns > 1 and size.lines > 1:
-        return {}
-
-    def env(name: str, default: int) -> int:
-        try:
-            return max(int(os.environ.get(name, "")), 2)
-        except ValueError:
-            return default
-
-    return {"ncols": size.columns if size.columns > 1 else env("COLUMNS", 80),
-            "nrows": size.lines if size.lines > 1 else env("LINES", 24)}
-
-
 def _cache_key(rows: ImageRows, backbone: str) -> str:
     files = hashlib.sha256()
     for path in rows.files:
@@ -135,8 +112,6 @@ def image_features(rows: ImageRows, settings: Mapping[str, Any]) -> Tensor:
         cached = read_cache(file, key, len(rows))
         if cached is not None:
             return torch.from_numpy(cached)
-    from tqdm.auto import tqdm
-
     device = torch.device(resolve_device(settings.get("device", "auto")))
     backbone = load_backbone(name).to(device)
     out = np.empty((len(rows), backbone.dim), dtype=np.float32)
@@ -146,9 +121,8 @@ def image_features(rows: ImageRows, settings: Mapping[str, Any]) -> Tensor:
     # on stderr: photos done, photos/s and the time left; left on screen with the total time
     # taken (a pass over thousands of photos takes minutes on a CPU). Off with progress=false
     # (the configs pass train.progress).
-    with tqdm(total=len(rows), desc=f"{name} features ({rows.image_size} px)", unit="photo",
-              file=sys.stderr, **_bar_size(sys.stderr), leave=True,
-              disable=not bool(settings.get("progress", True))) as bar:
+    with progress_bar(len(rows), f"{name} features ({rows.image_size} px)", "photo",
+                      bool(settings.get("progress", True))) as bar:
         for pixels in batches:
             x = pixels.to(device, non_blocking=True).float().div_(255)
             feats = backbone(x)  # float32 on every device: cached features do not depend on where they were made

