@@ -252,6 +252,7 @@ def test_feature_pass_bar_on_an_unsized_terminal(photos, monkeypatch):
     import sys
 
     from bbam.data import image_features as F
+    from bbam.data.progress import _bar_size
 
     monkeypatch.delenv("COLUMNS", raising=False)
     monkeypatch.delenv("LINES", raising=False)
@@ -259,7 +260,7 @@ def test_feature_pass_bar_on_an_unsized_terminal(photos, monkeypatch):
     with os.fdopen(slave, "w", encoding="utf-8") as term:
         if os.get_terminal_size(slave) != (0, 0):
             pytest.skip("this system gives new pseudo-terminals a size")
-        assert F._bar_size(term) == {"ncols": 80, "nrows": 24}
+        assert _bar_size(term) == {"ncols": 80, "nrows": 24}
         monkeypatch.setattr(sys, "stderr", term)
         F.image_features(photos, {**SETTINGS, "progress": True})
         term.flush()
@@ -272,7 +273,7 @@ def test_feature_pass_bar_on_an_unsized_terminal(photos, monkeypatch):
     os.close(master)
     assert re.search(rb"6/6 \[\d\d:\d\d<00:00, +[\d.]+photo/s\]", shown), shown
     with open(os.devnull, "w") as null:
-        assert F._bar_size(null) == {}
+        assert _bar_size(null) == {}
 
 
 def test_text_embedding_pass_shows_a_progress_bar(tmp_path, capfd):
