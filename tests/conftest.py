@@ -8,15 +8,24 @@ import bbam
 
 
 def _shared_data_dir() -> Path:
-    env = os.environ.get("BBAM_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    """The first of the app's data folders that holds a named set (``$BBAM_DATA_DIR`` or
+    ``~/.cache/bbam/data``, where ``python -m bbam.data.fetch`` puts them; a ``shared/data``
+    folder beside the checkout), else the first folder (named by the skip reason)."""
+    from bbam.data.fetch import SOURCES
+    from bbam.data.lookup import default_data_dirs
+
+    dirs = default_data_dirs()
+    for folder in dirs:
+        if any((folder / output).exists() for src in SOURCES.values() for output in src.outputs):
+            return folder
+    return dirs[0]
 
 
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
     path = _shared_data_dir()
     if not path.is_dir():
-        pytest.skip(f"real datasets not found at {path}: python -m bbam.data.fetch --all downloads them into $BBAM_DATA_DIR")
+        pytest.skip(f"real datasets not found at {path}: python -m bbam.data.fetch --all downloads them there")
     return path
 
 
