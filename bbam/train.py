@@ -90,7 +90,7 @@ def build_engine(cfg, data, tensors, device: torch.device, out_dir):
     method = build_method(cfg.method)
     torch.manual_seed(int(cfg.seed))  # model init independent of what data loading consumed
     encoder = instantiate(cfg.model.encoder, in_dim=data.num_features)
-    model = MultiLabelModel(encoder, data.num_labels, head=method.head)
+    model = MultiLabelModel(encoder, method.make_head(encoder.out_dim, data.num_labels))
     views = None
     if method.views:
         if cfg.model.get("views") is None:
@@ -246,7 +246,7 @@ def _train(cfg) -> Dict[str, Any]:
     from omegaconf import OmegaConf
 
     from bbam.app import report
-    from bbam.app.diagnostics import angle_diagnostics
+    from bbam.app.diagnostics import run_diagnostics
     from bbam import distributed as D
     from bbam.app.atomic import atomic_save, atomic_write_text
     from bbam.app.errors import user_input
@@ -304,11 +304,12 @@ def _train(cfg) -> Dict[str, Any]:
     best = engine.load_best()  # the checkpoint selected on validation
     test = engine.evaluate("test")
     val_scores, _, _ = engine.predict_global(tensors["val"].x, keep=("scores",))  # every rank (collective); for thresholds.json
-    diag = angle_diagnostics(engine, "test")
-    test["vdfd"] = diag["mean_vdfd"]
-    test["vdfd_balanced"] = diag["mean_vdfd_after"]
-    test["vdfd_prototype"] = diag["mean_vdfd_prototype"]
-    test["vdfd_prototype_balanced"] = diag["mean_vdfd_prototype_after"]
+    diag = run_diagnostics(engine, "test")  # per-label metrics, and what the method reports (angles, VDFD)
+    if "mean_vdfd" in diag:  # an angular method's VDFD joins the test metrics
+        test["vdfd"] = diag["mean_vdfd"]
+        test["vdfd_balanced"] = diag["mean_vdfd_after"]
+        test["vdfd_prototype"] = diag["mean_vdfd_prototype"]
+        test["vdfd_prototype_balanced"] = diag["mean_vdfd_prototype_after"]
     result = {
         "dataset": data.name, "method": engine.method.name, "lb_ratio": float(cfg.split.lb_ratio),
         "seed": int(cfg.seed), "best_epoch": int(best["best_epoch"]), "selected_phase": engine.selected_phase(),

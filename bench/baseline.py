@@ -82,9 +82,6 @@ def _config(args: Sequence[str]):
         if not path.is_file():
             raise SystemExit(f"baseline: {args[0]} is not a run folder (no config.yaml)")
         cfg = OmegaConf.load(path)
-        from bbam.app.checkpoints import current_name
-
-        cfg.data._target_ = current_name(cfg.data._target_)  # a run saved before the readers moved
         return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(args[1:])))
     return compose_config(args)
 

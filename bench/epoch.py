@@ -50,7 +50,7 @@ def _one(n: int, k: int, ns: argparse.Namespace, queue) -> None:
     """Child process: one size end to end; puts its result dict on ``queue``."""
     import torch
 
-    from bbam.app.diagnostics import angle_diagnostics
+    from bbam.app.diagnostics import run_diagnostics
     from bbam.data import split_indices
     from bbam.train import _instantiate_data, _split_tensors, build_engine, compose_config
 
@@ -85,7 +85,7 @@ def _one(n: int, k: int, ns: argparse.Namespace, queue) -> None:
         engine.evaluate("test")
         out["test_evaluation_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        angle_diagnostics(engine, "test")
+        run_diagnostics(engine, "test")
         out["diagnostics_s"] = time.perf_counter() - t
     out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
     queue.put(out)

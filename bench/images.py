@@ -30,6 +30,7 @@ Noisy machines: compare ratios within one run; absolute times only on a quiet ma
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import multiprocessing as mp
 import resource
@@ -83,7 +84,7 @@ def _decode(rows, workers: int, views: bool) -> None:
 
 
 def measure_size(files: List[str], size: int, repeats: int) -> Dict[str, float]:
-    from bbam.app.models import MultiLabelModel
+    from bbam.app.models import CosineClassifier, MultiLabelModel
     from bbam.app.image_models import PretrainedImageEncoder
     from bbam.app.views import FeatureViews
     from bbam.data.image_rows import ImageRows
@@ -107,13 +108,15 @@ def measure_size(files: List[str], size: int, repeats: int) -> Dict[str, float]:
     out["frozen_img_s"] = len(x) / t
     out["frozen_gflop_per_img"] = flops / len(x) / 1e9
     out["frozen_gflop_s"] = flops / t / 1e9
-    nchw = load_backbone("efficientnet_lite0")  # the same network in the default NCHW layout
+    # the same network in the default NCHW layout: a copy (the frozen instance is shared)
+    nchw = copy.deepcopy(load_backbone("efficientnet_lite0"))
     nchw.net.to(memory_format=torch.contiguous_format)
     with torch.no_grad():
         out["frozen_nchw_img_s"] = len(x) / _median_time(lambda: nchw.net(((x - nchw.mean) / nchw.std).contiguous()),
                                                          repeats)
 
-    model = MultiLabelModel(PretrainedImageEncoder(0, finetune=True), 5)
+    encoder = PretrainedImageEncoder(0, finetune=True)
+    model = MultiLabelModel(encoder, CosineClassifier(encoder.out_dim, 5))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     xb, yb = x[:32], torch.randint(0, 2, (32, 5)).float()
 

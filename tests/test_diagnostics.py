@@ -11,7 +11,8 @@ from hydra import compose, initialize_config_dir
 
 import bbam
 from bbam.app import diagnostics
-from bbam.app.diagnostics import FAMILIES, angle_diagnostics, mean_finite
+from bbam.angle_diagnostics import FAMILIES, mean_finite
+from bbam.app.diagnostics import run_diagnostics
 from bbam.functional import MIN_VARIANCE
 from bbam.stats import LabelAngleStats
 from bbam.train import config_dir, train
@@ -51,10 +52,10 @@ def run(tmp_path_factory):
 
     def capture(engine, split="test"):
         engines.append(engine)
-        return angle_diagnostics(engine, split)
+        return run_diagnostics(engine, split)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(diagnostics, "angle_diagnostics", capture)
+        mp.setattr(diagnostics, "run_diagnostics", capture)
         train(_cfg(out))
     assert len(engines) == 1
     return out, engines[0]
@@ -84,16 +85,15 @@ def test_after_variances_are_a_squared_var_of_the_angles(run):
     ran, so the coefficients are not the identity) and check var and var after = Var(a theta + b)."""
     out, engine = run
     engine.load_checkpoint(out / "checkpoints" / "last.pt")
-    diag = angle_diagnostics(engine, "test")
+    diag = run_diagnostics(engine, "test")
     assert diag["balanced_labels"] > 0 and diag["prototype_source"] != "labeled split"
-    online = angle_diagnostics(engine, "test", model=engine.model)
+    online = run_diagnostics(engine, "test", source="online")
     assert diag["features_from"] == "ema" and online["features_from"] == "online"
     assert online["classifier"]["var"] != diag["classifier"]["var"]  # other features, other angles
     s = engine.splits["test"]
     _, feats, _ = engine.predict(s.x)
     a, b = (t.double() for t in engine.method.coefficients())
-    prototypes = getattr(engine.method, "prototypes", None)
-    prototypes = engine.method.stats.prototypes if prototypes is None else prototypes
+    prototypes = engine.method.prototypes
     directions = {"prototype": prototypes, "classifier": engine.ema.module.classifier_weight}
     for family in FAMILIES:
         theta = _angles(feats, directions[family])
@@ -126,7 +126,7 @@ def test_after_vdfd_is_zero_on_the_angles_the_statistics_measure(run, family, mo
     else:
         weights = engine.ema.module.classifier_weight.detach()
         method.stats.update_from_stats(*bbam.ops.label_angle_stats(feats, weights, s.y))
-    diag = angle_diagnostics(engine, "test")
+    diag = run_diagnostics(engine, "test")
     assert diag["stats_angles"] == family
     labels = _balanced(diag, family)
     assert labels and diag["balanced_labels"] == len(labels)
@@ -156,7 +156,7 @@ def test_histograms_count_every_angle_once(chunk_size):
     """Chunked histograms equal a direct per-label count of the classifier angles."""
     import math
 
-    from bbam.app.diagnostics import BINS, _histograms
+    from bbam.angle_diagnostics import BINS, _histograms
 
     g = torch.Generator().manual_seed(0)
     N, K, D = 50, 4, 6
@@ -175,3 +175,17 @@ def test_histograms_count_every_angle_once(chunk_size):
                     if y[i, k] == polarity:
                         expected[k][min(int(theta[i, k] / math.pi * BINS), BINS - 1)] += 1
             assert hist[f"hist_{name}{suffix}"] == expected
+
+
+def test_each_method_reports_its_own_diagnostics(tmp_path):
+    """A method without angles (FixMatch, CAP) reports none: diagnostics.json holds the
+    per-label metrics only, and the test metrics no VDFD; the angular ones report theirs."""
+    for name, angular in (("fixmatch", False), ("cap", False), ("bam", True)):
+        out = tmp_path / name
+        result = train(_cfg(out, f"method={name}"))
+        diag = json.loads((out / "diagnostics.json").read_text())
+        assert set(diag["per_label"]) == {"ap", "f1", "positives", "accuracy"}, name
+        assert ("classifier" in diag) == angular and ("vdfd" in result["test"]) == angular, name
+        if angular:
+            assert diag["stats_angles"] == "none"  # bam does not balance
+        assert "VDFD" not in (out / "report.md").read_text() or angular, name

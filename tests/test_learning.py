@@ -149,7 +149,7 @@ def test_statistics_read_the_configured_model_and_angles(tmp_path, features_from
     data, tensors, _ = load_run_data(cfg)
     engine = build_engine(cfg, data, tensors, torch.device("cpu"), tmp_path)
     engine.fit(progress=False, stop_after_epoch=1)  # warm-up done, no statistics yet
-    engine.method.refresh(engine)
+    engine.method.refresh(engine.context())
     method = engine.method
     model = engine.model if features_from == "online" else engine.ema.module
     lb, ub = tensors["labeled"], tensors["unlabeled"]
@@ -177,7 +177,7 @@ def test_refresh_pseudo_labels_and_logged_summaries(tmp_path):
     data, tensors, _ = load_run_data(cfg)
     engine = build_engine(cfg, data, tensors, torch.device("cpu"), tmp_path)
     engine.fit(progress=False, stop_after_epoch=1)
-    p = engine.method.refresh(engine)
+    p = engine.method.refresh(engine.context())
     method = engine.method
     lb, ub = tensors["labeled"], tensors["unlabeled"]
     scores, feats, outs = engine.predict(ub.x)

@@ -1,9 +1,9 @@
 """The method seam: each method's loss and refresh on small hand-computed cases, resume of
 every method, a method defined here (outside bbam/) trained through ``method._target_``,
-views and batch pipelines, and runs saved before methods were classes."""
+views and batch pipelines, and runs saved before methods were classes (once migrated by
+``python -m bbam.migrate``)."""
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
@@ -16,15 +16,26 @@ import torch
 from omegaconf import OmegaConf
 
 from bbam.app.batches import Batch, LoaderBatches, TensorBatches, index_batches
-from bbam.app.methods import BAM, BBAM, CAP, FixMatch, Method, SoftMatch, Supervised, build_method, method_config
+from bbam.app.methods import BAM, BBAM, CAP, FixMatch, Method, SoftMatch, Supervised, build_method
+from bbam.app.methods.base import MethodContext
 from bbam.app.views import FeatureViews, TokenViews
 from bbam.losses import BCELoss
+from bbam.migrate import main as migrate_main
+from bbam.migrate import method_config
 from bbam.train import compose_config, train
 
 METHODS = ["supervised", "cap", "bam", "bbam", "bbam_cls", "fixmatch", "softmatch"]
 SMALL = ["data.num_samples=400", "model.encoder.hidden=[32]", "model.encoder.out_dim=16", "train.epochs=5",
          "train.warmup_epochs=2", "train.min_steps_per_epoch=3", "train.progress=false"]
 LEGACY = Path(__file__).parent / "fixtures" / "legacy_run"  # written by the code before the method seam
+
+
+def _migrated(tmp_path: Path, name: str) -> Path:
+    """A copy of the legacy run ``name`` (finished / interrupted), migrated by ``python -m bbam.migrate``."""
+    run = tmp_path / name
+    shutil.copytree(LEGACY / name, run)
+    assert migrate_main([str(run)]) == 0
+    return run
 
 
 def _softplus(x: float) -> float:
@@ -44,11 +55,19 @@ def _bound(method: Method, num_labels: int, labeled_y=None, unlabeled_y=None) ->
     """``method`` bound to a minimal engine (labeled / unlabeled targets only)."""
     lb_y = labeled_y if labeled_y is not None else torch.zeros(2, num_labels, dtype=torch.int8)
     ub_y = unlabeled_y if unlabeled_y is not None else torch.zeros(2, num_labels, dtype=torch.int8)
-    engine = types.SimpleNamespace(device=torch.device("cpu"), splits={
-        "labeled": types.SimpleNamespace(y=lb_y, x=torch.zeros(len(lb_y), 1)),
-        "unlabeled": types.SimpleNamespace(y=ub_y, x=torch.zeros(len(ub_y), 1))})
-    method.bind(engine)
+    method.bind(_context(m_splits(lb_y, ub_y)))
     return method
+
+
+def _context(splits, scores=None) -> MethodContext:
+    """A :class:`MethodContext` of ``splits`` whose EMA scores are ``scores`` (no model)."""
+    def no_model(*args, **kwargs):
+        raise AssertionError("this test's context has no model")
+
+    return MethodContext(splits=splits, device=torch.device("cpu"), world=1, seed=0, epoch=0, feature_dim=1,
+                         save_epoch_state=False, scores_global=no_model if scores is None else
+                         (lambda x, label_major=False: scores.T.contiguous().T if label_major else scores),
+                         features=no_model, classifier_weight=no_model)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -173,11 +192,7 @@ def test_cap_refresh_pseudo_labels_by_class_aware_ranks():
     truth = torch.tensor([[1], [0], [0], [0]], dtype=torch.int8)
     m = _bound(CAP(neg_per=0.5), 1, labeled_y=labeled, unlabeled_y=truth)
     scores = torch.tensor([[0.9], [0.1], [0.8], [0.3]])
-    engine = types.SimpleNamespace(
-        splits=m_splits(labeled, truth), tc=types.SimpleNamespace(save_epoch_state=False),
-        timed=lambda phase: contextlib.nullcontext(),
-        predict_global=lambda x, keep, label_major: (scores, None, None))
-    logged = m.refresh(engine)
+    logged = m.refresh(_context(m_splits(labeled, truth), scores))
     # top ceil(0.5 * 4) = 2 rows are pseudo-positive; the bottom 0.5 * 0.5 * 4 = 1 row a confident negative
     assert m.targets_ub.flatten().tolist() == [1, 0, 1, -1]
     assert logged["pseudo_confident"] == pytest.approx(3 / 4)
@@ -302,7 +317,7 @@ def test_token_views_drop_tokens_only():
     assert torch.equal(TokenViews()("weak", ids, torch.Generator()), ids)
 
 
-# ----------------------------------------------------------------------------- runs from before the seam
+# ----------------------------------------------------------------------------- runs from before the seam (migrated)
 @pytest.mark.parametrize("name, cls", [("supervised", Supervised), ("cap", CAP), ("bam", BAM), ("bbam", BBAM),
                                        ("bbam_cls", BBAM)])
 def test_flag_configs_of_older_runs_map_to_the_classes(name, cls):
@@ -312,7 +327,9 @@ def test_flag_configs_of_older_runs_map_to_the_classes(name, cls):
            "classifier" if name == "bbam_cls" else "prototype", "cap": {"pos_per": 1.0, "neg_per": 0.9},
            "sampling": {"_target_": "bbam.sampling.NegativeSampler", "eta": 3.0},
            "loss": {"_target_": "bbam.losses.AsymmetricLoss", "gamma_neg": 2.0}}
-    method = build_method(OmegaConf.create(old))
+    conf = method_config(old)  # what python -m bbam.migrate writes into config.yaml
+    assert list(conf)[:2] == ["_target_", "name"] and conf["_target_"] == f"bbam.app.methods.{cls.__name__}"
+    method = build_method(OmegaConf.create(conf))
     assert type(method) is cls and method.name == name
     if isinstance(method, BAM):
         assert (method.margin, method.scale, method.cap.neg_per) == (0.2, 30.0, 0.9)
@@ -322,13 +339,15 @@ def test_flag_configs_of_older_runs_map_to_the_classes(name, cls):
     if type(method) is CAP:
         assert method.loss_fn.gamma_neg == 2.0
     assert method_config({"_target_": "x.Y", "a": 1}) == {"_target_": "x.Y", "a": 1}
+    with pytest.raises(ValueError, match="no _target_.*python -m bbam.migrate"):  # flags are not read any more
+        build_method(OmegaConf.create(old))
 
 
-def test_a_run_saved_before_the_seam_still_predicts():
+def test_a_run_saved_before_the_seam_still_predicts(tmp_path):
     from bbam.app.predict import Predictor
 
     expected = np.load(LEGACY / "expected_scores.npz")
-    p = Predictor.from_run(LEGACY / "finished")
+    p = Predictor.from_run(_migrated(tmp_path, "finished"))
     assert isinstance(p.method, BBAM)
     # The stored scores were computed on another CPU: float32 sums in another order (AVX-512 vs
     # AVX2 kernels) move each cosine by a few ulps (~1e-7), i.e. a logit by scale (20) x that
@@ -338,8 +357,7 @@ def test_a_run_saved_before_the_seam_still_predicts():
 
 
 def test_a_checkpoint_saved_before_the_seam_still_resumes(tmp_path):
-    run = tmp_path / "interrupted"
-    shutil.copytree(LEGACY / "interrupted", run)
+    run = _migrated(tmp_path, "interrupted")
     overrides = ["data.num_samples=400", "model.encoder.hidden=[16]", "model.encoder.out_dim=8", "train.epochs=5",
                  "train.warmup_epochs=2", "train.min_steps_per_epoch=3", "train.progress=false"]
     cfg = compose_config(overrides + [f"train.resume={run}/checkpoints/last.pt"])

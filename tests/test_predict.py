@@ -71,13 +71,13 @@ def test_predictor_reproduces_the_runs_test_metrics(run_dir):
     assert predictor.label_names == data.label_names
     assert json.loads((run_dir / "labels.json").read_text()) == data.label_names
     assert predictor.num_features == data.num_features
-    assert predictor.model.head_type == "cosine"
+    assert type(predictor.model.head).__name__ == "CosineClassifier"
 
 
 def test_predictor_reproduces_a_linear_head_run(tmp_path):
     run = _run(tmp_path / "run", "method=supervised", "model=linear")
     predictor, _, _ = _check_reproduces(run)
-    assert predictor.model.head_type == "linear"
+    assert type(predictor.model.head).__name__ == "LinearClassifier"
 
 
 def test_predict_shapes_and_thresholds(run_dir):

@@ -8,12 +8,11 @@ import json
 import math
 import os
 import re
-import shutil
 
 import pytest
 
 from bbam.app import report
-from bbam.app.report import _balancing_section, metrics_table, write_report
+from bbam.app.report import _balancing_section, metrics_table
 from bbam.train import compose_config, train
 
 FAST = ["data.num_samples=300", "train.epochs=3", "train.warmup_epochs=1", "train.min_steps_per_epoch=2",
@@ -24,10 +23,10 @@ NUM = r"[-+]?\d[\d.]*(?:e[-+]?\d+)?"
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Tiny bbam and cap runs of the app (synthetic data), keyed by method."""
+    """Tiny bbam, bam and cap runs of the app (synthetic data), keyed by method."""
     root = tmp_path_factory.mktemp("runs")
     out = {}
-    for method in ("bbam", "cap"):
+    for method in ("bbam", "bam", "cap"):
         cfg = compose_config([f"method={method}", *FAST])
         cfg.out_dir = str(root / method)
         train(cfg)
@@ -83,38 +82,29 @@ def test_bbam_report_words_follow_its_table(runs):
 
 
 def test_cap_report_has_no_balancing_and_no_margin(runs):
+    """cap reports no angles: no VDFD, no balancing, no margin; its per-label metrics remain."""
     text = (runs["cap"] / "report.md").read_text()
-    assert "after balancing" not in text and "before balancing" not in text
+    assert "balancing" not in text and "VDFD" not in text
     assert "margin" not in text and "scale 20" not in text
     assert "Inputs: features: 64 real-valued (with negatives), 0 % zeros → standardize (given in the config)." in text
-    assert "This method (cap) does not balance" in text
+    per_label = _section(text, "## Per label")
+    assert "| label | positives | AP (%) | F1 (%) | accuracy (%) |" in per_label and "→" not in per_label
+    assert "vdfd_per_label.png" not in text and not (runs["cap"] / "vdfd_per_label.png").exists()
+    result = json.loads((runs["cap"] / "final_metrics.json").read_text())
+    assert "VDFD" not in metrics_table(result) and "mAP" in metrics_table(result)
+
+
+def test_bam_report_has_margin_but_no_balancing(runs):
+    """bam: a cosine head (margin and scale matter) without balancing: VDFD as measured."""
+    text = (runs["bam"] / "report.md").read_text()
+    assert "margin 0.4, scale 20" in text
+    assert "after balancing" not in text and "This method (bam) does not balance" in text
     assert "| angles | VDFD (rad²) |" in text
     per_label = _section(text, "## Per label")
     assert "→" not in per_label and "a neg" not in per_label
-    assert "| VDFD (classifier angles) |" in text
-    result = json.loads((runs["cap"] / "final_metrics.json").read_text())
-    assert "after balancing" not in metrics_table(result)
-    assert "VDFD (classifier angles)" in metrics_table(result)
-
-
-def test_bam_report_has_margin_but_no_balancing(runs, tmp_path):
-    """bam: a cosine head (margin and scale matter) without balancing. Its folder is the cap
-    run's files with bam's method section (what matters here is what the report reads)."""
-    from omegaconf import OmegaConf
-
-    folder = tmp_path / "bam"
-    shutil.copytree(runs["cap"], folder)
-    saved = OmegaConf.load(folder / "config.yaml")
-    saved.method = OmegaConf.create(OmegaConf.to_container(compose_config(["method=bam"]).method, resolve=True))
-    (folder / "config.yaml").write_text(OmegaConf.to_yaml(saved))
-    result = json.loads((folder / "final_metrics.json").read_text())
-    assert result.pop("method_traits") == {"angular": False, "balances": False}  # cap's, recorded by the run
-    result["method"] = "bam"  # without the record, the traits come from config.yaml's method section
-    (folder / "final_metrics.json").write_text(json.dumps(result))
-    assert report.method_traits(folder, result, {"stats_angles": "none"}) == {"angular": True, "balances": False}
-    text = write_report(folder).read_text()
-    assert "margin 0.4, scale 20" in text
-    assert "after balancing" not in text and "This method (bam) does not balance" in text
+    result = json.loads((runs["bam"] / "final_metrics.json").read_text())
+    assert result["method_traits"] == {"angular": True, "balances": False}
+    assert "after balancing" not in metrics_table(result) and "VDFD (classifier angles)" in metrics_table(result)
 
 
 def test_method_traits_without_config(tmp_path):

@@ -113,3 +113,23 @@ def test_data_layer_does_not_reach_the_application():
                 todo.append(nxt)
         above = sorted(m for m in seen if m in ("bbam.train", "bbam.app") or m.startswith("bbam.app."))
         assert not above, f"{name} imports the application layer: {above}"
+
+
+def test_methods_see_a_context_not_the_engine():
+    """The method plugins import neither the engine nor the run's diagnostics, and read
+    nothing of an engine: they get a MethodContext (bbam.app.methods.base)."""
+    graph = _graph()
+    methods = [n for n in graph if n == "bbam.app.methods" or n.startswith("bbam.app.methods.")]
+    assert methods
+    for name in methods:
+        seen, todo = set(), [name]
+        while todo:
+            for nxt in graph[todo.pop()] - seen:
+                seen.add(nxt)
+                todo.append(nxt)
+        assert not seen & {"bbam.app.engine", "bbam.app.diagnostics", "bbam.train"}, name
+    for path in (PACKAGE / "app" / "methods").glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+        names |= {node.arg for node in ast.walk(tree) if isinstance(node, ast.arg)}
+        assert "engine" not in names, f"{path.name} reads an engine"

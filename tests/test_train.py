@@ -230,30 +230,3 @@ def test_cli_missing_data_path_is_a_clear_error(tmp_path):
     proc = _cli(tmp_path, f"hydra.run.dir={tmp_path / 'run'}", "data=npz", check=False)
     assert proc.returncode != 0
     assert "config key 'data.path' is required" in proc.stderr and not (tmp_path / "run").exists()
-
-
-def test_resume_accepts_a_checkpoint_saved_before_the_data_modules_moved(tmp_path):
-    """Checkpoints written when the readers lived in bbam.app.datasets / bbam.app.inputs
-    (and file datasets were named 'npz') still resume: same functions, new names."""
-    from bbam.app.checkpoints import check_same_settings, run_settings
-
-    cfg = _cfg(tmp_path)
-    saved = run_settings(cfg)
-    saved["data._target_"] = saved["data._target_"].replace("bbam.data.", "bbam.app.datasets.")
-    check_same_settings(cfg, tmp_path / "last.pt", saved)  # no error
-    saved["data.num_samples"] = 7
-    with pytest.raises(ValueError, match="data.num_samples"):
-        check_same_settings(cfg, tmp_path / "last.pt", saved)
-
-
-def test_resume_accepts_an_npz_checkpoint_saved_when_the_key_was_path_or_name(tmp_path, shared_data_dir):
-    from bbam.app.checkpoints import check_same_settings, run_settings
-
-    path = shared_data_dir / "emotions" / "emotions.npz"
-    cfg = _compose(["data=npz", f"data.path={path}"])
-    saved = run_settings(cfg)
-    saved["data.path_or_name"] = saved.pop("data.path")  # data=npz before data.path
-    check_same_settings(cfg, tmp_path / "last.pt", saved)  # no error
-    saved["data.path_or_name"] = "other.npz"
-    with pytest.raises(ValueError, match="data.path"):
-        check_same_settings(cfg, tmp_path / "last.pt", saved)

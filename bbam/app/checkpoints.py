@@ -7,39 +7,35 @@
   with one clear message for a missing or unreadable file.
 * :func:`carry_best_checkpoint`: a run resumed into another folder takes the interrupted
   run's ``best.pt`` along (its best epoch may lie before the interruption).
+* :func:`older_run_error`, :func:`check_current_checkpoint`, :func:`check_current_config`:
+  a run folder written by an older bbam (checkpoint ``format`` 1, no ``settings``, a
+  ``method`` section of flags) is refused in one line that names ``python -m bbam.migrate``,
+  which rewrites it into today's format once (:mod:`bbam.migrate`); nothing here reads the
+  older formats.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
 from .atomic import atomic_copy
+from .errors import UserError
 
-__all__ = ["run_settings", "check_same_settings", "read_checkpoint", "carry_best_checkpoint", "current_name",
-           "method_state"]
+__all__ = ["run_settings", "settings_of", "check_same_settings", "read_checkpoint", "carry_best_checkpoint",
+           "method_state", "FORMAT", "SETTINGS_SECTIONS", "older_run_error", "check_current_checkpoint",
+           "check_current_config", "run_folder"]
 
+FORMAT = 2  # the checkpoint format the engine writes ("format"); python -m bbam.migrate rewrites older ones
+SETTINGS_SECTIONS = ("data", "split", "method", "model", "train")  # config sections that define a run
 # settings a resumed run may change: they do not change what is trained
 _RESUME_FREE = ("train.progress", "train.resume", "train.stop_after_epoch", "train.save_epoch_state",
                 "train.loader", "train.num_workers",
                 "data.name")
-# modules renamed since checkpoints were first written: the same function under its new name
-_RENAMED_KEYS = {"data.path_or_name": "data.path"}
-# keys added since, with the value that gives the behaviour of the code before them
-_ADDED_KEYS = {"method.unlabeled_views": []}
-_RENAMED_TARGETS = {"bbam.app.datasets.": "bbam.data.", "bbam.app.inputs.": "bbam.data."}
-
-
-def current_name(value: Any) -> Any:
-    """A config value naming a function of a module renamed since (e.g. an old run's
-    ``data._target_``) under its current name; any other value unchanged."""
-    if isinstance(value, str):
-        for old, new in _RENAMED_TARGETS.items():
-            if value.startswith(old):
-                return new + value[len(old):]
-    return value
 _RESUME_FREE_SUFFIXES = (".progress", ".device", ".cache_dir", ".cache")
+# methods whose config has had ``unlabeled_views`` since it exists (a run of them without it is older)
+_VIEW_METHODS = ("bbam.app.methods.CAP", "bbam.app.methods.BAM", "bbam.app.methods.BBAM")
 
 
 def _flatten(prefix: str, node: Any, out: Dict[str, Any]) -> Dict[str, Any]:
@@ -52,60 +48,76 @@ def _flatten(prefix: str, node: Any, out: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def settings_of(seed: int, sections: Mapping[str, Any]) -> Dict[str, Any]:
+    """The flattened settings of plain config ``sections`` (``{"data": {...}, ...}``, the
+    keys of :data:`SETTINGS_SECTIONS` present) and ``seed``, less output-only keys."""
+    flat: Dict[str, Any] = {}
+    for section in SETTINGS_SECTIONS:
+        if section in sections:
+            _flatten(section, sections[section], flat)
+    return {"seed": int(seed), **{key: value for key, value in flat.items()
+                                  if key not in _RESUME_FREE and not key.endswith(_RESUME_FREE_SUFFIXES)}}
+
+
 def run_settings(cfg) -> Dict[str, Any]:
     """The flattened settings that define what a run trains (``seed``, ``data``, ``split``,
     ``method``, ``model``, ``train`` less output-only keys), for the resume check."""
     from omegaconf import OmegaConf
 
-    flat: Dict[str, Any] = {}
-    for section in ("data", "split", "method", "model", "train"):
-        if section in cfg:
-            _flatten(section, OmegaConf.to_container(cfg[section], resolve=True), flat)
-    return {"seed": int(cfg.seed), **{key: current_name(value) for key, value in flat.items()
-                                      if key not in _RESUME_FREE and not key.endswith(_RESUME_FREE_SUFFIXES)}}
+    return settings_of(int(cfg.seed), {section: OmegaConf.to_container(cfg[section], resolve=True)
+                                       for section in SETTINGS_SECTIONS if section in cfg})
 
 
-def _unflatten(flat: Dict[str, Any], section: str) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for key, value in flat.items():
-        if key.startswith(section + "."):
-            *parents, leaf = key[len(section) + 1:].split(".")
-            node = out
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
-    return out
+# ----------------------------------------------------------------------------- runs of an older bbam
+def run_folder(path: Path) -> Path:
+    """The run folder of a file in it (``checkpoints/last.pt`` -> the folder above ``checkpoints``)."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
 
-def _from_flag_methods(saved: Dict[str, Any], now: Dict[str, Any]) -> Dict[str, Any]:
-    """The settings of a checkpoint written before methods were classes, with its ``method``
-    flags translated to the class config they mean; keys this version added are taken as
-    they are now (they did not exist, so the old run used what they default to)."""
-    from .methods.legacy import method_config
-
-    out = {k: v for k, v in saved.items() if not k.startswith("method.")}
-    _flatten("method", method_config(_unflatten(saved, "method")), out)
-    for key in now:
-        if key not in out and not key.startswith("method."):
-            out[key] = now[key]
-    return out
+def older_run_error(path: Path, run: Optional[Path] = None) -> UserError:
+    """The one-line refusal of a file written by an older bbam (a user's mistake: exit status 2)."""
+    return UserError(f"{path} was written by an older bbam: run python -m bbam.migrate "
+                     f"{run if run is not None else run_folder(path)} once")
 
 
+def _older_settings(flat: Mapping[str, Any]) -> bool:
+    """Cheap markers of settings written by an older bbam: a ``method`` section of flags (no
+    ``method._target_``), or CAP / BAM / BBAM without ``method.unlabeled_views``."""
+    target = flat.get("method._target_")
+    return target is None or (target in _VIEW_METHODS and "method.unlabeled_views" not in flat)
+
+
+def check_current_checkpoint(path: Path, ckpt: Mapping[str, Any], run: Optional[Path] = None) -> None:
+    """Refuse (:func:`older_run_error`) a checkpoint of an older format: ``format`` other
+    than :data:`FORMAT`, no ``settings`` or ``method_state``, or older settings."""
+    settings = ckpt.get("settings")
+    if (ckpt.get("format") != FORMAT or not isinstance(settings, dict) or "method_state" not in ckpt
+            or _older_settings(settings)):
+        raise older_run_error(path, run)
+
+
+def check_current_config(cfg, path: Path, run: Optional[Path] = None) -> None:
+    """Refuse (:func:`older_run_error`) a run's ``config.yaml`` (``cfg``) written by an older
+    bbam: its ``method`` section has no ``_target_`` (flags), or lacks a key added since."""
+    from omegaconf import OmegaConf
+
+    method = cfg.get("method") if hasattr(cfg, "get") else None
+    flat = _flatten("method", OmegaConf.to_container(method, resolve=False) if method is not None else {}, {})
+    if _older_settings(flat):
+        raise older_run_error(path, run)
+
+
+# ----------------------------------------------------------------------------- resuming
 def check_same_settings(cfg, path: Path, saved: Optional[Dict[str, Any]]) -> None:
     """A resumed run must train what the interrupted one trained: refuse other data,
-    split, method, model or schedule settings, naming every differing key."""
-    if saved is None:  # a checkpoint written before settings were recorded
-        return
+    split, method, model or schedule settings, naming every differing key (settings of an
+    older bbam: :func:`older_run_error`)."""
+    if not isinstance(saved, dict) or _older_settings(saved):
+        raise older_run_error(path)
     now = run_settings(cfg)
-    saved = {key: current_name(value) for key, value in saved.items()}  # checkpoints from before a rename
-    for old, new in _RENAMED_KEYS.items():  # keys renamed since (data=npz: data.path_or_name -> data.path)
-        if old in saved and new not in saved and new in now and old not in now:
-            saved[new] = saved.pop(old)
-    if "method._target_" not in saved:
-        saved = _from_flag_methods(saved, now)
-    for key, before in _ADDED_KEYS.items():  # a checkpoint from before the key: it trained as its default
-        if key not in saved and now.get(key, "<absent>") == before:
-            saved[key] = before
     differ = sorted(k for k in set(saved) | set(now) if saved.get(k, "<absent>") != now.get(k, "<absent>"))
     if not differ:
         return
@@ -117,15 +129,14 @@ def check_same_settings(cfg, path: Path, saved: Optional[Dict[str, Any]]) -> Non
 
 
 def method_state(ckpt: Dict[str, Any]) -> Dict[str, Any]:
-    """The method's state in a checkpoint (``method_state``; checkpoints from before the
-    method seam kept the statistics and prototypes at the top level)."""
-    state = ckpt.get("method_state")
-    return state if state is not None else {"stats": ckpt.get("stats"), "prototypes": ckpt.get("prototypes")}
+    """The method's state in a checkpoint (``method_state``: :meth:`bbam.app.methods.Method.state_dict`)."""
+    return ckpt["method_state"]
 
 
 def read_checkpoint(path, device: torch.device) -> Tuple[Path, Dict[str, Any]]:
     """``(file, checkpoint)`` of ``path``: a ``last.pt`` or a run folder (its
-    ``checkpoints/last.pt``); errors name ``train.resume`` and the file."""
+    ``checkpoints/last.pt``); errors name ``train.resume`` and the file. A checkpoint of an
+    older bbam is refused in one line (:func:`check_current_checkpoint`)."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / "last.pt" if (path / "checkpoints").is_dir() else path / "last.pt"
@@ -138,6 +149,7 @@ def read_checkpoint(path, device: torch.device) -> Tuple[Path, Dict[str, Any]]:
     except Exception as err:  # empty, truncated, a text file, another program's pickle
         raise ValueError(f"config key 'train.resume': {path} is not a readable bbam checkpoint "
                          f"({type(err).__name__}: {str(err)[:200]})") from None
+    check_current_checkpoint(path, ckpt)
     return path, ckpt
 
 

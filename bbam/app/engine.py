@@ -33,6 +33,7 @@ from .atomic import atomic_save, atomic_write_text
 from .batches import index_batches, make_pipeline
 from .checkpoints import carry_best_checkpoint, check_same_settings, method_state, read_checkpoint, run_settings
 from .inference import PARTS, predict, predict_global
+from .methods.base import MethodContext
 from .models import ModelEMA, MultiLabelModel, parameter_groups
 from .runtime import Split
 
@@ -76,8 +77,6 @@ class SelfTrainingEngine:
         self.is_main = self.rank == 0  # only rank 0 writes outputs and checkpoints
         self.data_source: Optional[Dict[str, Any]] = None  # where the data was (set by the app; checkpoints)
         self.stopped_early: Optional[Dict[str, int]] = None  # set by fit when train.patience ends the run
-        if model.head_type != method.head:
-            raise ValueError(f"method {method.name!r} needs a {method.head} head, the model has a {model.head_type} one")
         self.model = model.to(device)
         self.ema = ModelEMA(self.model, self.tc.ema_decay).to(device)
         # DDP averages gradients over ranks; the engine scales each rank's (sum) loss by the
@@ -108,7 +107,19 @@ class SelfTrainingEngine:
         self.warmup_start_epoch: Optional[int] = None  # the warm-up epoch the semi-supervised phase started from
         self.phase_s: Dict[str, float] = {}  # this epoch's seconds per phase (cap, features, ..., steps)
         self.last_epoch_state: Dict[str, Tensor] = {}  # train.save_epoch_state
-        method.bind(self)
+        method.bind(self.context())
+
+    def context(self) -> MethodContext:
+        """What the method sees of the run at this epoch (:class:`MethodContext`)."""
+        models = {"online": self.model, "ema": self.ema.module}
+        return MethodContext(
+            splits=self.splits, device=self.device, world=self.world, seed=self.seed, epoch=self.state.epoch,
+            feature_dim=int(self.model.classifier_weight.shape[1]), save_epoch_state=bool(self.tc.save_epoch_state),
+            scores_global=lambda x, label_major=False: self.predict_global(x, keep=("scores",),
+                                                                           label_major=label_major)[0],
+            features=lambda x, source, out=None: self.predict(x, models[source], keep=("features",),
+                                                              features_out=out)[1],
+            classifier_weight=lambda source: models[source].classifier_weight, timed=self.timed)
 
     @contextlib.contextmanager
     def timed(self, phase: str):
@@ -201,7 +212,7 @@ class SelfTrainingEngine:
         return {"train_loss": self._global_mean(losses)}
 
     def _semi_supervised_epoch(self, epoch: int) -> Dict[str, Any]:
-        logged = self.method.refresh(self)
+        logged = self.method.refresh(self.context())
         lb_plan = self._plan(len(self.splits["labeled"]), self.tc.batch_size, epoch, 0)
         ub_plan = self._plan(len(self.splits["unlabeled"]), self.tc.unlabeled_batch_size, epoch, 1,
                              self.steps_per_epoch("self_training"))

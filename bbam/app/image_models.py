@@ -1,14 +1,16 @@
 """Image encoders of the app: a pretrained backbone (frozen features or fine-tuned) with a
 head, and a small CNN trained from scratch. Inputs come from the image datasets
 (:mod:`bbam.data.images`): frozen backbone features ``[B, dim]``, or pixels
-``[B, 3, S, S]`` float in ``[0, 1]`` decoded per batch."""
+``[B, 3, S, S]`` float in ``[0, 1]`` decoded per batch. The backbone is any registered one
+(:func:`bbam.vision.backbones.get_backbone_spec`); fine-tuning loads a fresh trainable
+instance (:func:`bbam.vision.backbones.load_backbone`), never the frozen shared one."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
 from torch import Tensor, nn
 
-from bbam.vision.backbones import BACKBONES, load_backbone
+from bbam.vision.backbones import get_backbone_spec, list_backbones, load_backbone
 
 from .models import MLPEncoder
 
@@ -26,7 +28,7 @@ class PretrainedImageEncoder(nn.Module):
 
     Args:
         in_dim: the data's width: the backbone's feature size (frozen) or 0 (fine-tuning).
-        backbone: a key of :data:`bbam.vision.backbones.BACKBONES`.
+        backbone: a registered backbone (:func:`bbam.vision.backbones.list_backbones`).
         finetune: False: ``x`` holds the frozen backbone's features ``[B, dim]`` (computed
             once, cached) and only the head trains; True: ``x`` holds pixels
             ``[B, 3, S, S]`` and the backbone trains too (batch norm included).
@@ -45,10 +47,11 @@ class PretrainedImageEncoder(nn.Module):
                  backbone_lr_scale: float = 0.1, freeze_batchnorm: bool = True):
         super().__init__()
         self.freeze_batchnorm = bool(freeze_batchnorm)
-        if backbone not in BACKBONES:
-            raise ValueError(f"config key 'model.encoder.backbone' must be one of {', '.join(BACKBONES)}, "
-                             f"got {backbone!r}")
-        dim = BACKBONES[backbone][0]
+        try:
+            dim = get_backbone_spec(backbone).dim
+        except ValueError:
+            raise ValueError(f"config key 'model.encoder.backbone' must be one of {', '.join(list_backbones())}, "
+                             f"got {backbone!r}") from None
         self.finetune, self.backbone_lr_scale = bool(finetune), float(backbone_lr_scale)
         if self.finetune:
             self.backbone = load_backbone(backbone, trainable=True)

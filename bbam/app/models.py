@@ -79,15 +79,17 @@ class LinearClassifier(nn.Linear):
 
 class MultiLabelModel(nn.Module):
     """Encoder + classifier. ``forward(x)`` returns ``(features z [B, D], outputs [B, K])``:
-    cosines for the cosine head, logits for the linear head."""
+    cosines for a :class:`CosineClassifier`, logits for a :class:`LinearClassifier`.
 
-    def __init__(self, encoder: nn.Module, num_labels: int, head: str = "cosine"):
+    Args:
+        encoder: a module with ``out_dim`` (the feature width ``D``).
+        head: the classifier on the features, e.g. the method's
+            ``method.make_head(encoder.out_dim, K)`` (:mod:`bbam.app.methods`).
+    """
+
+    def __init__(self, encoder: nn.Module, head: nn.Module):
         super().__init__()
-        if head not in ("cosine", "linear"):
-            raise ValueError(f"model head must be 'cosine' or 'linear', got {head!r}")
-        self.encoder, self.head_type = encoder, head
-        dim = encoder.out_dim
-        self.head = CosineClassifier(dim, num_labels) if head == "cosine" else LinearClassifier(dim, num_labels)
+        self.encoder, self.head = encoder, head
 
     @property
     def classifier_weight(self) -> Tensor:

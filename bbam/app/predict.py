@@ -5,7 +5,8 @@ what prediction needs, and :class:`Predictor` reuses exactly that:
 
 * ``config.yaml``: the model's config (encoder, head, margin, scale);
 * ``checkpoints/best.pt``: the selected checkpoint; its EMA weights (``ema``) are the
-  model the run evaluated, its ``stats`` give the inference transform's coefficients;
+  model the run evaluated, its ``method_state`` the method's state (e.g. the angle
+  statistics that give the inference transform's coefficients);
 * ``scaler.pt``: the :class:`~bbam.app.preprocess.FeatureScaler` fitted on the run's
   training pool, plus the feature width (``num_features``);
 * ``labels.json``: the ``K`` label names;
@@ -20,6 +21,10 @@ Scores come from the run's method, as in training (:meth:`bbam.app.methods.Metho
 for the angular methods ``sigmoid(scale * (angle_transform(cos, a, b) - f * margin))`` with
 the statistics of ``best.pt``; for the linear-head methods ``sigmoid(logits)``), with bf16
 autocast on CUDA when the run used ``train.amp``.
+
+A run folder written by an older bbam (a ``method`` section of flags, a checkpoint of an
+older format, no ``inputs.json``) is refused in one line: ``python -m bbam.migrate <run>``
+rewrites it once (:mod:`bbam.migrate`).
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ from torch import Tensor
 
 from .atomic import atomic_save, atomic_write_text
 from .batches import is_image_rows
-from .checkpoints import method_state
+from .checkpoints import check_current_checkpoint, check_current_config, method_state, older_run_error
 from .preprocess import FeatureScaler
 from .raw_inputs import read_inputs
 
@@ -100,6 +105,18 @@ def _check_run(run_dir: Union[str, Path]) -> Path:
     return run
 
 
+def _read_inputs_record(run: Path) -> Dict[str, Any]:
+    """``inputs.json`` of a run; a run without it, or an image run from before images were
+    streamed (no ``backbone`` record), was written by an older bbam."""
+    path = run / "inputs.json"
+    if not path.is_file():
+        raise older_run_error(run, run)
+    inputs = json.loads(path.read_text())
+    if inputs.get("kind") == "images" and "backbone" not in inputs:
+        raise older_run_error(path, run)
+    return inputs
+
+
 def _apply_scaling_record(cfg, scaler_state: Dict[str, Any], choice: Optional[Dict[str, Any]], run: Path) -> None:
     """Prediction uses what the run used: ``scaler.pt``'s fitted kind, and the margin /
     scale of ``inputs.json``'s ``scaling`` record wherever ``config.yaml`` leaves them
@@ -149,19 +166,20 @@ class Predictor:
         run = _check_run(run_dir)
         device = torch.device(device)
         cfg = OmegaConf.load(run / "config.yaml")
+        check_current_config(cfg, run / "config.yaml", run)  # an older bbam's run: python -m bbam.migrate
+        inputs = _read_inputs_record(run)
+        ckpt = torch.load(run / "checkpoints" / "best.pt", map_location=device, weights_only=True)
+        check_current_checkpoint(run / "checkpoints" / "best.pt", ckpt, run)
         scaler_state = torch.load(run / "scaler.pt", map_location="cpu", weights_only=True)
         label_names = list(json.loads((run / "labels.json").read_text()))
         thresholds = json.loads((run / "thresholds.json").read_text())
-        inputs_file = run / "inputs.json"  # absent in runs saved before it existed: numeric features
-        inputs = json.loads(inputs_file.read_text()) if inputs_file.is_file() else {"kind": "features"}
         _apply_scaling_record(cfg, scaler_state, inputs.get("scaling"), run)
-        ckpt = torch.load(run / "checkpoints" / "best.pt", map_location=device, weights_only=True)
         K, D = len(label_names), int(scaler_state["num_features"])
-        method = build_method(cfg.method)  # a run from before the method classes: its flags translated
+        method = build_method(cfg.method)
         method.setup(K, device)
         method.load_state_dict(method_state(ckpt))  # e.g. the angle statistics of the inference transform
         encoder = instantiate(cfg.model.encoder, in_dim=D)
-        model = MultiLabelModel(encoder, K, head=method.head)
+        model = MultiLabelModel(encoder, method.make_head(encoder.out_dim, K))
         # the EMA copy is the model the run validated, selected and tested
         model.load_state_dict({k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")})
         model.to(device)
@@ -238,4 +256,4 @@ class Predictor:
 
     def __repr__(self) -> str:
         return (f"Predictor(method={self.method.name!r}, D={self.num_features}, K={len(self.label_names)}, "
-                f"head={self.model.head_type!r})")
+                f"head={type(self.model.head).__name__})")

@@ -25,6 +25,9 @@ A run saves ``inputs.json`` describing how its data became the feature matrix ``
   ``image_size``; with a frozen backbone (``backbone`` settings, ``finetune`` false) the
   inputs are its features (cached as at training), else the image rows themselves
   (:class:`~bbam.data.image_rows.ImageRows`, decoded per batch by the model's caller).
+  (An image run of an older bbam, whose record has no ``backbone``, kept pixel rows in
+  memory; :class:`~bbam.app.predict.Predictor` refuses it and ``python -m bbam.migrate``
+  cannot convert it: retrain it.)
 
 Scaling is not part of this: the run's ``scaler.pt`` is applied afterwards.
 """
@@ -182,9 +185,6 @@ def read_inputs(path, spec: Dict[str, Any], num_features: int, num_labels: int,
             return token_ids([tokenize(t) for t in texts], spec["vocab"], int(spec["max_len"]))
         return sentence_inputs(texts, spec["sentence"])[0]
     if kind == "images":
-        if "backbone" not in spec:  # runs from before streaming images kept 64 px pixel rows
-            raise ValueError("argument 'run': this image run predates the image pipeline (pixel rows in memory); "
-                             "retrain it to predict images")
         return _images(path, spec, device)
     if kind != "features":
         raise ValueError(f"argument 'run': inputs.json names an unknown kind of inputs {kind!r}")

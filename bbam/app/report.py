@@ -68,9 +68,11 @@ def _balances_from_result(result: Dict[str, Any]) -> bool:
     return not _undefined(before) and not _undefined(after) and before != after
 
 
-def _metric_keys(balances: bool) -> List[Tuple[str, str, bool]]:
-    """The rows of the test metrics table: VDFD after balancing only for a method that balances."""
-    return [m for m in PAPER_METRICS + OTHER_METRICS if balances or m[0] != "vdfd_balanced"]
+def _metric_keys(balances: bool, test: Dict[str, Any]) -> List[Tuple[str, str, bool]]:
+    """The rows of the test metrics table: VDFD only for a method that reports it (the
+    angular ones), after balancing only for a method that balances."""
+    return [m for m in PAPER_METRICS + OTHER_METRICS
+            if (balances or m[0] != "vdfd_balanced") and (not m[0].startswith("vdfd") or m[0] in test)]
 
 
 def metrics_table(result: Dict[str, Any], balances: Optional[bool] = None) -> str:
@@ -78,7 +80,7 @@ def metrics_table(result: Dict[str, Any], balances: Optional[bool] = None) -> st
     method balances, which shows VDFD after balancing; None: told from ``result``)."""
     if balances is None:
         balances = _balances_from_result(result)
-    rows = [(title, *_shown(key, result["test"].get(key))) for key, title, _ in _metric_keys(balances)]
+    rows = [(title, *_shown(key, result["test"].get(key))) for key, title, _ in _metric_keys(balances, result["test"])]
     width, vwidth = max(len(t) for t, _, _ in rows), max(len(v) for _, v, _ in rows)
     head = (f"{result['method']} on {result['dataset']} (lb_ratio {result['lb_ratio']}, seed {result['seed']}), "
             "test set:")
@@ -172,7 +174,7 @@ def _plots(out_dir: Path, history: List[Dict[str, Any]], diag: Dict[str, Any], b
     if history:
         _learning_curves(plt, out_dir / "learning_curves.png", history)
         files.append("learning_curves.png")
-    if diag:
+    if "classifier" in diag:  # the method reported angle families (the angular methods)
         _vdfd_plot(plt, out_dir / "vdfd_per_label.png", diag, balances)
         _histograms(plt, out_dir / "angle_histograms.png", diag, balances)
         files += ["vdfd_per_label.png", "angle_histograms.png"]
@@ -279,7 +281,12 @@ def _balancing_section(diag: Dict[str, Any], result: Dict[str, Any], balances: O
 
 
 def _per_label_section(diag: Dict[str, Any], balances: bool = True) -> List[str]:
-    p, coef = diag["per_label"], diag["coefficients"]
+    p, coef = diag["per_label"], diag.get("coefficients")
+    if "classifier" not in diag:  # a method without angles: the per-label metrics alone
+        lines = ["", f"## Per label ({diag.get('split', 'test')} set)", "", "AP, F1 and accuracy in %.", "",
+                 "| label | positives | AP (%) | F1 (%) | accuracy (%) |", "|---|---|---|---|---|"]
+        return lines + ["| " + " | ".join([str(name), str(p["positives"][k]), _pct(p["ap"][k]), _pct(p["f1"][k]),
+                                           _pct(p["accuracy"][k])]) + " |" for k, name in enumerate(diag["label_names"])]
     fams = {f: diag.get(f, {}) for f in ("prototype", "classifier")}
     if balances:
         about = ("VDFD in rad² before → after balancing, for the angles to the prototypes and to the classifier "
@@ -333,15 +340,15 @@ def _select_from(out_dir: Path) -> str:
 
 
 def _method_section(out_dir: Path) -> Optional[Dict[str, Any]]:
-    """The run's ``method`` section from ``config.yaml`` as a class config (an older run's
-    flags translated, :func:`bbam.app.methods.method_config`), or None."""
+    """The run's ``method`` section from ``config.yaml`` (a class config with ``_target_``),
+    or None: no config.yaml, or the flags of an older bbam's run (``python -m bbam.migrate``
+    rewrites those), which are then decided by name."""
     try:
         from omegaconf import OmegaConf
 
-        from .methods import method_config
-
         mc = OmegaConf.select(OmegaConf.load(out_dir / "config.yaml"), "method")
-        return None if mc is None else method_config(mc)
+        conf = None if mc is None else OmegaConf.to_container(mc, resolve=True)
+        return conf if isinstance(conf, dict) and "_target_" in conf else None
     except Exception:  # a folder without config.yaml (e.g. written by hand): decided by name
         return None
 
@@ -442,9 +449,11 @@ def write_report(out_dir: Path) -> Path:
              *_scaling_lines(result, traits["angular"]), "", "## Test metrics (selected checkpoint, evaluated once)",
              "", "| metric | value | unit |", "|---|---|---|"]
     lines += ["| {} | {} | {} |".format(title, *_shown(key, result["test"].get(key)))
-              for key, title, _ in _metric_keys(balances)]
+              for key, title, _ in _metric_keys(balances, result["test"])]
+    if "classifier" in diag:  # the method reported angle families
+        lines += _balancing_section(diag, result, balances)
     if diag:
-        lines += _balancing_section(diag, result, balances) + _per_label_section(diag, balances)
+        lines += _per_label_section(diag, balances)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
     path = out_dir / "report.md"

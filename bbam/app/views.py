@@ -15,7 +15,9 @@ reproducible and does not depend on the data pipeline.
 * :class:`ImageViews` (image datasets): image-space views (flip + translation; the strong
   one adds per-image RandAugment and Cutout, :mod:`bbam.vision.augment`) of the batch's
   decoded images; or, on a frozen backbone's cached features, the feature-space views of
-  :class:`FeatureViews`.
+  :class:`FeatureViews`. Image-space views on a frozen backbone's features pass the views
+  through the process's shared frozen instance (:func:`bbam.vision.backbones.load_backbone`,
+  the one the feature pass used).
 """
 from __future__ import annotations
 
@@ -142,7 +144,7 @@ class ImageViews(Views):
             + Cutout); ``features``: :class:`FeatureViews` of the frozen backbone's features
             (no image work); ``auto``: ``features`` with a frozen backbone, ``images`` when
             fine-tuning (the model then reads pixels, so only image views make sense).
-        backbone: the model's backbone (a key of :data:`bbam.vision.backbones.BACKBONES`),
+        backbone: the model's backbone (a registered one: :func:`bbam.vision.backbones.list_backbones`),
             or None (a model trained from scratch on pixels, e.g. ``model=image_cnn``).
         finetune: whether the model reads pixels (fine-tuning). With a frozen backbone and
             ``space=images`` the views are the frozen backbone's features of the augmented
@@ -174,8 +176,15 @@ class ImageViews(Views):
         self.flip, self.translate, self.num_ops = float(flip), float(translate), int(num_ops)
         self.magnitude, self.cutout = float(magnitude), float(cutout)
         self.backbone_name = None if pixels else str(backbone)
+        if self.backbone_name is not None:
+            from bbam.vision.backbones import get_backbone_spec, list_backbones
+
+            try:
+                get_backbone_spec(self.backbone_name)
+            except ValueError:
+                raise ValueError(f"config key 'model.views.backbone' must be one of {', '.join(list_backbones())}, "
+                                 f"got {backbone!r}") from None
         self.features = FeatureViews(weak_noise, strong_mask, strong_noise, mask_fill)
-        self._backbone = None  # frozen backbone of image-space views on features, loaded on first use
 
     @property
     def needs_images(self) -> bool:
@@ -185,11 +194,10 @@ class ImageViews(Views):
     def _encoded(self, pixels: Tensor) -> Tensor:
         if self.backbone_name is None:
             return pixels
-        if self._backbone is None or self._backbone.mean.device != pixels.device:
-            from bbam.vision.backbones import load_backbone
+        from bbam.vision.backbones import load_backbone
 
-            self._backbone = load_backbone(self.backbone_name).to(pixels.device)
-        return self._backbone(pixels)
+        # the process's frozen instance on this device (a cache look-up after the first batch)
+        return load_backbone(self.backbone_name, device=pixels.device)(pixels)
 
     def weak(self, x: Tensor, generator: torch.Generator) -> Tensor:
         if self.space == "features":
@@ -205,9 +213,6 @@ class ImageViews(Views):
 
         return self._encoded(strong_augment(x, generator, self.flip, self.translate, self.num_ops, self.magnitude,
                                             self.cutout))
-
-    def __getstate__(self):  # DataLoader workers get the view maker without a loaded backbone
-        return {**self.__dict__, "_backbone": None}
 
     def __repr__(self) -> str:
         return (f"ImageViews(space={self.space!r}, backbone={self.backbone_name!r}, flip={self.flip}, "

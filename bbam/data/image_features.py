@@ -7,7 +7,10 @@ DataLoader workers) at ``S x S``, passed through the backbone in eval mode, and 
 (:func:`bbam.data.cache.default_cache_dir`) as ``<backbone>-<S>px-<key>.npz``. The key
 holds the backbone's weights fingerprint, ``S``, the decoding procedure's version and the
 SHA-256 of every image file's bytes, so changed images, weights or size never reuse
-stale features. Library layer: numpy, torch, tqdm and :mod:`bbam.vision`.
+stale features. The backbone is any registered one (:func:`bbam.vision.backbones.get_backbone_spec`),
+loaded through :func:`bbam.vision.backbones.load_backbone`: its frozen instance is the one
+the process's frozen image-space views use too. Library layer: numpy, torch, tqdm and
+:mod:`bbam.vision`.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bbam.vision.backbones import load_backbone, weights_id
+from bbam.vision.backbones import get_backbone_spec, list_backbones, load_backbone, weights_id
 
 from .cache import default_cache_dir, read_cache, resolve_device, write_cache
 from .progress import progress_bar
@@ -93,7 +96,7 @@ def image_features(rows: ImageRows, settings: Mapping[str, Any]) -> Tensor:
 
     Args:
         rows: the images (:class:`~bbam.data.images.ImageRows`).
-        settings: ``name`` (a key of :data:`bbam.vision.backbones.BACKBONES`); optional
+        settings: ``name`` (a registered backbone: :func:`bbam.vision.backbones.list_backbones`); optional
             ``batch_size`` (64), ``num_workers`` (DataLoader decoding workers, 2),
             ``device`` ("auto"), ``cache_dir`` (None: the default folder), ``cache`` (True),
             ``progress`` (True: a progress bar on stderr with photos/s and the time left,
@@ -103,6 +106,11 @@ def image_features(rows: ImageRows, settings: Mapping[str, Any]) -> Tensor:
     if unknown:
         raise ValueError(f"image_features: unknown settings {sorted(unknown)} (expected among {sorted(SETTINGS)})")
     name = str(settings["name"])
+    try:
+        spec = get_backbone_spec(name)
+    except ValueError:
+        raise ValueError(f"config key 'model.backbone.name' must be one of {', '.join(list_backbones())} "
+                         f"(registered image backbones), got {name!r}") from None
     cache = bool(settings.get("cache", True))
     file = None
     if cache:
@@ -113,8 +121,8 @@ def image_features(rows: ImageRows, settings: Mapping[str, Any]) -> Tensor:
         if cached is not None:
             return torch.from_numpy(cached)
     device = torch.device(resolve_device(settings.get("device", "auto")))
-    backbone = load_backbone(name).to(device)
-    out = np.empty((len(rows), backbone.dim), dtype=np.float32)
+    backbone = load_backbone(name, device=device)  # the process's shared frozen instance
+    out = np.empty((len(rows), spec.dim), dtype=np.float32)
     batches = image_loader(rows, int(settings.get("batch_size", 64)), int(settings.get("num_workers", 2)),
                            pin_memory=device.type == "cuda")
     done = 0

@@ -25,7 +25,7 @@ from bbam import distributed as D
 from bbam.losses import BCELoss
 
 from ..batches import Batch
-from .base import Forward, Method
+from .base import Forward, Method, MethodContext
 
 __all__ = ["FixMatch", "SoftMatch"]
 
@@ -52,9 +52,9 @@ class FixMatch(Method):
         self._truth_ub: Optional[Tensor] = None  # the unlabeled rows' true labels: logged accuracy only
         self._counts = torch.zeros(3, dtype=torch.float64)  # weight sum, weighted correct, elements (on the device)
 
-    def bind(self, engine) -> None:
-        super().bind(engine)
-        self._truth_ub = engine.splits["unlabeled"].y
+    def bind(self, ctx: MethodContext) -> None:
+        super().bind(ctx)
+        self._truth_ub = ctx.splits["unlabeled"].y
         self._counts = self._counts.to(self.device)
 
     def warmup_loss(self, forward: Forward, lb: Batch) -> Tensor:
@@ -81,7 +81,7 @@ class FixMatch(Method):
         self._counts[1] += (weight * correct).sum()
         self._counts[2] += weight.numel()
 
-    def refresh(self, engine) -> Dict[str, float]:
+    def refresh(self, ctx: MethodContext) -> Dict[str, float]:
         self._counts.zero_()
         return {}
 

@@ -19,14 +19,34 @@ import bbam
 from bbam import distributed as D
 from bbam.cap import CAPLabeler
 from bbam.losses import AsymmetricLoss, BAMLoss, BBAMLoss, BCELoss
-from bbam.stats import LabelAngleStats
+from bbam.angle_diagnostics import measure_angles
+from bbam.stats import LabelAngleStats, label_prototypes
 
 from ..batches import Batch, take_rows
-from ..diagnostics import pseudo_label_summary
-from .base import Forward, Method
+from ..models import CosineClassifier
+from .base import Forward, Method, MethodContext
 
 __all__ = ["Supervised", "CAP", "BAM", "BBAM"]
 
+
+
+def pseudo_label_summary(pseudo_t: Tensor, truth: Tensor, weight_lb: Tensor, y_lb: Tensor,
+                         chunk_size: int = 8192) -> Dict[str, float]:
+    """Logged per epoch (the learner never sees them): the share of confident
+    pseudo-labels, their accuracy against the true labels, and the share of the labeled
+    negatives kept by negative sampling. Exact counts over row chunks (no ``[N_u, K]``
+    temporaries; ``count_nonzero`` is several times faster than a bool ``sum``)."""
+    correct = known = 0
+    for i in range(0, len(pseudo_t), chunk_size):
+        p = pseudo_t[i:i + chunk_size]
+        correct += int(torch.count_nonzero(p == truth[i:i + chunk_size]))  # -1 never equals a 0/1 truth
+        known += int(torch.count_nonzero(p >= 0))
+    negatives = y_lb == 0
+    n_neg = int(torch.count_nonzero(negatives))
+    kept = int(torch.count_nonzero(weight_lb & negatives)) if n_neg else 0
+    return {"pseudo_confident": known / max(pseudo_t.numel(), 1),
+            "pseudo_accuracy": float(torch.tensor(correct) / torch.tensor(max(known, 1))),
+            "neg_kept_lb": kept / n_neg if n_neg else 1.0}
 
 class Supervised(Method):
     """Labeled rows only: binary cross-entropy on a linear head (summed over batch and labels)."""
@@ -76,9 +96,9 @@ class CAP(Method):
         self.weight_ub: Optional[Tensor] = None  # [N_u, K] bool ... of the unlabeled rows
         self.thresholds: Optional[Tensor] = None  # [K] CAP thresholds (only kept with train.save_epoch_state)
 
-    def bind(self, engine) -> None:
-        super().bind(engine)
-        self.cap.fit(engine.splits["labeled"].y)
+    def bind(self, ctx: MethodContext) -> None:
+        super().bind(ctx)
+        self.cap.fit(ctx.splits["labeled"].y)
 
     # ------------------------------------------------------------------ training
     def _loss(self, loss_fn, out: Tensor, targets: Tensor, weight: Optional[Tensor], coefs) -> Tensor:
@@ -99,24 +119,24 @@ class CAP(Method):
 
     # ------------------------------------------------------------------ per epoch
     @torch.no_grad()
-    def _pseudo_targets(self, engine) -> Tensor:
+    def _pseudo_targets(self, ctx: MethodContext) -> Tensor:
         """Step (1): CAP on the EMA model's scores of the WHOLE unlabeled set (global ranks)."""
-        with engine.timed("cap"):
-            scores_u, _, _ = engine.predict_global(engine.splits["unlabeled"].x, keep=("scores",), label_major=True)
-            self.thresholds = self.cap.thresholds(scores_u) if engine.tc.save_epoch_state else None
+        with ctx.timed("cap"):
+            scores_u = ctx.scores_global(ctx.splits["unlabeled"].x, label_major=True)
+            self.thresholds = self.cap.thresholds(scores_u) if ctx.save_epoch_state else None
             return self.cap.pseudo_targets(scores_u)  # [N_u, K] int8, -1: not confident
 
     @torch.no_grad()
-    def refresh(self, engine) -> Dict[str, float]:
-        lb = engine.splits["labeled"]
-        self.targets_ub = self._pseudo_targets(engine)
+    def refresh(self, ctx: MethodContext) -> Dict[str, float]:
+        lb = ctx.splits["labeled"]
+        self.targets_ub = self._pseudo_targets(ctx)
         self.weight_lb, self.weight_ub = lb.y >= 0, self.targets_ub >= 0  # every known entry counts
-        return self._summary(engine)
+        return self._summary(ctx)
 
-    def _summary(self, engine) -> Dict[str, float]:
-        with engine.timed("bookkeeping"):
-            return pseudo_label_summary(self.targets_ub, engine.splits["unlabeled"].y, self.weight_lb,
-                                        engine.splits["labeled"].y)
+    def _summary(self, ctx: MethodContext) -> Dict[str, float]:
+        with ctx.timed("bookkeeping"):
+            return pseudo_label_summary(self.targets_ub, ctx.splits["unlabeled"].y, self.weight_lb,
+                                        ctx.splits["labeled"].y)
 
     def end_epoch(self) -> Dict[str, float]:
         # the [N, K] pseudo-labels and masks live for one epoch (not through validation)
@@ -152,6 +172,12 @@ class BAM(CAP):
 
     head = "cosine"
 
+    @classmethod
+    def make_head(cls, dim: int, num_labels: int) -> torch.nn.Module:
+        """Cosines of the features to the label weights: the angles the margin (and BBAM's
+        transform) act on."""
+        return CosineClassifier(dim, num_labels)
+
     def __init__(self, name: str = "bam", margin: float = 0.4, scale: float = 20.0,
                  predict_margin_fraction: float = 0.5, features_from: str = "online", pos_per: float = 1.0,
                  neg_per: float = 0.998, sampling=None, unlabeled_views: Sequence[str] = ()):
@@ -175,60 +201,79 @@ class BAM(CAP):
         return torch.sigmoid_(logits.mul_(self.scale))
 
     # ------------------------------------------------------------------ per epoch
-    def _feature_model(self, engine):
-        # the method's code reads the online model's features (CAP scores come from the EMA model)
-        return engine.model if self.features_from == "online" else engine.ema.module
-
     @torch.no_grad()
-    def refresh(self, engine) -> Dict[str, float]:
-        lb, ub = engine.splits["labeled"], engine.splits["unlabeled"]
-        pseudo_t = self._pseudo_targets(engine)
-        # (2) each rank: features of its shard; prototypes / statistics reduced across ranks
-        model, single = self._feature_model(engine), engine.world == 1
+    def refresh(self, ctx: MethodContext) -> Dict[str, float]:
+        lb, ub = ctx.splits["labeled"], ctx.splits["unlabeled"]
+        pseudo_t = self._pseudo_targets(ctx)
+        # (2) each rank: features of its shard; prototypes / statistics reduced across ranks.
+        # The method's code reads the online model's features (CAP scores come from the EMA model).
+        source, single = self.features_from, ctx.world == 1
         rows_lb, rows_ub = D.shard_indices(len(lb), device=self.device), D.shard_indices(len(ub), device=self.device)
-        with engine.timed("features"):
+        with ctx.timed("features"):
             if single:  # every row, in sample order: no gathers
                 x_lb, x_ub, y_lb, t_ub = lb.x, ub.x, lb.y, pseudo_t
             else:
                 x_lb, x_ub = take_rows(lb.x, rows_lb), take_rows(ub.x, rows_ub)
                 y_lb, t_ub = lb.y[rows_lb], pseudo_t[rows_ub]
             # one [n_lb + n_ub, D] buffer, filled in place (no concatenation copy)
-            feats = torch.empty((len(x_lb) + len(x_ub), engine.model.classifier_weight.shape[1]), device=self.device)
-            engine.predict(x_lb, model, keep=("features",), features_out=feats[:len(x_lb)])
-            engine.predict(x_ub, model, keep=("features",), features_out=feats[len(x_lb):])
+            feats = torch.empty((len(x_lb) + len(x_ub), ctx.feature_dim), device=self.device)
+            ctx.features(x_lb, source, out=feats[:len(x_lb)])
+            ctx.features(x_ub, source, out=feats[len(x_lb):])
             targets = torch.cat([y_lb, t_ub])
             del t_ub
             if single:  # the pseudo-labels are a view of targets
                 pseudo_t = targets[len(lb):]
-        with engine.timed("statistics"):
+        with ctx.timed("statistics"):
             self.prototypes, _ = D.global_prototypes(feats, targets)
-            self._update_statistics(feats, targets, model)
-        with engine.timed("sampling"):
-            weight = self._sampling_weights(engine, feats, targets, torch.cat([rows_lb, rows_ub + len(lb)]))
+            self._update_statistics(ctx, feats, targets)
+        with ctx.timed("sampling"):
+            weight = self._sampling_weights(ctx, feats, targets, torch.cat([rows_lb, rows_ub + len(lb)]))
         self.targets_ub, self.weight_lb, self.weight_ub = pseudo_t, weight[:len(lb)], weight[len(lb):]
-        return self._summary(engine)
+        return self._summary(ctx)
 
-    def _update_statistics(self, feats: Tensor, targets: Tensor, model) -> None:
+    def _update_statistics(self, ctx: MethodContext, feats: Tensor, targets: Tensor) -> None:
         pass  # no balancing
 
-    def _sampling_weights(self, engine, feats: Tensor, targets: Tensor, rows: Tensor) -> Tensor:
+    def _sampling_weights(self, ctx: MethodContext, feats: Tensor, targets: Tensor, rows: Tensor) -> Tensor:
         """Step (3): ``[N_l + N_u, K]`` bool, the negative-sampling masks in sample order
         (without sampling: the known entries). ``rows``: the sample index of each row of ``feats``."""
         # negative sampling needs each label's global m_k-th similarity: select on the
         # gathered features (exact), then scatter the masks back to sample order
-        if engine.world > 1:
+        if ctx.world > 1:
             feats, targets, rows = (torch.cat(D.gather_rows(t)) for t in (feats, targets, rows))
         if self.sampler is not None:
             # the same draws on every rank (random_share variant): seeded by (seed, epoch)
-            g = torch.Generator().manual_seed(engine.seed * 1_000_003 + engine.state.epoch * 101 + 2)
+            g = torch.Generator().manual_seed(ctx.epoch_seed(2))
             keep = self.sampler.select(feats, self.prototypes, targets, generator=g)
         else:
             keep = targets >= 0
-        if engine.world == 1:  # rows are 0..N-1 in order (bool: made float per batch in the step)
+        if ctx.world == 1:  # rows are 0..N-1 in order (bool: made float per batch in the step)
             return keep
         weight = torch.empty_like(keep)
         weight[rows] = keep
         return weight
+
+    # ------------------------------------------------------------------ diagnostics
+    stats_angles = "none"  # the angle family the balancing statistics are taken on (none: no balancing)
+
+    def _diagnostic_prototypes(self, ctx: MethodContext) -> Tuple[Tensor, str]:
+        """The label prototypes of the run: the last refresh's (saved in checkpoints), else
+        the labeled split's."""
+        if self.prototypes is not None and self.prototypes.numel():
+            return self.prototypes, "training (labeled + pseudo-labeled samples, last refresh)"
+        lb = ctx.splits["labeled"]
+        return label_prototypes(ctx.features(lb.x, "ema"), lb.y)[0], "labeled split"
+
+    @torch.no_grad()
+    def diagnostics(self, ctx: MethodContext, split: str = "test", source: str = "ema") -> Dict[str, Any]:
+        """Angles to the label prototypes and to the classifier weights of the split's
+        ``source`` features, before / after the transform (:func:`bbam.angle_diagnostics.measure_angles`)."""
+        s = ctx.splits[split]
+        prototypes, origin = self._diagnostic_prototypes(ctx)
+        a, b = self.coefficients()
+        weights = ctx.classifier_weight(source).detach().float()
+        return {"stats_angles": self.stats_angles, "features_from": source, "prototype_source": origin,
+                **measure_angles(ctx.features(s.x, source), weights, s.y, a, b, prototypes)}
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> Dict[str, Any]:
@@ -275,10 +320,18 @@ class BBAM(BAM):
             return loss_fn(out, targets, weight, coefficients=coefs)
         return loss_fn(out, targets, weight)
 
-    def _update_statistics(self, feats: Tensor, targets: Tensor, model) -> None:
+    def _diagnostic_prototypes(self, ctx: MethodContext) -> Tuple[Tensor, str]:
+        found = super()._diagnostic_prototypes(ctx)
+        # with stats_angles=classifier the statistics' anchors are the classifier weights, not prototypes
+        if found[1] == "labeled split" and self.stats_angles == "prototype" and self.stats.prototypes.numel():
+            return self.stats.prototypes, "statistics (labeled + pseudo-labeled samples)"
+        return found
+
+    def _update_statistics(self, ctx: MethodContext, feats: Tensor, targets: Tensor) -> None:
         # prototype: the method's statistics of the angles to the label prototypes;
         # classifier: statistics of the angles the transform moves (to the classifier weights)
-        anchors = self.prototypes if self.stats_angles == "prototype" else model.classifier_weight.detach().float()
+        anchors = (self.prototypes if self.stats_angles == "prototype"
+                   else ctx.classifier_weight(self.features_from).detach().float())
         self.stats.update(feats, targets, prototypes=anchors)
 
     def state_dict(self) -> Dict[str, Any]:
