@@ -158,32 +158,29 @@ class SemiSupervisedMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, Base
         return self
 
     def _fit_run(self, data, idx, out_dir: Path) -> None:
-        """Train in ``out_dir`` on ``data`` rows ``idx`` and load the selected model as ``predictor_``."""
+        """Train in ``out_dir`` on ``data`` rows ``idx`` and load the selected model as ``predictor_``:
+        the app's own steps (:mod:`bbam.app.run`) on the caller's split."""
         from omegaconf import OmegaConf
 
         from bbam.app.atomic import atomic_write_text
-        from bbam.app.runtime import Split, resolve_device, seed_everything
-        from bbam.app.predict import Predictor, save_predictor_files
-        from bbam.app.preprocess import FeatureScaler, resolve_scaling
-        from bbam.train import build_engine
+        from bbam.app.predict import Predictor
+        from bbam.app.preprocess import resolve_scaling
+        from bbam.app.run import build_engine, save_model_files, split_tensors
+        from bbam.app.runtime import resolve_device, seed_everything
 
         cfg = self._config(out_dir)
         seed_everything(int(cfg.seed), bool(cfg.deterministic))
         device = resolve_device(str(cfg.device))
-        # the scaler's statistics: training pool (labeled + unlabeled inputs), as the app
-        # (train.scaling / method.margin / method.scale = auto: chosen from that pool)
-        pool = data.X[torch.cat([idx["labeled"], idx["unlabeled"]])]
-        scaler = FeatureScaler(resolve_scaling(cfg, pool)["scaling"]).fit(pool)
-        x = scaler.transform(data.X)
-        tensors = {name: Split(x[i].to(device), data.Y[i].to(device)) for name, i in idx.items()}
+        # train.scaling / method.margin / method.scale = auto: chosen from the training pool, as the app
+        choice = resolve_scaling(cfg, data.X[torch.cat([idx["labeled"], idx["unlabeled"]])])
+        tensors, scaler = split_tensors(data, idx, device, choice["scaling"])
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         engine = build_engine(cfg, data, tensors, device, out_dir)
         engine.fit(progress=False)
         engine.load_best()
         val_scores, _, _ = engine.predict(tensors["val"].x, keep=("scores",))
-        save_predictor_files(out_dir, scaler, data.num_features, data.label_names, val_scores,
-                             tensors["val"].y, float(cfg.train.threshold))
+        save_model_files(out_dir, scaler, data, tensors["val"].y, val_scores, float(cfg.train.threshold))
 
         self.predictor_ = Predictor.from_run(out_dir, device=device)
         self.best_val_mAP_ = float(engine.state.best_map)

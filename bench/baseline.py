@@ -2,7 +2,7 @@
 
 scikit-learn's ``LogisticRegression(solver="liblinear", C=1)`` per label, trained on
 exactly the labeled rows the app's run sees (same dataset, split, seed and feature
-scaling, through :func:`bbam.train.load_run_data`: a file dataset's ``train.scaling=auto``
+scaling, through :func:`bbam.app.run.load_run_data`: a file dataset's ``train.scaling=auto``
 makes the run's choice, e.g. ``tfidf_l2`` for 0/1 word indicators), scored on the run's test split with
 the app's own metrics (:func:`bbam.metrics.evaluate`). A label with a single class among
 the labeled rows gets the constant score of that class.
@@ -59,7 +59,7 @@ def logistic_regression_scores(x_train: np.ndarray, y_train: np.ndarray, x_test:
 def baseline_metrics(cfg, C: float = 1.0) -> Dict[str, Any]:
     """Test metrics of the logistic-regression floor on the split of the app config ``cfg``."""
     from bbam import metrics as M
-    from bbam.train import load_run_data
+    from bbam.app.run import load_run_data
 
     data, splits, _ = load_run_data(cfg)
     lb, test = splits["labeled"], splits["test"]

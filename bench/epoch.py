@@ -6,7 +6,7 @@ Usage::
                           [--warmup-epochs 1] [--method bbam] [--device cpu] [--json PATH] [--quick]
                           [--loader tensor|dataloader] [--workers 0]
 
-Each size ``NxK`` runs the app's own pieces (``bbam.train.load_run_data``,
+Each size ``NxK`` runs the app's own pieces (``bbam.app.run.load_run_data``,
 ``build_engine``, ``SelfTrainingEngine.fit``, the final test evaluation and the angle
 diagnostics) on the synthetic dataset with ``N`` samples, ``D = --features`` features
 and ``K`` labels, for ``--epochs`` epochs of which ``--warmup-epochs`` are warm-up, in a
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import resource
 import statistics
 import sys
@@ -52,7 +51,8 @@ def _one(n: int, k: int, ns: argparse.Namespace, queue) -> None:
 
     from bbam.app.diagnostics import run_diagnostics
     from bbam.data import split_indices
-    from bbam.train import _instantiate_data, _split_tensors, build_engine, compose_config
+    from bbam.app.run import build_engine, instantiate_data, split_tensors
+    from bbam.train import compose_config
 
     if ns.threads:
         torch.set_num_threads(ns.threads)
@@ -66,12 +66,12 @@ def _one(n: int, k: int, ns: argparse.Namespace, queue) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg.out_dir = tmp
         t = time.perf_counter()
-        data = _instantiate_data(cfg)
+        data = instantiate_data(cfg)
         out["data_s"] = time.perf_counter() - t
         t = time.perf_counter()
         splits = split_indices(data, cfg.split.lb_ratio, cfg.split.val_ratio, cfg.split.test_ratio, seed=0,
                                min_val_size=int(cfg.split.min_val_size), max_val_ratio=float(cfg.split.max_val_ratio))
-        tensors, _ = _split_tensors(data, splits, torch.device(ns.device), str(cfg.train.scaling))
+        tensors, _ = split_tensors(data, splits, torch.device(ns.device), str(cfg.train.scaling))
         out["split_s"] = time.perf_counter() - t
         out["sizes"] = {name: len(s) for name, s in tensors.items()}
         engine = build_engine(cfg, data, tensors, torch.device(ns.device), tmp)

@@ -16,7 +16,8 @@ import yaml
 from bbam.app.predict import Predictor
 from bbam.app.preprocess import (SPARSE_ZERO_SHARE, FeatureScaler, choose_scaling, feature_profile,
                                  resolve_scaling)
-from bbam.train import compose_config, load_run_data, train
+from bbam.app.run import load_run_data
+from bbam.train import compose_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["train.epochs=3", "train.warmup_epochs=1", "train.min_steps_per_epoch=2", "train.progress=false",

@@ -18,7 +18,8 @@ from bbam.app.batches import index_batches
 from bbam.app.models import LinearEncoder
 from bbam.app.preprocess import FeatureScaler
 from bbam.sampling import NegativeSampler
-from bbam.train import build_engine, compose_config, load_run_data, train
+from bbam.app.run import build_engine, load_run_data
+from bbam.train import compose_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DATA = ["data.num_samples=400", "data.num_labels=5", "data.num_features=12", "train.progress=false"]

@@ -17,7 +17,8 @@ from bbam import metrics as M
 from bbam.data import split_indices
 from bbam.app.predict import Predictor, tune_thresholds
 from bbam.predict import main as predict_main
-from bbam.train import _instantiate_data, compose_config, train
+from bbam.app.run import instantiate_data
+from bbam.train import compose_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.num_samples=400", "data.num_features=12", "data.num_labels=5", "train.epochs=3",
@@ -41,7 +42,7 @@ def run_dir(tmp_path_factory) -> Path:
 def _rows(run: Path):
     """The run's dataset (raw inputs) and split indices, rebuilt from its config."""
     cfg = OmegaConf.load(run / "config.yaml")
-    data = _instantiate_data(cfg)
+    data = instantiate_data(cfg)
     splits = split_indices(data, cfg.split.lb_ratio, cfg.split.val_ratio, cfg.split.test_ratio, seed=int(cfg.seed),
                            min_val_size=int(cfg.split.min_val_size), max_val_ratio=float(cfg.split.max_val_ratio))
     return data, splits
@@ -272,7 +273,7 @@ def _check_text_predictions(run: Path, tmp_path: Path):
     """Texts given as .jsonl (labels ignored) and as .txt give the scores of the run's own
     inputs for the same documents (its vocabulary / encoder applied)."""
     cfg = OmegaConf.load(run / "config.yaml")
-    data = _instantiate_data(cfg)
+    data = instantiate_data(cfg)
     docs = [json.loads(line) for line in (tmp_path / "docs.jsonl").read_text().splitlines()][-30:]
     (tmp_path / "new.jsonl").write_text("".join(json.dumps({"title": d["title"], "body": d["body"]}) + "\n"
                                                 for d in docs))

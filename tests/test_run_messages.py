@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 
 from bbam.app.errors import UserError
 from bbam.app.overrides import check_overrides
-from bbam.train import _Announcement, compose_config, train
+from bbam.app.run import _Announcement
+from bbam.train import compose_config, train
 
 from test_stop_resume import ENV, _cli  # noqa: E402  (the subprocess helpers)
 

@@ -55,3 +55,6 @@ def compose_config(overrides=(), config_name: str = "train"):
     register_resolvers()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides))
+
+
+register_resolvers()  # a config composed by Hydra directly (tests, notebooks) resolves ${bbam_...:} too

@@ -27,7 +27,8 @@ from typing import Optional
 
 import torch
 
-__all__ = ["StopRequested", "install", "requested", "check_after_step", "resume_command", "reset"]
+__all__ = ["StopRequested", "install", "requested", "check_after_step", "resume_command", "reset", "record_stop",
+           "stop_message"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _requested: Optional[int] = None
@@ -121,3 +122,28 @@ def record_stop(out_dir: Path, text: str) -> None:
     if out_dir.is_dir():
         atomic_write_text(out_dir / "report.md", f"# Run stopped\n\n{text}\n\nThe report is written when the run "
                                                  "finishes.\n")
+
+
+def _close_progress_bars() -> None:
+    try:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+    except Exception:  # pragma: no cover - cosmetics only
+        pass
+
+
+def stop_message(err: StopRequested, out_dir: Optional[Path]) -> str:
+    """The line a stopped run prints: what ``last.pt`` holds and the command that resumes it,
+    also written to the run's ``train.log`` and ``report.md`` (:func:`record_stop`). The
+    progress bars are closed first, so the line stands on its own."""
+    _close_progress_bars()
+    last = Path(out_dir) / "checkpoints" / "last.pt" if out_dir is not None else None
+    if last is None or not last.is_file():
+        return f"{err} before the run wrote a checkpoint; nothing to resume"
+    epoch = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])
+    text = (f"{err}; last.pt holds the first {epoch} epoch(s), the interrupted one reruns; "
+            f"resume with: {resume_command(last)}")
+    record_stop(Path(out_dir), text)
+    return text
