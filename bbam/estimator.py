@@ -166,7 +166,8 @@ class SemiSupervisedMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, Base
         from bbam.app.predict import Predictor
         from bbam.app.preprocess import resolve_scaling
         from bbam.app.run import build_engine, save_model_files, split_tensors
-        from bbam.app.runtime import resolve_device, seed_everything
+        from bbam.app.runtime import seed_everything
+        from bbam.devices import resolve_device
 
         cfg = self._config(out_dir)
         seed_everything(int(cfg.seed), bool(cfg.deterministic))

@@ -131,33 +131,16 @@ class TensorBatches:
             yield self._batch(idx, self.x[idx], None if self.y is None else self.y[idx], seed, epoch, step, rank)
 
 
-class _Rows(torch.utils.data.Dataset):
-    """A split's rows for a DataLoader: a whole batch is fetched at once (``__getitems__``).
-    Images are decoded here, in the worker; a decoding error travels back as a value and is
-    raised in the main process with its own message (not a worker traceback)."""
+class _SplitRows:
+    """``fetch(indices)`` of a split for :class:`~bbam.data.image_rows.BatchFetch`: the row
+    indices, inputs, targets and (decoded in the worker) images of one batch."""
 
     def __init__(self, x: Tensor, y: Optional[Tensor], images=None):
         self.x, self.y, self.images = x, y, images
 
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def __getitems__(self, idx: List[int]):
-        from bbam.data.image_rows import ImageDecodeError
-
+    def __call__(self, idx: List[int]):
         i = torch.as_tensor(idx, dtype=torch.long)
-        try:
-            return (i, self.x[i], None if self.y is None else self.y[i],
-                    None if self.images is None else self.images[i])
-        except ImageDecodeError as err:
-            return err
-
-    def __getitem__(self, i: int):  # single rows (not used by the batched fetch)
-        return self.__getitems__([i])
-
-
-def _as_is(batch):
-    return batch
+        return (i, self.x[i], None if self.y is None else self.y[i], None if self.images is None else self.images[i])
 
 
 class LoaderBatches(TensorBatches):
@@ -175,16 +158,15 @@ class LoaderBatches(TensorBatches):
     def __call__(self, batches: Sequence[Tensor], seed: int, epoch: int, rank: int = 0) -> Iterator[Batch]:
         # its own generator: the loader's worker seeds must not draw from the global stream
         # (dropout), or the run would depend on the pipeline
-        from bbam.data.image_rows import ImageDecodeError
+        from bbam.data.image_rows import BatchFetch, raise_decode_errors
 
         loader = torch.utils.data.DataLoader(
-            _Rows(self.x, self.y, self.images), batch_sampler=[b.cpu().tolist() for b in batches],
-            collate_fn=_as_is, num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+            BatchFetch(self.x.shape[0], _SplitRows(self.x, self.y, self.images)),
+            batch_sampler=[b.cpu().tolist() for b in batches], collate_fn=BatchFetch.as_is,
+            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
             generator=_view_generator(seed, epoch, 1 << 20, rank))
         for step, fetched in enumerate(loader):
-            if isinstance(fetched, ImageDecodeError):
-                raise ImageDecodeError(str(fetched))
-            idx, x, y, images = fetched
+            idx, x, y, images = raise_decode_errors(fetched)
             dev = self.device
             yield self._batch(idx.to(dev), model_input(x, dev), None if y is None else y.to(dev, non_blocking=True),
                               seed, epoch, step, rank, None if images is None else model_input(images, dev))

@@ -19,6 +19,7 @@ from typing import Any, Dict
 import torch
 
 from bbam.data import split_indices
+from bbam.devices import resolve_device
 
 __all__ = ["train", "load_run_data", "build_engine", "split_tensors", "instantiate_data", "finish",
            "save_model_files"]
@@ -195,17 +196,6 @@ def _init_distributed(cfg) -> bool:
     return True
 
 
-def _device(cfg) -> torch.device:
-    import os
-
-    from bbam.app.runtime import resolve_device
-
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return device
-
-
 def train(cfg) -> Dict[str, Any]:
     """Run one configuration end to end and return the test metrics (and run facts).
 
@@ -249,7 +239,7 @@ def _train(cfg) -> Dict[str, Any]:
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
     announce = _Announcement(lambda: log.info("run folder: %s (reading the data)", out_dir.resolve()))
     with user_input(), announce.after(2.0 if is_main else None):  # a user's mistake: bbam.app.errors
-        device = _device(cfg)
+        device = resolve_device(cfg.device)
         data_record = _resume_auto_settings(cfg, Path(cfg.train.resume)) if cfg.train.resume else None
         # bad files fail here, before anything is written; a data pass that takes longer than
         # 2 s (a photo set's frozen features: minutes) is preceded by the run folder's line

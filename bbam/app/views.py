@@ -32,7 +32,7 @@ __all__ = ["Views", "FeatureViews", "TokenViews", "ImageViews"]
 def _probability(name: str, value: float) -> float:
     value = float(value)
     if not 0.0 <= value < 1.0:
-        raise ValueError(f"config key 'views.{name}' must be in [0, 1), got {value}")
+        raise ValueError(f"config key 'model.views.{name}' must be in [0, 1), got {value}")
     return value
 
 
@@ -78,9 +78,9 @@ class FeatureViews(Views):
     def __init__(self, weak_noise: float = 0.0, strong_mask: float = 0.3, strong_noise: float = 0.1,
                  mask_fill: str = "shuffle"):
         if mask_fill not in ("shuffle", "zero"):
-            raise ValueError(f"config key 'views.mask_fill' must be 'shuffle' or 'zero', got {mask_fill!r}")
+            raise ValueError(f"config key 'model.views.mask_fill' must be 'shuffle' or 'zero', got {mask_fill!r}")
         if float(weak_noise) < 0 or float(strong_noise) < 0:
-            raise ValueError(f"config keys 'views.weak_noise' / 'views.strong_noise' must be >= 0, "
+            raise ValueError(f"config keys 'model.views.weak_noise' / 'model.views.strong_noise' must be >= 0, "
                              f"got {weak_noise} / {strong_noise}")
         self.weak_noise, self.strong_noise = float(weak_noise), float(strong_noise)
         self.strong_mask, self.mask_fill = _probability("strong_mask", strong_mask), mask_fill

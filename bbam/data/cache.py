@@ -13,17 +13,8 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 
-__all__ = ["default_cache_dir", "read_cache", "write_cache", "resolve_device"]
-
-
-def resolve_device(device: Optional[str]) -> str:
-    """``auto``/None: cuda if available, else cpu; plain ``cuda`` under torchrun: this rank's GPU."""
-    device = "cuda" if device in (None, "auto") and torch.cuda.is_available() else str(device or "cpu")
-    if device == "cuda" and "LOCAL_RANK" in os.environ:
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    return "cpu" if device == "auto" else device
+__all__ = ["default_cache_dir", "read_cache", "write_cache"]
 
 
 def default_cache_dir() -> Path:

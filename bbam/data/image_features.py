@@ -25,44 +25,16 @@ from torch import Tensor
 
 from bbam.vision.backbones import get_backbone_spec, list_backbones, load_backbone, weights_id
 
-from .cache import default_cache_dir, read_cache, resolve_device, write_cache
+from bbam.devices import resolve_device
+
+from .cache import default_cache_dir, read_cache, write_cache
 from .progress import progress_bar
-from .image_rows import ImageDecodeError, ImageRows
+from .image_rows import BatchFetch, ImageDecodeError, ImageRows, raise_decode_errors
 
 __all__ = ["image_features", "image_loader", "SETTINGS"]
 
 _CACHE_FORMAT = 2  # bump when decoding (decode_image) or the feature procedure changes
 SETTINGS = {"name", "finetune", "batch_size", "num_workers", "device", "cache_dir", "cache", "progress"}
-
-
-class _Decoded(torch.utils.data.Dataset):
-    """Batches of decoded images for a DataLoader; a decoding error travels back as a value
-    (re-raised in the main process with its own one-line message, not a worker traceback)."""
-
-    def __init__(self, rows: ImageRows):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitems__(self, idx):
-        try:
-            return self.rows[idx]
-        except ImageDecodeError as err:
-            return err
-
-    def __getitem__(self, i):
-        return self.__getitems__([i])
-
-
-def _as_is(batch):
-    return batch
-
-
-def _raise_errors(batch):
-    if isinstance(batch, ImageDecodeError):
-        raise ImageDecodeError(str(batch))
-    return batch
 
 
 def image_loader(rows: ImageRows, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False):
@@ -71,10 +43,10 @@ def image_loader(rows: ImageRows, batch_size: int = 64, num_workers: int = 0, pi
     :class:`~bbam.data.images.ImageDecodeError` naming the file. The loader has its own
     generator: a pass over images does not draw from the global random stream (a training
     run's dropout draws do not depend on how often it evaluates)."""
-    loader = torch.utils.data.DataLoader(_Decoded(rows), batch_size=int(batch_size), shuffle=False,
-                                         num_workers=int(num_workers), collate_fn=_as_is,
+    loader = torch.utils.data.DataLoader(BatchFetch(len(rows), rows.__getitem__), batch_size=int(batch_size),
+                                         shuffle=False, num_workers=int(num_workers), collate_fn=BatchFetch.as_is,
                                          pin_memory=pin_memory, generator=torch.Generator())
-    return (_raise_errors(b) for b in loader)
+    return (raise_decode_errors(b) for b in loader)
 
 
 def _cache_key(rows: ImageRows, backbone: str) -> str:
@@ -120,7 +92,7 @@ def image_features(rows: ImageRows, settings: Mapping[str, Any]) -> Tensor:
         cached = read_cache(file, key, len(rows))
         if cached is not None:
             return torch.from_numpy(cached)
-    device = torch.device(resolve_device(settings.get("device", "auto")))
+    device = resolve_device(settings.get("device", "auto"), "model.backbone.device")
     backbone = load_backbone(name, device=device)  # the process's shared frozen instance
     out = np.empty((len(rows), spec.dim), dtype=np.float32)
     batches = image_loader(rows, int(settings.get("batch_size", 64)), int(settings.get("num_workers", 2)),

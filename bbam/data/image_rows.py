@@ -11,7 +11,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 
-__all__ = ["ImageDecodeError", "ImageRows", "decode_image", "IMAGE_SUFFIXES"]
+__all__ = ["ImageDecodeError", "ImageRows", "decode_image", "IMAGE_SUFFIXES", "BatchFetch", "raise_decode_errors"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -100,3 +100,37 @@ class ImageRows(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return f"ImageRows(N={len(self.files)}, image_size={self.image_size})"
+
+
+class BatchFetch(torch.utils.data.Dataset):
+    """A DataLoader dataset that fetches a whole batch at once (``__getitems__``, used with
+    ``collate_fn=BatchFetch.as_is``) by ``fetch(indices)``, e.g. decoding its photos in a
+    worker. A photo that cannot be decoded travels back as a value, the
+    :class:`ImageDecodeError` itself: :func:`raise_decode_errors` raises it again in the main
+    process with its own one-line message, not a worker's traceback."""
+
+    def __init__(self, size: int, fetch):
+        self.size, self.fetch = int(size), fetch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitems__(self, idx):
+        try:
+            return self.fetch(idx)
+        except ImageDecodeError as err:
+            return err
+
+    def __getitem__(self, i):  # single rows (not used by the batched fetch)
+        return self.__getitems__([i])
+
+    @staticmethod
+    def as_is(batch):
+        return batch
+
+
+def raise_decode_errors(batch):
+    """``batch``, or the :class:`ImageDecodeError` a :class:`BatchFetch` worker returned, raised."""
+    if isinstance(batch, ImageDecodeError):
+        raise ImageDecodeError(str(batch))
+    return batch

@@ -29,7 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cache import default_cache_dir, read_cache, resolve_device, write_cache
+from bbam.devices import resolve_device
+
+from .cache import default_cache_dir, read_cache, write_cache
 from .progress import progress_bar
 
 __all__ = ["resolve_model_path", "model_fingerprint", "load_sentence_model", "embed_texts", "tokenize_texts",
