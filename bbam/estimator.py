@@ -180,7 +180,7 @@ class SemiSupervisedMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, Base
         engine = build_engine(cfg, data, tensors, device, out_dir)
         engine.fit(progress=False)
         engine.load_best()
-        val_scores, _, _ = engine.predict(tensors["val"].x, keep=("scores",))
+        val_scores, _, _ = engine.outputs(tensors["val"].x, keep=("scores",))
         save_model_files(out_dir, scaler, data, tensors["val"].y, val_scores, float(cfg.train.threshold))
 
         self.predictor_ = Predictor.from_run(out_dir, device=device)

@@ -91,7 +91,7 @@ def test_after_variances_are_a_squared_var_of_the_angles(run):
     assert diag["features_from"] == "ema" and online["features_from"] == "online"
     assert online["classifier"]["var"] != diag["classifier"]["var"]  # other features, other angles
     s = engine.splits["test"]
-    _, feats, _ = engine.predict(s.x)
+    _, feats, _ = engine.outputs(s.x)
     a, b = (t.double() for t in engine.method.coefficients())
     prototypes = engine.method.prototypes
     directions = {"prototype": prototypes, "classifier": engine.ema.module.classifier_weight}
@@ -116,7 +116,7 @@ def test_after_vdfd_is_zero_on_the_angles_the_statistics_measure(run, family, mo
     out, engine = run
     method = engine.method
     s = engine.splits["test"]
-    _, feats, _ = engine.predict(s.x)
+    _, feats, _ = engine.outputs(s.x)
     # the engine is shared with the other tests: monkeypatch puts its statistics and settings back
     monkeypatch.setattr(method, "stats_angles", family)
     monkeypatch.setattr(method, "stats", LabelAngleStats(engine.num_labels, gamma=0.0))

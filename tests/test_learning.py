@@ -181,7 +181,7 @@ def test_refresh_pseudo_labels_and_logged_summaries(tmp_path):
     p = engine.method.refresh(engine.context())
     method = engine.method
     lb, ub = tensors["labeled"], tensors["unlabeled"]
-    scores, feats, outs = engine.predict(ub.x)
+    scores, feats, outs = engine.outputs(ub.x)
     targets, mask = method.cap(scores)
     assert torch.equal(method.targets_ub, targets.masked_fill(~mask, -1))
     known = method.targets_ub >= 0
@@ -190,17 +190,17 @@ def test_refresh_pseudo_labels_and_logged_summaries(tmp_path):
         (method.targets_ub == ub.y).sum().item() / known.sum().item(), rel=1e-6)
     negatives = lb.y == 0
     assert p["neg_kept_lb"] == (method.weight_lb & negatives).sum().item() / negatives.sum().item()
-    _, only, _ = engine.predict(ub.x, engine.model, keep=("features",))
+    _, only, _ = engine.outputs(ub.x, engine.model, keep=("features",))
     with torch.no_grad():
         assert torch.equal(only, torch.cat([engine.model.eval()(ub.x[i:i + 1024])[0]
                                             for i in range(0, len(ub.x), 1024)]))
     out = torch.empty_like(only)
-    engine.predict(ub.x, engine.model, keep=("features",), features_out=out)
+    engine.outputs(ub.x, engine.model, keep=("features",), features_out=out)
     assert torch.equal(out, only)
     with pytest.raises(ValueError, match="features_out"):
-        engine.predict(ub.x, keep=("scores",), features_out=out)
+        engine.outputs(ub.x, keep=("scores",), features_out=out)
     with pytest.raises(ValueError, match="features_out"):
-        engine.predict(ub.x, keep=("features",), features_out=out[1:])
+        engine.outputs(ub.x, keep=("features",), features_out=out[1:])
 
 
 def test_bad_method_switches_are_clear_errors(tmp_path):

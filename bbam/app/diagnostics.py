@@ -29,7 +29,7 @@ def run_diagnostics(engine, split: str = "test", source: str = "ema") -> Dict[st
     """
     s = engine.splits[split]
     y = s.y
-    scores, _, _ = engine.predict(s.x, keep=("scores",))
+    scores, _, _ = engine.outputs(s.x, keep=("scores",))
     ap = M.average_precision(scores, y)
     preds, positive = scores >= engine.tc.threshold, y == 1
     count = lambda mask: torch.count_nonzero(mask, dim=0)  # exact, and faster than a bool sum

@@ -32,7 +32,7 @@ from . import stopping
 from .atomic import atomic_save, atomic_write_text
 from .batches import index_batches, make_pipeline
 from .checkpoints import carry_best_checkpoint, check_same_settings, method_state, read_checkpoint, run_settings
-from .inference import PARTS, predict, predict_global
+from .inference import PARTS, model_outputs, model_outputs_global
 from .methods.base import MethodContext
 from .models import ModelEMA, MultiLabelModel, parameter_groups
 from .runtime import Split
@@ -115,9 +115,9 @@ class SelfTrainingEngine:
         return MethodContext(
             splits=self.splits, device=self.device, world=self.world, seed=self.seed, epoch=self.state.epoch,
             feature_dim=int(self.model.classifier_weight.shape[1]), save_epoch_state=bool(self.tc.save_epoch_state),
-            scores_global=lambda x, label_major=False: self.predict_global(x, keep=("scores",),
+            scores_global=lambda x, label_major=False: self.outputs_global(x, keep=("scores",),
                                                                            label_major=label_major)[0],
-            features=lambda x, source, out=None: self.predict(x, models[source], keep=("features",),
+            features=lambda x, source, out=None: self.outputs(x, models[source], keep=("features",),
                                                               features_out=out)[1],
             classifier_weight=lambda source: models[source].classifier_weight, timed=self.timed)
 
@@ -160,19 +160,19 @@ class SelfTrainingEngine:
         return [idx[self.rank::self.world] for idx in batches]
 
     # ----------------------------------------------------------------- model outputs
-    def predict(self, x: Tensor, model=None, **kwargs) -> Tuple[Optional[Tensor], ...]:
-        """:func:`bbam.app.inference.predict` with the method's scores (default model: EMA)."""
+    def outputs(self, x: Tensor, model=None, **kwargs) -> Tuple[Optional[Tensor], ...]:
+        """:func:`bbam.app.inference.model_outputs` with the method's scores (default model: EMA)."""
         kwargs.setdefault("num_workers", self.num_workers)
-        return predict(self.ema.module if model is None else model, self.method, x, amp=self.amp, **kwargs)
+        return model_outputs(self.ema.module if model is None else model, self.method, x, amp=self.amp, **kwargs)
 
-    def predict_global(self, x: Tensor, model=None, keep: Sequence[str] = PARTS, label_major: bool = False):
-        """:func:`bbam.app.inference.predict_global` (every rank gets every row)."""
-        return predict_global(self.ema.module if model is None else model, self.method, x, amp=self.amp,
+    def outputs_global(self, x: Tensor, model=None, keep: Sequence[str] = PARTS, label_major: bool = False):
+        """:func:`bbam.app.inference.model_outputs_global` (every rank gets every row)."""
+        return model_outputs_global(self.ema.module if model is None else model, self.method, x, amp=self.amp,
                               keep=keep, label_major=label_major, num_workers=self.num_workers)
 
     def evaluate(self, split: str, model=None) -> Dict[str, float]:
         s = self.splits[split]
-        scores, _, _ = self.predict_global(s.x, model, keep=("scores",))  # whole split, every rank
+        scores, _, _ = self.outputs_global(s.x, model, keep=("scores",))  # whole split, every rank
         return M.evaluate(scores, s.y, threshold=self.tc.threshold, oracle_cardinality=self.tc.oracle_cardinality)
 
     # ----------------------------------------------------------------- epochs

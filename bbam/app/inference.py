@@ -1,8 +1,8 @@
 """Model outputs of a whole split, batch by batch, into preallocated buffers (application layer).
 
-:func:`predict` runs a model over ``x`` and keeps the parts asked for: scores (the
+:func:`model_outputs` runs a model over ``x`` and keeps the parts asked for: scores (the
 method's :meth:`~bbam.app.methods.Method.scores`, the one place outputs become scores),
-features ``z`` and raw outputs. :func:`predict_global` does the same under
+features ``z`` and raw outputs. :func:`model_outputs_global` does the same under
 ``torch.distributed``: each rank computes its shard, gathered back into row order.
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ from bbam import distributed as D
 
 from .batches import model_input
 
-__all__ = ["PARTS", "predict", "predict_global"]
+__all__ = ["PARTS", "model_outputs", "model_outputs_global"]
 
-PARTS = ("scores", "features", "outputs")  # what predict can return
+PARTS = ("scores", "features", "outputs")  # what model_outputs can return
 
 
 IMAGE_BATCH = 64  # images per forward at inference (bounds activation memory; 1024 feature rows otherwise)
@@ -40,7 +40,7 @@ def _chunks(x, batch_size: int, device: torch.device, num_workers: int):
 
 
 @torch.no_grad()
-def predict(model, method, x: Tensor, *, amp: bool = False, batch_size: int = 1024,
+def model_outputs(model, method, x: Tensor, *, amp: bool = False, batch_size: int = 1024,
             keep: Sequence[str] = PARTS, label_major: bool = False,
             features_out: Optional[Tensor] = None, num_workers: int = 0) -> Tuple[Optional[Tensor], ...]:
     """``(scores [N, K] in [0, 1], features [N, D], raw outputs [N, K])`` of ``model`` (eval mode).
@@ -55,7 +55,7 @@ def predict(model, method, x: Tensor, *, amp: bool = False, batch_size: int = 10
     the outputs are then on the model's device."""
     unknown = set(keep) - set(PARTS)
     if unknown:
-        raise ValueError(f"predict: 'keep' must name parts among {PARTS}, got {sorted(unknown)}")
+        raise ValueError(f"model_outputs: 'keep' must name parts among {PARTS}, got {sorted(unknown)}")
     model = model.eval()
     n, K = x.shape[0], model.head.weight.shape[0]
     device = x.device if isinstance(x, Tensor) else model.head.weight.device
@@ -67,7 +67,7 @@ def predict(model, method, x: Tensor, *, amp: bool = False, batch_size: int = 10
     feats = None
     if features_out is not None and ("features" not in keep or features_out.shape != (n, dim)
                                      or features_out.dtype != torch.float32 or features_out.device != device):
-        raise ValueError(f"predict: 'features_out' must be a [{n}, {dim}] float32 tensor on {device}, with "
+        raise ValueError(f"model_outputs: 'features_out' must be a [{n}, {dim}] float32 tensor on {device}, with "
                          f"'features' in keep; got {tuple(features_out.shape)} {features_out.dtype} on "
                          f"{features_out.device}, keep={tuple(keep)}")
     if "features" in keep:
@@ -92,16 +92,16 @@ def predict(model, method, x: Tensor, *, amp: bool = False, batch_size: int = 10
 
 
 @torch.no_grad()
-def predict_global(model, method, x: Tensor, *, amp: bool = False, keep: Sequence[str] = PARTS,
+def model_outputs_global(model, method, x: Tensor, *, amp: bool = False, keep: Sequence[str] = PARTS,
                    label_major: bool = False, num_workers: int = 0) -> Tuple[Optional[Tensor], ...]:
-    """:func:`predict` on all rows of ``x``, each rank computing its shard (rows
+    """:func:`model_outputs` on all rows of ``x``, each rank computing its shard (rows
     ``rank, rank + world, ...``), gathered back into row order on every rank."""
     if D.world_size() == 1:
-        return predict(model, method, x, amp=amp, keep=keep, label_major=label_major, num_workers=num_workers)
+        return model_outputs(model, method, x, amp=amp, keep=keep, label_major=label_major, num_workers=num_workers)
     n = x.shape[0]
     device = x.device if isinstance(x, Tensor) else model.head.weight.device
     shard = D.shard_indices(n, device=x.device)
-    local = predict(model, method, x[shard] if isinstance(x, Tensor) else x.subset(shard), amp=amp, keep=keep,
+    local = model_outputs(model, method, x[shard] if isinstance(x, Tensor) else x.subset(shard), amp=amp, keep=keep,
                     num_workers=num_workers)
     outs = []
     for name, part in zip(PARTS, local):

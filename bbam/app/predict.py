@@ -221,10 +221,10 @@ class Predictor:
         x = self._inputs(x)
         amp = self.device.type == "cuda" and bool(self.cfg.train.amp)
         if is_image_rows(x):  # decoded per batch in DataLoader workers
-            from .inference import predict
+            from .inference import model_outputs
 
             workers = int(self.cfg.train.get("num_workers", 0))
-            return predict(self.model, self.method, x, amp=amp, keep=("scores",), num_workers=workers)[0].cpu()
+            return model_outputs(self.model, self.method, x, amp=amp, keep=("scores",), num_workers=workers)[0].cpu()
         out_scores = []
         # as the engine: bf16 autocast on CUDA when the run trained with train.amp (so CUDA
         # scores equal the run's own evaluation); fp32 on CPU

@@ -295,7 +295,7 @@ def finish(cfg, engine, data, tensors, scaler, out_dir: Path) -> Dict[str, Any]:
     is_main = D.rank() == 0
     best = engine.load_best()  # the checkpoint selected on validation
     test = engine.evaluate("test")
-    val_scores, _, _ = engine.predict_global(tensors["val"].x, keep=("scores",))  # every rank (collective); for thresholds.json
+    val_scores, _, _ = engine.outputs_global(tensors["val"].x, keep=("scores",))  # every rank (collective); for thresholds.json
     diag = run_diagnostics(engine, "test")  # per-label metrics, and what the method reports (angles, VDFD)
     if "mean_vdfd" in diag:  # an angular method's VDFD joins the test metrics
         test["vdfd"] = diag["mean_vdfd"]
