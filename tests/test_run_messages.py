@@ -63,14 +63,12 @@ def test_help_describes_the_app_its_groups_keys_and_examples():
     (["+model.encoder.widht=3"], r"bbam.app.models.MLPEncoder takes no argument 'widht'"),
     (["method=foo"], r"^unknown method 'foo'; choose one of: bam, bbam, bbam_cls, cap, fixmatch, softmatch, "
                      r"supervised$"),
-    (["-m", "method=cap,bbsm"], r"unknown method 'bbsm' \(did you mean bbam\?\)|^$"),
+    (["-m", "method=cap,bbsm"], r"^unknown method 'bbsm' \(did you mean bbam\?\); choose one of"),
     (["data=emotionz"], r"unknown data 'emotionz' \(did you mean emotions\?\)"),
 ])
 def test_config_mistakes_are_one_line(argv, message):
     with pytest.raises(UserError) as info:
         check_overrides(argv)
-        if message == r"unknown method 'bbsm' \(did you mean bbam\?\)|^$":
-            raise UserError("")  # a sweep is checked on its first value only (Hydra checks the others)
     assert "\n" not in str(info.value)
     assert re.search(message, str(info.value)), str(info.value)
 

@@ -10,7 +10,8 @@ the command's overrides (the first value of each sweep) and turns these mistakes
 * ``+key=value`` / ``++key=value`` adding a key no config reads: refused the same way. A key
   added under a node built from ``_target_`` is read when the target takes it as an
   argument (or takes ``**kwargs``): ``+method.my_option=1`` for a method of your own;
-* an unknown choice of a config group (``method=foo``): the choices, in one line.
+* an unknown choice of a config group (``method=foo``, or any value of a sweep
+  ``-m method=cap,foo``): the choices, in one line.
 
 Other problems (a value of the wrong type, a malformed override) are left to Hydra.
 """
@@ -106,6 +107,25 @@ def _first_values(overrides) -> List[str]:
     return out
 
 
+def _unknown_choice(group: str, choice: str) -> UserError:
+    choices = group_choices(group)
+    close = difflib.get_close_matches(choice, choices, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return UserError(f"unknown {group} {choice!r}{hint}; choose one of: {', '.join(choices)}")
+
+
+def _check_swept_choices(overrides) -> None:
+    """Every value of a sweep over a config group (``-m method=cap,bbsm``) is one of its
+    choices: composition sees only the first value, and a sweep should not fail at its
+    last job."""
+    for o in overrides:
+        group = o.key_or_group
+        if o.is_sweep_override() and "." not in group and "/" not in group and group_choices(group):
+            for choice in o.sweep_string_iterator():
+                if choice not in group_choices(group):
+                    raise _unknown_choice(group, choice)
+
+
 def _target_accepts(cfg, key: str) -> tuple:
     """``(accepted, target)``: whether the nearest node above ``key`` built from ``_target_``
     takes it as an argument (target None: no such node; the key then feeds nothing)."""
@@ -145,6 +165,7 @@ def check_overrides(argv: Sequence[str]) -> None:
         parsed = OverridesParser.create().parse_overrides(args)
     except OverrideParseException:
         return  # Hydra's own message names the malformed override
+    _check_swept_choices(parsed)
     plain = _first_values(parsed)
     try:
         cfg = compose_config(plain)
@@ -152,11 +173,7 @@ def check_overrides(argv: Sequence[str]) -> None:
         found = re.search(r"Could not find '([^']+)/([^']+)'", str(err))
         if not found:
             raise
-        group, choice = found.groups()
-        choices = group_choices(group)
-        close = difflib.get_close_matches(choice, choices, n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise UserError(f"unknown {group} {choice!r}{hint}; choose one of: {', '.join(choices)}") from None
+        raise _unknown_choice(*found.groups()) from None
     except ConfigCompositionException as err:
         found = re.search(r"Could not override '([^']+)'", str(err))
         if not found:

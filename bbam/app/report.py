@@ -68,19 +68,15 @@ def _balances_from_result(result: Dict[str, Any]) -> bool:
     return not _undefined(before) and not _undefined(after) and before != after
 
 
-def _metric_keys(balances: bool, test: Dict[str, Any]) -> List[Tuple[str, str, bool]]:
-    """The rows of the test metrics table: VDFD only for a method that reports it (the
-    angular ones), after balancing only for a method that balances."""
-    return [m for m in PAPER_METRICS + OTHER_METRICS
-            if (balances or m[0] != "vdfd_balanced") and (not m[0].startswith("vdfd") or m[0] in test)]
+def _metric_keys(test: Dict[str, Any]) -> List[Tuple[str, str, bool]]:
+    """The rows of the test metrics table: the VDFD rows only where the run measured them
+    (VDFD: the angular methods; after balancing: the methods that balance)."""
+    return [m for m in PAPER_METRICS + OTHER_METRICS if not m[0].startswith("vdfd") or m[0] in test]
 
 
-def metrics_table(result: Dict[str, Any], balances: Optional[bool] = None) -> str:
-    """A plain-text table of a run's test metrics, with units (``balances``: whether the
-    method balances, which shows VDFD after balancing; None: told from ``result``)."""
-    if balances is None:
-        balances = _balances_from_result(result)
-    rows = [(title, *_shown(key, result["test"].get(key))) for key, title, _ in _metric_keys(balances, result["test"])]
+def metrics_table(result: Dict[str, Any]) -> str:
+    """A plain-text table of a run's test metrics, with units."""
+    rows = [(title, *_shown(key, result["test"].get(key))) for key, title, _ in _metric_keys(result["test"])]
     width, vwidth = max(len(t) for t, _, _ in rows), max(len(v) for _, v, _ in rows)
     head = (f"{result['method']} on {result['dataset']} (lb_ratio {result['lb_ratio']}, seed {result['seed']}), "
             "test set:")
@@ -449,7 +445,7 @@ def write_report(out_dir: Path) -> Path:
              *_scaling_lines(result, traits["angular"]), "", "## Test metrics (selected checkpoint, evaluated once)",
              "", "| metric | value | unit |", "|---|---|---|"]
     lines += ["| {} | {} | {} |".format(title, *_shown(key, result["test"].get(key)))
-              for key, title, _ in _metric_keys(balances, result["test"])]
+              for key, title, _ in _metric_keys(result["test"])]
     if "classifier" in diag:  # the method reported angle families
         lines += _balancing_section(diag, result, balances)
     if diag:

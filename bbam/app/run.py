@@ -297,11 +297,12 @@ def finish(cfg, engine, data, tensors, scaler, out_dir: Path) -> Dict[str, Any]:
     test = engine.evaluate("test")
     val_scores, _, _ = engine.outputs_global(tensors["val"].x, keep=("scores",))  # every rank (collective); for thresholds.json
     diag = run_diagnostics(engine, "test")  # per-label metrics, and what the method reports (angles, VDFD)
-    if "mean_vdfd" in diag:  # an angular method's VDFD joins the test metrics
-        test["vdfd"] = diag["mean_vdfd"]
-        test["vdfd_balanced"] = diag["mean_vdfd_after"]
-        test["vdfd_prototype"] = diag["mean_vdfd_prototype"]
-        test["vdfd_prototype_balanced"] = diag["mean_vdfd_prototype_after"]
+    balances = str(diag.get("stats_angles", "none")) != "none"
+    if "mean_vdfd" in diag:  # an angular method's VDFD joins the test metrics (after balancing: BBAM's)
+        test["vdfd"], test["vdfd_prototype"] = diag["mean_vdfd"], diag["mean_vdfd_prototype"]
+        if balances:
+            test["vdfd_balanced"] = diag["mean_vdfd_after"]
+            test["vdfd_prototype_balanced"] = diag["mean_vdfd_prototype_after"]
     result = {
         "dataset": data.name, "method": engine.method.name, "lb_ratio": float(cfg.split.lb_ratio),
         "seed": int(cfg.seed), "best_epoch": int(best["best_epoch"]), "selected_phase": engine.selected_phase(),
@@ -314,8 +315,7 @@ def finish(cfg, engine, data, tensors, scaler, out_dir: Path) -> Dict[str, Any]:
     result["data_source"] = engine.data_source
     result["stopped_early"] = engine.stopped_early
     # what the report shows: margin/scale only for a cosine head, "after balancing" only for BBAM
-    result["method_traits"] = {"angular": engine.method.head == "cosine",
-                               "balances": str(diag.get("stats_angles", "none")) != "none"}
+    result["method_traits"] = {"angular": engine.method.head == "cosine", "balances": balances}
     if not is_main:
         return result
     atomic_write_text(out_dir / "final_metrics.json", json.dumps(result, indent=2))
@@ -323,7 +323,7 @@ def finish(cfg, engine, data, tensors, scaler, out_dir: Path) -> Dict[str, Any]:
     save_model_files(out_dir, scaler, data, tensors["val"].y, val_scores, float(cfg.train.threshold),
                      {**describe_inputs(cfg, data), "scaling": scaler.choice})
     report.write_report(out_dir)
-    table = report.metrics_table(result, balances=result["method_traits"]["balances"])
+    table = report.metrics_table(result)
     log.debug("final metrics\n%s", table)
     if cfg.train.progress:
         print(table, file=sys.stderr)
