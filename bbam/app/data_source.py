@@ -9,25 +9,18 @@ it says so, as it does when the file's bytes changed since the run started.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-__all__ = ["describe", "load", "file_sha256"]
+from bbam.hashing import file_sha256
+
+__all__ = ["describe", "load"]
 
 log = logging.getLogger("bbam.train")
 
 # the data config keys that name where the data is, in the order they are looked for
 LOCATION_KEYS = ("path_or_name", "path", "root")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _location_key(data_cfg) -> Optional[str]:

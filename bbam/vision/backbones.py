@@ -30,7 +30,6 @@ images/s of the NCHW layout on a 2-core CPU, ``bench/images.py``). Library layer
 """
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,8 @@ from typing import Callable, Dict, List, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+
+from bbam.hashing import file_sha256
 
 __all__ = ["BackboneSpec", "register_backbone", "unregister_backbone", "get_backbone_spec", "list_backbones",
            "load_backbone", "clear_backbone_cache", "weights_path", "weights_id", "ImageBackbone", "MobileNetV2"]
@@ -153,11 +154,7 @@ def weights_id(name: str) -> str:
     path = weights_path(name)
     key = f"{path}:{path.stat().st_size}:{path.stat().st_mtime_ns}"
     if key not in _IDS:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        _IDS[key] = f"{name}-{h.hexdigest()[:12]}"
+        _IDS[key] = f"{name}-{file_sha256(path)[:12]}"
     return _IDS[key]
 
 
