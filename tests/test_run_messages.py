@@ -166,3 +166,9 @@ def test_a_resumed_run_says_when_its_data_file_changed(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="bbam.train"):
         train(resume)
     assert f"the data file {path.resolve()} changed since the run started" in caplog.text
+
+
+def test_collect_of_a_missing_folder_says_so(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bbam.app.collect", str(tmp_path / "multirun")], env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no such folder" in proc.stderr and "Traceback" not in proc.stderr

@@ -69,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="comma-separated metric keys")
     parser.add_argument("--out", type=Path, default=None, help="also write the table to this file")
     args = parser.parse_args(argv)
+    missing = [str(path) for path in args.paths if not Path(path).exists()]
+    if missing:  # one line, as the other commands (a sweep writes multirun/ only when it runs)
+        parser.error(f"no such folder: {', '.join(missing)}")
     runs = find_runs(args.paths)
     if not runs:
         print(f"collect: no final_metrics.json under {', '.join(map(str, args.paths))}", file=sys.stderr)
