@@ -25,7 +25,7 @@ from .ops import label_angle_stats, merge_stats
 from .prototypes import label_prototypes
 
 __all__ = ["world_size", "rank", "is_distributed", "gather_rows", "global_prototypes", "global_label_angle_stats",
-           "shard_indices", "broadcast_object"]
+           "shard_indices", "broadcast_object", "sum_over_ranks"]
 
 
 def is_distributed() -> bool:
@@ -38,6 +38,15 @@ def world_size() -> int:
 
 def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
+
+
+def sum_over_ranks(value: float, device=None) -> float:
+    """The sum of a number over the ranks (one all-reduce in float64); the value itself on one process."""
+    if world_size() == 1:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item())
 
 
 def shard_indices(n: int, world: Optional[int] = None, which: Optional[int] = None, device=None) -> Tensor:

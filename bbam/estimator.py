@@ -163,25 +163,25 @@ class SemiSupervisedMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, Base
         from omegaconf import OmegaConf
 
         from bbam.app.atomic import atomic_write_text
+        from bbam.app.plan import prepare
         from bbam.app.predict import Predictor
-        from bbam.app.preprocess import resolve_scaling
-        from bbam.app.run import build_engine, save_model_files, split_tensors
+        from bbam.app.run import build_engine, save_model_files
         from bbam.app.runtime import seed_everything
         from bbam.devices import resolve_device
 
         cfg = self._config(out_dir)
         seed_everything(int(cfg.seed), bool(cfg.deterministic))
         device = resolve_device(str(cfg.device))
-        # train.scaling / method.margin / method.scale = auto: chosen from the training pool, as the app
-        choice = resolve_scaling(cfg, data.X[torch.cat([idx["labeled"], idx["unlabeled"]])])
-        tensors, scaler = split_tensors(data, idx, device, choice["scaling"])
+        # the app's plan on the caller's rows and split (train.scaling / method.margin / method.scale = auto
+        # chosen from the training pool, as the app)
+        plan = prepare(cfg, device, data=data, splits=idx)
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        engine = build_engine(cfg, data, tensors, device, out_dir)
+        atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(plan.cfg, resolve=True))
+        engine = build_engine(plan, out_dir)
         engine.fit(progress=False)
         engine.load_best()
-        val_scores, _, _ = engine.outputs(tensors["val"].x, keep=("scores",))
-        save_model_files(out_dir, scaler, data, tensors["val"].y, val_scores, float(cfg.train.threshold))
+        val_scores, _, _ = engine.outputs(plan.tensors["val"].x, keep=("scores",))
+        save_model_files(out_dir, plan, val_scores)
 
         self.predictor_ = Predictor.from_run(out_dir, device=device)
         self.best_val_mAP_ = float(engine.state.best_map)

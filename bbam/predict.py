@@ -77,11 +77,11 @@ def predict_file(run: str, data: str, out: str, thresholds: str = "global", devi
     predictor = Predictor.from_run(run, device=device)
     X = predictor.read(data)
     files = None  # image runs: the file of each row, written beside its labels
-    if predictor.inputs.get("kind") == "images":
-        from bbam.app.raw_inputs import image_files
+    if predictor.inputs.kind == "images":
+        from bbam.app.inputs import image_files
 
-        files = getattr(X, "files", None) or image_files(Path(data))
-    if isinstance(X, torch.Tensor):  # features (image rows are decoded by the model's caller)
+        files = image_files(Path(data))
+    if not predictor.inputs.reads_pixels:  # features (image rows are decoded by the model's caller)
         if X.shape[1] != predictor.num_features:
             raise ValueError(f"argument 'data': {data} has {X.shape[1]} features, the run was trained on "
                              f"{predictor.num_features}")

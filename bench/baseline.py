@@ -2,7 +2,7 @@
 
 scikit-learn's ``LogisticRegression(solver="liblinear", C=1)`` per label, trained on
 exactly the labeled rows the app's run sees (same dataset, split, seed and feature
-scaling, through :func:`bbam.app.run.load_run_data`: a file dataset's ``train.scaling=auto``
+scaling, through the run's plan (:func:`bbam.app.plan.prepare`): a file dataset's ``train.scaling=auto``
 makes the run's choice, e.g. ``tfidf_l2`` for 0/1 word indicators), scored on the run's test split with
 the app's own metrics (:func:`bbam.metrics.evaluate`). A label with a single class among
 the labeled rows gets the constant score of that class.
@@ -59,11 +59,12 @@ def logistic_regression_scores(x_train: np.ndarray, y_train: np.ndarray, x_test:
 def baseline_metrics(cfg, C: float = 1.0) -> Dict[str, Any]:
     """Test metrics of the logistic-regression floor on the split of the app config ``cfg``."""
     from bbam import metrics as M
-    from bbam.app.run import load_run_data
+    from bbam.app.plan import prepare
 
-    data, splits, _ = load_run_data(cfg)
+    plan = prepare(cfg)
+    data, splits = plan.data, plan.tensors
     lb, test = splits["labeled"], splits["test"]
-    if not isinstance(lb.x, torch.Tensor):
+    if plan.inputs.reads_pixels:
         raise ValueError("the logistic-regression floor needs feature vectors; this configuration's model reads "
                          "pixels (for photos, the floor is taken on a frozen backbone's features: model.finetune=false)")
     scores = logistic_regression_scores(lb.x.double().numpy(), lb.y.numpy(), test.x.double().numpy(), C=C)

@@ -6,8 +6,8 @@ Usage::
                           [--warmup-epochs 1] [--method bbam] [--device cpu] [--json PATH] [--quick]
                           [--loader tensor|dataloader] [--workers 0]
 
-Each size ``NxK`` runs the app's own pieces (``bbam.app.run.load_run_data``,
-``build_engine``, ``SelfTrainingEngine.fit``, the final test evaluation and the angle
+Each size ``NxK`` runs the app's own pieces (``bbam.app.plan.prepare``,
+``bbam.app.run.build_engine``, ``SelfTrainingEngine.fit``, the final test evaluation and the angle
 diagnostics) on the synthetic dataset with ``N`` samples, ``D = --features`` features
 and ``K`` labels, for ``--epochs`` epochs of which ``--warmup-epochs`` are warm-up, in a
 fresh child process (so its peak resident memory is its own). Reported per size:
@@ -51,7 +51,8 @@ def _one(n: int, k: int, ns: argparse.Namespace, queue) -> None:
 
     from bbam.app.diagnostics import run_diagnostics
     from bbam.data import split_indices
-    from bbam.app.run import build_engine, instantiate_data, split_tensors
+    from bbam.app.plan import instantiate_data, prepare
+    from bbam.app.run import build_engine
     from bbam.train import compose_config
 
     if ns.threads:
@@ -71,10 +72,10 @@ def _one(n: int, k: int, ns: argparse.Namespace, queue) -> None:
         t = time.perf_counter()
         splits = split_indices(data, cfg.split.lb_ratio, cfg.split.val_ratio, cfg.split.test_ratio, seed=0,
                                min_val_size=int(cfg.split.min_val_size), max_val_ratio=float(cfg.split.max_val_ratio))
-        tensors, _ = split_tensors(data, splits, torch.device(ns.device), str(cfg.train.scaling))
+        plan = prepare(cfg, torch.device(ns.device), data=data, splits=splits)
         out["split_s"] = time.perf_counter() - t
-        out["sizes"] = {name: len(s) for name, s in tensors.items()}
-        engine = build_engine(cfg, data, tensors, torch.device(ns.device), tmp)
+        out["sizes"] = {name: len(s) for name, s in plan.tensors.items()}
+        engine = build_engine(plan, tmp)
         engine.fit(progress=False)
         out["epochs"] = [{"epoch": r["epoch"], "phase": r["phase"], "time_s": r["time_s"], "phase_s": r["phase_s"]}
                          for r in engine.state.history]

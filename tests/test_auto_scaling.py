@@ -16,7 +16,7 @@ import yaml
 from bbam.app.predict import Predictor
 from bbam.app.preprocess import (SPARSE_ZERO_SHARE, FeatureScaler, choose_scaling, feature_profile,
                                  resolve_scaling)
-from bbam.app.run import load_run_data
+from bbam.app.plan import prepare
 from bbam.train import compose_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,37 +62,39 @@ def test_explicit_values_win_over_auto():
     cfg = compose_config(["data=npz", "data.path=x.npz"])
     assert (cfg.train.scaling, cfg.method.margin, cfg.method.scale) == ("auto", "auto", "auto")
     rec = resolve_scaling(cfg, pool)
-    assert (cfg.train.scaling, cfg.method.margin, cfg.method.scale) == ("tfidf_l2", 0.2, 30.0)
-    assert (cfg.angular.margin, cfg.angular.scale) == (0.2, 30.0)
+    assert (rec["scaling"], rec["margin"], rec["scale"]) == ("tfidf_l2", 0.2, 30.0)
+    assert (cfg.train.scaling, cfg.method.margin, cfg.angular.margin) == ("auto", "auto", "auto")  # only read
     assert rec["source"] == {"scaling": "auto", "margin": "auto", "scale": "auto"}
     for data in ("npz", "arff", "libsvm"):
         cfg = compose_config([f"data={data}", "data.path=x", "method=bam", "method.margin=0.3",
                               "train.scaling=standardize"])
         rec = resolve_scaling(cfg, pool)
-        assert (cfg.train.scaling, cfg.method.margin, cfg.method.scale) == ("standardize", 0.3, 30.0), data
+        assert (rec["scaling"], rec["margin"], rec["scale"]) == ("standardize", 0.3, 30.0), data
         assert rec["source"] == {"scaling": "config", "margin": "config", "scale": "auto"}
         assert "train.scaling, method.margin as given" in rec["line"]
-    # the method's losses and scores read the resolved margin (method.margin interpolates angular.margin)
+    # the method's losses and scores take the resolved margin (method.margin interpolates angular.margin)
     from bbam.app.methods import build_method
 
     cfg = compose_config(["data=npz", "data.path=x.npz", "method.scale=25"])
-    resolve_scaling(cfg, pool)
-    method = build_method(cfg.method)
+    rec = resolve_scaling(cfg, pool)
+    method = build_method(cfg.method, resolved=rec)
     assert (method.margin, method.scale) == (0.2, 25.0)
     assert (method.loss_fn.margin, method.loss_fn.scale, method.warmup_loss_fn.margin) == (0.2, 25.0, 0.2)
+    # a resumed run keeps the values its checkpoint recorded, whatever the rule would pick now
+    rec = resolve_scaling(cfg, pool, saved={"scaling": "standardize", "margin": 0.4, "scale": 20.0})
+    assert (rec["scaling"], rec["margin"], rec["scale"]) == ("standardize", 0.4, 25.0)
     # a linear-head method has no margin: the record names the modality's
     cfg = compose_config(["data=npz", "data.path=x.npz", "method=cap"])
     rec = resolve_scaling(cfg, pool)
-    assert "margin" not in cfg.method and (rec["margin"], cfg.angular.margin) == (0.2, 0.2)
+    assert "margin" not in cfg.method and rec["margin"] == 0.2
     # a named config's values are concrete: nothing is resolved
     cfg = compose_config(["data=emotions"])
     rec = resolve_scaling(cfg, pool)
-    assert (cfg.train.scaling, cfg.method.margin) == ("standardize", 0.4) and rec["rule"][0] == "tfidf_l2"
+    assert (rec["scaling"], rec["margin"]) == ("standardize", 0.4) and rec["rule"][0] == "tfidf_l2"
     assert rec["line"].endswith("(all given in the config)")
     # train.scaling=auto works with any dataset
     cfg = compose_config(["train.scaling=auto"])
-    resolve_scaling(cfg, torch.randn(50, 4))
-    assert cfg.train.scaling == "standardize"
+    assert resolve_scaling(cfg, torch.randn(50, 4))["scaling"] == "standardize"
 
 
 # ----------------------------------------------------------------------------- a run
@@ -139,9 +141,11 @@ def test_run_records_the_choice(bow_run):
     rec = inputs["scaling"]
     assert (rec["scaling"], rec["margin"], rec["scale"]) == ("tfidf_l2", 0.2, 30.0)
     assert rec["profile"]["binary"] and rec["profile"]["features"] == 60
-    saved = yaml.safe_load((run / "config.yaml").read_text())  # what the run used, not "auto"
-    assert (saved["train"]["scaling"], saved["method"]["margin"], saved["method"]["scale"]) == ("tfidf_l2", 0.2, 30.0)
-    assert (saved["angular"]["margin"], saved["angular"]["scale"]) == (0.2, 30.0)
+    saved = yaml.safe_load((run / "config.yaml").read_text())  # the config as given: nothing is written back
+    assert (saved["train"]["scaling"], saved["method"]["margin"], saved["method"]["scale"]) == ("auto",) * 3
+    plan = json.loads((run / "plan.json").read_text())  # what the run used, and why
+    assert plan["scaling"] == result["scaling"] and plan["inputs"] == {"kind": "features"}
+    assert plan["sizes"] == result["sizes"]
 
 
 def test_prediction_applies_the_recorded_choice(bow_run, tmp_path):
@@ -149,7 +153,7 @@ def test_prediction_applies_the_recorded_choice(bow_run, tmp_path):
 
     run, data, result, _ = bow_run
     p = Predictor.from_run(run)
-    assert p.scaler.kind == "tfidf_l2" and (p.cfg.method.margin, p.cfg.method.scale) == (0.2, 30.0)
+    assert p.scaler.kind == "tfidf_l2" and (p.method.margin, p.method.scale) == (0.2, 30.0)
     X = np.load(data)["X"]
     scores = p.predict_proba(p.read(data))
     assert scores.shape == (X.shape[0], 5) and torch.isfinite(scores).all()
@@ -161,10 +165,13 @@ def test_prediction_applies_the_recorded_choice(bow_run, tmp_path):
     (bad / "inputs.json").write_text(json.dumps(inputs))
     with pytest.raises(ValueError, match="inputs.json records scaling 'standardize'.*scaler.pt holds 'tfidf_l2'"):
         Predictor.from_run(bad)
-    # a run from before the record (no "scaling" in inputs.json) predicts as before
+    # a run from before the record (no "scaling" in inputs.json, the values in config.yaml) predicts as before
     old = tmp_path / "old"
     shutil.copytree(run, old)
     (old / "inputs.json").write_text(json.dumps({"kind": "features"}))
+    cfg = yaml.safe_load((old / "config.yaml").read_text())
+    cfg["train"]["scaling"], cfg["method"]["margin"], cfg["method"]["scale"] = "tfidf_l2", 0.2, 30.0
+    (old / "config.yaml").write_text(yaml.safe_dump(cfg))
     np.testing.assert_array_equal(Predictor.from_run(old).predict_proba(X), scores.numpy())
 
 
@@ -193,8 +200,7 @@ def test_baseline_uses_the_same_choice(tmp_path):
     baseline = _baseline_module()
     data = _write_bow(tmp_path / "words.npz")
     auto = compose_config(["data=npz", f"data.path={data}"])
-    _, _, scaler = load_run_data(auto.copy())
-    assert scaler.kind == "tfidf_l2"
+    assert prepare(auto).scaler.kind == "tfidf_l2"
     given = compose_config(["data=npz", f"data.path={data}", "train.scaling=tfidf_l2"])
     assert baseline.baseline_metrics(auto)["test"] == baseline.baseline_metrics(given)["test"]
 
@@ -213,6 +219,10 @@ def test_npz_file_runs_as_its_named_config(name, shared_data_dir, tmp_path):
         cfg.out_dir = str(tmp_path / kind)
         results[kind] = train(cfg)
         saved[kind] = yaml.safe_load((tmp_path / kind / "config.yaml").read_text())
+        for key, value in json.loads((tmp_path / kind / "plan.json").read_text())["scaling"].items():
+            if key in ("scaling", "margin", "scale"):  # what the plan resolved, where the config says auto
+                section, name = ("train", key) if key == "scaling" else ("method", key)
+                saved[kind][section][name] = value
     for section in ("train", "method", "split", "model"):
         assert saved["named"][section] == saved["file"][section], section
     assert results["file"]["scaling"]["source"]["scaling"] == "auto"

@@ -50,7 +50,7 @@ def test_decode_and_lazy_rows(tmp_path):
     data = load_image_folder(tmp_path, image_size=16)
     assert data.X.shape == (6, 0) and data.label_names == ["blue", "red"]
     rows = data.images
-    assert isinstance(rows, ImageRows) and rows.shape == (6, 3, 16, 16) and len(rows) == 6
+    assert isinstance(rows, ImageRows) and rows.image_size == 16 and len(rows) == 6
     assert rows[0].dtype == torch.uint8 and rows[0].shape == (3, 16, 16)
     batch = rows[torch.tensor([4, 1])]
     assert batch.shape == (2, 3, 16, 16) and torch.equal(batch[1], rows[1])

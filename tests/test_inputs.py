@@ -37,9 +37,10 @@ def test_load_text_jsonl(tmp_path):
     data = load_text_jsonl(path, vocab_size=10, max_len=32)
     assert data.X.shape == (150, 32) and data.X.dtype == torch.float32
     assert data.label_names == ["food", "money", "sport"]
-    assert data.vocab[0] == "<pad>" and len(data.vocab) == 10
+    vocab = data.recipe["vocab"]
+    assert vocab[0] == "<pad>" and len(vocab) == 10
     assert int(data.X.max()) < 10 and len(data.train_idx) == 105 and len(data.test_idx) == 45
-    assert data.vocab[1:4] == ["and", "doc", "of"]  # most frequent training tokens first (ties by name)
+    assert vocab[1:4] == ["and", "doc", "of"]  # most frequent training tokens first (ties by name)
 
 
 def test_text_jsonl_errors(tmp_path):

@@ -18,7 +18,8 @@ from bbam.app.batches import index_batches
 from bbam.app.models import LinearEncoder
 from bbam.app.preprocess import FeatureScaler
 from bbam.sampling import NegativeSampler
-from bbam.app.run import build_engine, load_run_data
+from bbam.app.plan import prepare
+from bbam.app.run import build_engine
 from bbam.train import compose_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,21 +85,24 @@ def test_every_epoch_gets_the_minimum_number_of_steps(tmp_path):
     # 400 samples, lb 0.05: ~14 labeled rows, one batch of 64 -> 1 step per warm-up epoch without the rule
     cfg = _cfg(tmp_path, "split.lb_ratio=0.05", "train.epochs=3", "train.warmup_epochs=2",
                "train.min_steps_per_epoch=7", "train.unlabeled_batch_size=512")
-    data, tensors, _ = load_run_data(cfg)
-    engine = build_engine(cfg, data, tensors, torch.device("cpu"), tmp_path)
+    plan = prepare(cfg)
+    data, tensors = plan.data, plan.tensors
+    engine = build_engine(plan, tmp_path)
     assert len(tensors["labeled"]) < cfg.train.batch_size
     engine.fit(progress=False)
     assert int(engine.ema.updates) == 3 * 7  # 2 warm-up epochs + 1 self-training epoch, 7 steps each
     big = _cfg(tmp_path / "b", "train.min_steps_per_epoch=1", "train.batch_size=4")
-    _, t2, _ = load_run_data(big)
-    e2 = build_engine(big, data, t2, torch.device("cpu"), tmp_path / "b")
+    plan2 = prepare(big)
+    t2 = plan2.tensors
+    e2 = build_engine(plan2, tmp_path / "b")
     assert e2.steps_per_epoch("warmup") == math.ceil(len(t2["labeled"]) / 4)  # a full pass when that is more
 
 
 def test_batches_cover_rows_evenly_and_repeat_deterministically(tmp_path):
     cfg = _cfg(tmp_path)
-    data, tensors, _ = load_run_data(cfg)
-    engine = build_engine(cfg, data, tensors, torch.device("cpu"), tmp_path)
+    plan = prepare(cfg)
+    data, tensors = plan.data, plan.tensors
+    engine = build_engine(plan, tmp_path)
     batches = index_batches(10, 4, engine.seed, epoch=3, stream=0, min_batches=9)
     assert len(batches) == 9
     rows = torch.cat(batches[:3]).sort().values
@@ -123,8 +127,9 @@ def test_small_pools_get_a_validation_split_that_can_rank():
 def _fit_with_falling_validation(tmp_path, *overrides):
     """An engine whose validation mAP falls every epoch: the warm-up always looks best."""
     cfg = _cfg(tmp_path, "train.epochs=5", "train.warmup_epochs=3", "train.min_steps_per_epoch=1", *overrides)
-    data, tensors, _ = load_run_data(cfg)
-    engine = build_engine(cfg, data, tensors, torch.device("cpu"), tmp_path)
+    plan = prepare(cfg)
+    data, tensors = plan.data, plan.tensors
+    engine = build_engine(plan, tmp_path)
     engine.evaluate = lambda split, model=None: {"mAP": 50.0 - len(engine.state.history)}
     engine.fit(progress=False)
     return engine
@@ -147,8 +152,9 @@ def test_self_training_methods_select_a_self_training_epoch(tmp_path):
 def test_statistics_read_the_configured_model_and_angles(tmp_path, features_from, stats_angles):
     cfg = _cfg(tmp_path, "train.epochs=3", "train.warmup_epochs=2", "train.min_steps_per_epoch=3",
                "method.stats_gamma=0.0", f"method.features_from={features_from}", f"method.stats_angles={stats_angles}")
-    data, tensors, _ = load_run_data(cfg)
-    engine = build_engine(cfg, data, tensors, torch.device("cpu"), tmp_path)
+    plan = prepare(cfg)
+    data, tensors = plan.data, plan.tensors
+    engine = build_engine(plan, tmp_path)
     engine.fit(progress=False, stop_after_epoch=1)  # warm-up done, no statistics yet
     engine.method.refresh(engine.context())
     method = engine.method
@@ -175,8 +181,9 @@ def test_refresh_pseudo_labels_and_logged_summaries(tmp_path):
     summaries are exact counts, and the features-only prediction is the full model's
     features bit for bit (the classifier head is skipped, not approximated)."""
     cfg = _cfg(tmp_path, "train.epochs=3", "train.warmup_epochs=2", "train.min_steps_per_epoch=3")
-    data, tensors, _ = load_run_data(cfg)
-    engine = build_engine(cfg, data, tensors, torch.device("cpu"), tmp_path)
+    plan = prepare(cfg)
+    data, tensors = plan.data, plan.tensors
+    engine = build_engine(plan, tmp_path)
     engine.fit(progress=False, stop_after_epoch=1)
     p = engine.method.refresh(engine.context())
     method = engine.method
@@ -272,7 +279,7 @@ def test_baseline_uses_the_runs_labeled_rows():
     baseline = _baseline_module()
     cfg = compose_config(TINY + ["seed=3"])
     result = baseline.baseline_metrics(cfg)
-    _, splits, _ = load_run_data(cfg)
+    splits = prepare(cfg).tensors
     lb, test = splits["labeled"], splits["test"]
     assert result["sizes"]["labeled"] == len(lb)
     scores = np.stack([LogisticRegression(solver="liblinear", C=1.0).fit(lb.x.double().numpy(), lb.y[:, k].numpy())

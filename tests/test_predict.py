@@ -17,7 +17,7 @@ from bbam import metrics as M
 from bbam.data import split_indices
 from bbam.app.predict import Predictor, tune_thresholds
 from bbam.predict import main as predict_main
-from bbam.app.run import instantiate_data
+from bbam.app.plan import instantiate_data
 from bbam.train import compose_config, train
 
 ROOT = Path(__file__).resolve().parents[1]

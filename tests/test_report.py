@@ -107,13 +107,15 @@ def test_bam_report_has_margin_but_no_balancing(runs):
     assert "after balancing" not in metrics_table(result) and "VDFD (classifier angles)" in metrics_table(result)
 
 
-def test_method_traits_without_config(tmp_path):
-    """A folder without config.yaml or diagnostics: decided by the method's name."""
+def test_method_traits_come_from_the_method_class():
+    from bbam.app.config import compose_config
+    from bbam.app.methods import build_method
+
     for name, angular, balances in (("bbam", True, True), ("bbam_cls", True, True), ("bam", True, False),
                                     ("cap", False, False), ("supervised", False, False),
                                     ("fixmatch", False, False), ("softmatch", False, False)):
-        assert report.method_traits(tmp_path, {"method": name, "test": {}}) == {"angular": angular,
-                                                                              "balances": balances}, name
+        method = build_method(compose_config([f"method={name}"]).method)
+        assert method.traits() == {"angular": angular, "balances": balances}, name
 
 
 def test_scaling_line_without_margin():
@@ -130,10 +132,8 @@ def test_scaling_line_without_margin():
                   "rule": ["tfidf_l2", 0.2, 30.0], "profile": profile}
         record["line"] = describe_choice(record)
         assert "margin 0.2, scale 30" in record["line"]
-        for rec in (record, {"line": record["line"]}):  # from the fields, or an older record's line only
-            for angular, expected in ((True, record["line"]),
-                                      (False, "features: 60 binary, 92 % zeros → tfidf_l2" + tail)):
-                assert report._scaling_lines({"scaling": rec}, angular) == ["", f"Inputs: {expected}."], (rec, angular)
+        assert report.scaling_line(record, {"angular": True}) == record["line"]
+        assert report.scaling_line(record, {"angular": False}) == "features: 60 binary, 92 % zeros → tfidf_l2" + tail
 
 
 # --------------------------------------------------------------------------- the section on made-up numbers

@@ -143,3 +143,75 @@ def test_the_command_line_module_is_only_the_command_line():
     assert "def train(" not in text and "def load_run_data(" not in text and "def build_engine(" not in text
     graph = _graph()
     assert "bbam.app.run" in graph["bbam.estimator"] and "bbam.train" not in graph["bbam.app.run"]
+
+
+def _app_modules():
+    return sorted((PACKAGE / "app").rglob("*.py"))
+
+
+def test_the_engine_stays_a_loop():
+    assert len((PACKAGE / "app" / "engine.py").read_text(encoding="utf-8").splitlines()) <= 350
+
+
+def _writes_into_a_config(tree: ast.AST) -> list[str]:
+    """Places that write into a config: ``open_dict``, ``set_readonly(..., False)``, or an
+    assignment to an attribute / item of a name ``cfg`` (e.g. ``cfg.train.scaling = ...``)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id == "open_dict":
+            found.append(f"open_dict, line {node.lineno}")
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, (ast.AugAssign, ast.AnnAssign)) else []
+        for target in targets:
+            base = target
+            while isinstance(base, (ast.Attribute, ast.Subscript)):
+                base = base.value
+            if base is not target and isinstance(base, ast.Name) and base.id == "cfg":
+                found.append(f"assignment into cfg, line {target.lineno}")
+    return found
+
+
+def test_nothing_writes_into_the_config_after_prepare():
+    """A run's settings are resolved once, by bbam.app.plan.prepare, into its RunPlan: no
+    module of the run writes into a config (the composition of a resumed or estimator run,
+    before prepare, is the exception: bbam.app.resume, bbam.estimator)."""
+    allowed = {PACKAGE / "app" / "resume.py", PACKAGE / "estimator.py", PACKAGE / "app" / "config.py",
+               PACKAGE / "migrate.py"}
+    for path in [*_app_modules(), PACKAGE / "train.py", PACKAGE / "estimator.py"]:
+        if path in allowed:
+            continue
+        found = _writes_into_a_config(ast.parse(path.read_text(encoding="utf-8")))
+        assert not found, f"{path.relative_to(PACKAGE.parent)} writes into a config: {found}"
+    # the check itself sees such writes
+    assert _writes_into_a_config(ast.parse("cfg.train.scaling = 'x'\nwith open_dict(cfg): pass"))
+
+
+def test_a_run_config_is_read_only_after_prepare(tmp_path):
+    import pytest
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ReadonlyConfigError
+
+    from bbam.app.config import compose_config
+    from bbam.app.plan import prepare
+
+    cfg = compose_config(["data.num_samples=60", "train.progress=false"])
+    plan = prepare(cfg)
+    assert not OmegaConf.is_readonly(cfg)  # the caller's config is untouched
+    with pytest.raises(ReadonlyConfigError):
+        plan.cfg.train.scaling = "l2"
+
+
+INPUT_KIND_QUESTIONS = ('getattr(data, "images"', 'getattr(data, "vocab"', "is_image_rows", "num_features == 0",
+                        'hasattr(x, "subset")', "load_text_jsonl\")", "isinstance(x, Tensor)",
+                        "isinstance(x, torch.Tensor)", "ImageRows)")
+
+
+def test_only_the_inputs_module_asks_what_kind_of_input_it_is():
+    """Whether rows are features, tokens or images is decided in bbam.app.inputs alone."""
+    exempt = {PACKAGE / "app" / "inputs.py"}
+    paths = [p for p in [*_app_modules(), *(PACKAGE / n for n in ("train.py", "estimator.py", "predict.py"))]
+             if p not in exempt]
+    for path in paths:
+        text = path.read_text(encoding="utf-8")
+        asked = [q for q in INPUT_KIND_QUESTIONS if q in text]
+        assert not asked, f"{path.relative_to(PACKAGE.parent)} asks the input's kind: {asked}"

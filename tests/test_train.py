@@ -64,7 +64,7 @@ def test_every_config_composes_and_instantiates(method, data, shared_data_dir, t
         overrides += [f"data.root={tmp_path}", "data.image_size=32", f"model.backbone.cache_dir={tmp_path / 'cache'}"]
     cfg = _compose(overrides)
     assert cfg.method.name == method
-    in_dim = 8
+    in_dim, resolved = 8, None
     if data in ("synthetic", "emotions", "npz", "arff", *RAW_DATASETS):  # the others are larger: composing is enough
         dataset = instantiate(cfg.data)
         assert dataset.num_labels >= 1
@@ -73,16 +73,18 @@ def test_every_config_composes_and_instantiates(method, data, shared_data_dir, t
         from bbam.app.preprocess import resolve_scaling
 
         assert (cfg.train.scaling, cfg.angular.margin, cfg.angular.scale) == ("auto", "auto", "auto")
-        resolve_scaling(cfg, dataset.X)
-        assert (cfg.train.scaling, cfg.angular.margin, cfg.angular.scale) == ("standardize", 0.4, 20.0)  # emotions
-        if "margin" in cfg.method:  # the angular methods read them
-            assert (cfg.method.margin, cfg.method.scale) == (0.4, 20.0)
+        record = resolve_scaling(cfg, dataset.X)
+        assert (record["scaling"], record["margin"], record["scale"]) == ("standardize", 0.4, 20.0)  # emotions
+        assert cfg.train.scaling == "auto"  # the config is only read
+        resolved = record
+        if "margin" in cfg.method:  # the angular methods take them
+            assert (build_method(cfg.method, resolved=record).margin, build_method(cfg.method, resolved=record).scale) == (0.4, 20.0)
     elif data == "reuters21578_text":
         in_dim = cfg.data.max_len
     elif data in IMAGE_DATASETS:  # frozen backbone features
         in_dim = 1280
     instantiate(cfg.model.encoder, in_dim=in_dim)
-    built = build_method(cfg.method)
+    built = build_method(cfg.method, resolved=resolved)
     assert built.name == method and isinstance(built, Method)
     if built.views:
         instantiate(cfg.model.views)

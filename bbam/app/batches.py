@@ -14,7 +14,7 @@ Both give the same rows, and with the same views (:mod:`bbam.app.views`) the sam
 batches, so a run does not depend on the pipeline: views are made on the assembled batch
 with a generator keyed by (seed, epoch, step, rank).
 
-Images (:class:`bbam.data.images.ImageRows`) are decoded per batch, so a split of images
+Images (:class:`bbam.data.image_rows.ImageRows`) are decoded per batch, so a split of images
 always goes through :class:`LoaderBatches` (``train.num_workers`` workers decode; with
 0 the main process does). Decoded ``uint8`` pixels become float ``[0, 1]`` on the
 training device (:func:`model_input`). A split whose model reads cached features can
@@ -30,7 +30,9 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["Batch", "index_batches", "TensorBatches", "LoaderBatches", "PIPELINES", "make_pipeline", "model_input", "take_rows", "is_image_rows"]
+from .inputs import decoded_per_batch, model_input
+
+__all__ = ["Batch", "index_batches", "TensorBatches", "LoaderBatches", "PIPELINES", "make_pipeline", "split_pipelines"]
 
 PIPELINES = ("tensor", "dataloader")
 
@@ -71,22 +73,8 @@ def index_batches(n: int, batch_size: int, seed: int, epoch: int, stream: int, m
     return batches[:max(min_batches, math.ceil(n / batch_size))]
 
 
-def model_input(x: Tensor, device: torch.device) -> Tensor:
-    """``x`` on ``device`` as the model takes it: decoded ``uint8`` pixels become float32
-    in ``[0, 1]`` (after the copy: a quarter of the bytes cross to a GPU)."""
-    x = x.to(device, non_blocking=True)
-    return x.float().div_(255) if x.dtype == torch.uint8 else x
-
-
-def is_image_rows(x) -> bool:
-    """Whether a split's inputs are image rows (:class:`bbam.data.image_rows.ImageRows`,
-    decoded per batch) rather than a tensor."""
-    return not isinstance(x, Tensor) and hasattr(x, "subset")
-
-
-def take_rows(x, idx: Tensor):
-    """Rows ``idx`` of a split's inputs: a tensor's rows, or a lazy selection of image rows."""
-    return x.subset(idx) if is_image_rows(x) else x[idx]
+def _views_from_images(views) -> bool:
+    return views is not None and bool(views.needs_images)
 
 
 def _view_generator(seed: int, epoch: int, step: int, rank: int) -> torch.Generator:
@@ -101,7 +89,7 @@ class TensorBatches:
             its targets are not handed out).
         views: a :class:`bbam.app.views.Views` (None: no views).
         view_names: the views each batch carries (e.g. ``("weak", "strong")``).
-        images: the split's images (:class:`~bbam.data.images.ImageRows`) for views that
+        images: the split's images (:class:`~bbam.data.image_rows.ImageRows`) for views that
             are made from images (``views.needs_images``) while ``x`` holds features.
     """
 
@@ -110,8 +98,8 @@ class TensorBatches:
         if view_names and views is None:
             raise ValueError(f"views {tuple(view_names)} were asked for but no view maker is configured (key 'views')")
         self.x, self.y, self.views, self.view_names = x, y, views, tuple(view_names)
-        self.images = images if view_names and getattr(views, "needs_images", False) else None
-        if self.view_names and getattr(views, "needs_images", False) and images is None and not is_image_rows(x):
+        self.images = images if view_names and _views_from_images(views) else None
+        if self.view_names and _views_from_images(views) and images is None and not decoded_per_batch(x):
             raise ValueError(f"{views!r} makes views from images, but this split has none (an image dataset with "
                              f"model.views of images is needed)")
 
@@ -152,8 +140,10 @@ class LoaderBatches(TensorBatches):
 
     def __init__(self, x: Tensor, y: Optional[Tensor] = None, views=None, view_names: Sequence[str] = (),
                  num_workers: int = 0, device: Optional[torch.device] = None, images=None):
-        super().__init__(x.cpu(), None if y is None else y.cpu(), views, view_names, images)
-        self.num_workers, self.device = int(num_workers), device if device is not None else x.device
+        on_cpu = x if decoded_per_batch(x) else x.cpu()
+        super().__init__(on_cpu, None if y is None else y.cpu(), views, view_names, images)
+        self.num_workers = int(num_workers)
+        self.device = device if device is not None else torch.device("cpu") if decoded_per_batch(x) else x.device
 
     def __call__(self, batches: Sequence[Tensor], seed: int, epoch: int, rank: int = 0) -> Iterator[Batch]:
         # its own generator: the loader's worker seeds must not draw from the global stream
@@ -161,7 +151,7 @@ class LoaderBatches(TensorBatches):
         from bbam.data.image_rows import BatchFetch, raise_decode_errors
 
         loader = torch.utils.data.DataLoader(
-            BatchFetch(self.x.shape[0], _SplitRows(self.x, self.y, self.images)),
+            BatchFetch(len(self.x), _SplitRows(self.x, self.y, self.images)),
             batch_sampler=[b.cpu().tolist() for b in batches], collate_fn=BatchFetch.as_is,
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
             generator=_view_generator(seed, epoch, 1 << 20, rank))
@@ -180,8 +170,16 @@ def make_pipeline(kind: str, x: Tensor, y: Optional[Tensor] = None, views=None, 
     whatever ``kind`` says; ``device``: the training device (default: ``x``'s)."""
     if kind not in PIPELINES:
         raise ValueError(f"config key 'train.loader' must be one of {', '.join(PIPELINES)}; got {kind!r}")
-    device = device if device is not None else x.device
-    decodes = is_image_rows(x) or (images is not None and view_names and getattr(views, "needs_images", False))
+    decodes = decoded_per_batch(x) or (images is not None and view_names and _views_from_images(views))
     if kind == "tensor" and not decodes:
         return TensorBatches(x, y, views, view_names)
     return LoaderBatches(x, y, views, view_names, num_workers=num_workers, device=device, images=images)
+
+
+def split_pipelines(train_cfg, splits, views, view_names: Sequence[str], device: torch.device):
+    """The labeled and unlabeled pipelines of a run (``train.loader``, ``train.num_workers``):
+    labeled batches carry targets; unlabeled ones the views ``view_names`` (``views``)."""
+    kind, workers = str(train_cfg.get("loader", "tensor")), int(train_cfg.get("num_workers", 0))
+    lb, ub = splits["labeled"], splits["unlabeled"]
+    return (make_pipeline(kind, lb.x, lb.y, num_workers=workers, device=device),
+            make_pipeline(kind, ub.x, None, views, view_names, workers, images=ub.images, device=device))

@@ -23,7 +23,7 @@ import torch
 from .atomic import atomic_copy
 from .errors import UserError
 
-__all__ = ["run_settings", "settings_of", "check_same_settings", "read_checkpoint", "carry_best_checkpoint",
+__all__ = ["run_settings", "settings_of", "check_same_settings", "check_resumable", "engine_checkpoint", "read_checkpoint", "carry_best_checkpoint",
            "method_state", "FORMAT", "SETTINGS_SECTIONS", "older_run_error", "check_current_checkpoint",
            "check_current_config", "run_folder"]
 
@@ -111,13 +111,21 @@ def check_current_config(cfg, path: Path, run: Optional[Path] = None) -> None:
 
 
 # ----------------------------------------------------------------------------- resuming
-def check_same_settings(cfg, path: Path, saved: Optional[Dict[str, Any]]) -> None:
+def check_same_settings(cfg, path: Path, saved: Optional[Dict[str, Any]],
+                        resolved: Optional[Mapping[str, Any]] = None) -> None:
     """A resumed run must train what the interrupted one trained: refuse other data,
     split, method, model or schedule settings, naming every differing key (settings of an
-    older bbam: :func:`older_run_error`)."""
+    older bbam: :func:`older_run_error`). ``resolved``: the values the run's plan gives keys
+    left ``auto`` (:meth:`bbam.app.plan.RunPlan.resolved`); on both sides ``auto`` stands
+    for them, so a checkpoint holding the concrete values matches a config saying ``auto``."""
     if not isinstance(saved, dict) or _older_settings(saved):
         raise older_run_error(path)
     now = run_settings(cfg)
+    if resolved:
+        def concrete(flat):
+            return {k: resolved[k] if k in resolved and str(v) == "auto" else v for k, v in flat.items()}
+
+        saved, now = concrete(saved), concrete(now)
     differ = sorted(k for k in set(saved) | set(now) if saved.get(k, "<absent>") != now.get(k, "<absent>"))
     if not differ:
         return
@@ -126,6 +134,37 @@ def check_same_settings(cfg, path: Path, saved: Optional[Dict[str, Any]]) -> Non
     hint = (" Extending or shortening train.epochs on resume is not supported (each phase's learning-rate "
             "schedule spans its planned epochs): start a new run." if "train.epochs" in differ else "")
     raise ValueError(f"config key 'train.resume': {path} was trained with other settings ({shown}).{hint}")
+
+
+def engine_checkpoint(engine) -> Dict[str, Any]:
+    """The checkpoint of a :class:`~bbam.app.engine.SelfTrainingEngine` (format :data:`FORMAT`):
+    its loop state, weights (online and EMA), optimizer, scheduler, the method's state, the
+    random streams, and what identifies the run (settings, the plan's record, the data file)."""
+    state = engine.state
+    return {
+        "format": FORMAT, "epoch": state.epoch, "best_map": state.best_map, "best_epoch": state.best_epoch,
+        "bad_epochs": state.bad_epochs, "history": state.history,
+        "model": engine.model.state_dict(), "ema": engine.ema.state_dict(), "optimizer": engine.optimizer.state_dict(),
+        "scheduler": None if engine.scheduler is None else engine.scheduler.state_dict(),
+        "method_state": engine.method.state_dict(),
+        "warmup_best": engine.warmup_best, "warmup_start_epoch": engine.warmup_start_epoch,
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "num_labels": engine.num_labels, "seed": engine.seed, "method": engine.method.name,
+        "settings": run_settings(engine.cfg), "plan": engine.plan.record(),
+        "data_source": engine.plan.data_source,  # where the data was: bbam.app.data_source
+    }
+
+
+def check_resumable(path: Path, ckpt: Mapping[str, Any], cfg, expected: Mapping[str, Any],
+                    resolved: Optional[Mapping[str, Any]] = None) -> None:
+    """Refuse a checkpoint of another run: ``expected`` facts (``num_labels``, ``seed``,
+    ``method``) that differ, or other settings (:func:`check_same_settings`)."""
+    for key, value in expected.items():
+        if ckpt.get(key) != value:
+            raise ValueError(f"config key 'train.resume': checkpoint {path} has {key}={ckpt.get(key)!r}, "
+                             f"this run has {value!r}")
+    check_same_settings(cfg, path, ckpt.get("settings"), resolved)
 
 
 def method_state(ckpt: Dict[str, Any]) -> Dict[str, Any]:

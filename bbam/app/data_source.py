@@ -34,7 +34,7 @@ def describe(data_cfg, data) -> Optional[Dict[str, Any]]:
     (``data.source``: the ``.npz`` / ARFF / label file) and its SHA-256. None for data not
     read from one file (the synthetic set, an ARFF pair)."""
     key = _location_key(data_cfg)
-    source = Path(str(data.source)) if getattr(data, "source", None) else None
+    source = Path(str(data.source)) if data.source else None
     if key is None or source is None or not source.is_file():
         return None
     given = str(data_cfg.get(key))

@@ -30,12 +30,11 @@ from bbam import metrics as M
 
 from . import stopping
 from .atomic import atomic_save, atomic_write_text
-from .batches import index_batches, make_pipeline
-from .checkpoints import carry_best_checkpoint, check_same_settings, method_state, read_checkpoint, run_settings
+from .batches import index_batches, split_pipelines
+from .checkpoints import carry_best_checkpoint, check_resumable, engine_checkpoint, method_state
 from .inference import PARTS, model_outputs, model_outputs_global
 from .methods.base import MethodContext
 from .models import ModelEMA, MultiLabelModel, parameter_groups
-from .runtime import Split
 
 __all__ = ["SelfTrainingEngine", "EngineState"]
 
@@ -59,23 +58,22 @@ class SelfTrainingEngine:
     """Runs the schedule above for one configuration.
 
     Args:
-        cfg: the run's config (``seed`` and the ``train`` section are read here).
+        plan: the run's :class:`~bbam.app.plan.RunPlan` (its config's ``seed`` and ``train``
+            section, its splits' rows on its device, its record saved in checkpoints).
         model: encoder + classifier (its head as the method's ``head``).
         method: the :class:`~bbam.app.methods.Method`.
-        splits: ``labeled``, ``unlabeled``, ``val``, ``test`` :class:`Split` s.
-        device, out_dir: training device; run folder (checkpoints, metrics.jsonl).
+        out_dir: the run folder (checkpoints, metrics.jsonl).
         views: the view maker of unlabeled batches (:mod:`bbam.app.views`), when the
             method asks for views.
     """
 
-    def __init__(self, cfg, model: MultiLabelModel, method, splits: Dict[str, Split], device: torch.device,
-                 out_dir: Path, label_names: List[str], views=None):
-        self.cfg, self.tc, self.seed = cfg, cfg.train, int(cfg.seed)
-        self.device, self.out_dir = device, Path(out_dir)
+    def __init__(self, plan, model: MultiLabelModel, method, out_dir: Path, views=None):
+        self.plan, self.cfg, self.tc, self.seed = plan, plan.cfg, plan.cfg.train, int(plan.cfg.seed)
+        self.device, self.out_dir, splits = plan.device, Path(out_dir), plan.tensors
+        device = self.device
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.world, self.rank = D.world_size(), D.rank()
         self.is_main = self.rank == 0  # only rank 0 writes outputs and checkpoints
-        self.data_source: Optional[Dict[str, Any]] = None  # where the data was (set by the app; checkpoints)
         self.stopped_early: Optional[Dict[str, int]] = None  # set by fit when train.patience ends the run
         self.model = model.to(device)
         self.ema = ModelEMA(self.model, self.tc.ema_decay).to(device)
@@ -85,19 +83,15 @@ class SelfTrainingEngine:
         if self.world > 1:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.method, self.splits, self.label_names = method, splits, label_names
+        self.method, self.splits, self.label_names = method, splits, plan.data.label_names
         self.num_labels = splits["labeled"].y.shape[1]
         self.semi_supervised = bool(method.semi_supervised) and len(splits["unlabeled"]) > 0
         self.total_epochs = int(self.tc.epochs)
         self.boundary = int(self.tc.warmup_epochs) if self.semi_supervised else self.total_epochs
         if self.tc.select_from not in ("self_training", "any"):
             raise ValueError(f"config key 'train.select_from' must be 'self_training' or 'any', got {self.tc.select_from!r}")
-        loader, workers = str(self.tc.get("loader", "tensor")), int(self.tc.get("num_workers", 0))
-        lb, ub = splits["labeled"], splits["unlabeled"]
-        self.num_workers = workers
-        self.labeled_batches = make_pipeline(loader, lb.x, lb.y, num_workers=workers, device=device)
-        self.unlabeled_batches = make_pipeline(loader, ub.x, None, views, method.views, workers, images=ub.images,
-                                               device=device)
+        self.num_workers = int(self.tc.get("num_workers", 0))
+        self.labeled_batches, self.unlabeled_batches = split_pipelines(self.tc, splits, views, method.views, device)
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model), lr=self.tc.lr,
                                            weight_decay=self.tc.weight_decay)
         self.scheduler: Optional[torch.optim.lr_scheduler.OneCycleLR] = None
@@ -108,6 +102,8 @@ class SelfTrainingEngine:
         self.phase_s: Dict[str, float] = {}  # this epoch's seconds per phase (cap, features, ..., steps)
         self.last_epoch_state: Dict[str, Tensor] = {}  # train.save_epoch_state
         method.bind(self.context())
+        if plan.resume is not None:
+            self._resume(*plan.resume)
 
     def context(self) -> MethodContext:
         """What the method sees of the run at this epoch (:class:`MethodContext`)."""
@@ -154,7 +150,7 @@ class SelfTrainingEngine:
             self.optimizer, max_lr=peaks, total_steps=max(1, epochs * self.steps_per_epoch(phase)),
             pct_start=self.tc.pct_start)
 
-    def _plan(self, n: int, batch_size: int, epoch: int, stream: int, min_batches: int = 1) -> List[Tensor]:
+    def _rank_batches(self, n: int, batch_size: int, epoch: int, stream: int, min_batches: int = 1) -> List[Tensor]:
         """This rank's part of each global index batch (every rank sees the same global batches)."""
         batches = index_batches(n, batch_size, self.seed, epoch, stream, min_batches, device=self.device)
         return [idx[self.rank::self.world] for idx in batches]
@@ -197,24 +193,20 @@ class SelfTrainingEngine:
     def _global_mean(self, losses: List[float]) -> float:
         """Mean per-step loss of the global batches: each rank's (sum-reduced) loss covers its
         part of a batch, so the ranks' values add up (one all-reduce per epoch)."""
-        value = float(np.mean(losses))
-        if self.world > 1:
-            t = torch.tensor([value], dtype=torch.float64, device=self.device)
-            torch.distributed.all_reduce(t)
-            value = float(t.item())
-        return value
+        return D.sum_over_ranks(float(np.mean(losses)), self.device)
 
     def _warmup_epoch(self, epoch: int) -> Dict[str, Any]:
-        plan = self._plan(len(self.splits["labeled"]), self.tc.batch_size, epoch, 0, self.steps_per_epoch("warmup"))
+        batches = self._rank_batches(len(self.splits["labeled"]), self.tc.batch_size, epoch, 0,
+                                     self.steps_per_epoch("warmup"))
         with self.timed("steps"):
             losses = [self._step(lambda forward, lb=lb: self.method.warmup_loss(forward, lb))
-                      for lb in self.labeled_batches(plan, self.seed, epoch, self.rank)]
+                      for lb in self.labeled_batches(batches, self.seed, epoch, self.rank)]
         return {"train_loss": self._global_mean(losses)}
 
     def _semi_supervised_epoch(self, epoch: int) -> Dict[str, Any]:
         logged = self.method.refresh(self.context())
-        lb_plan = self._plan(len(self.splits["labeled"]), self.tc.batch_size, epoch, 0)
-        ub_plan = self._plan(len(self.splits["unlabeled"]), self.tc.unlabeled_batch_size, epoch, 1,
+        lb_plan = self._rank_batches(len(self.splits["labeled"]), self.tc.batch_size, epoch, 0)
+        ub_plan = self._rank_batches(len(self.splits["unlabeled"]), self.tc.unlabeled_batch_size, epoch, 1,
                              self.steps_per_epoch("self_training"))
         labeled = itertools.cycle(self.labeled_batches(lb_plan, self.seed, epoch, self.rank))
         losses = []
@@ -226,29 +218,14 @@ class SelfTrainingEngine:
         return {"train_loss": self._global_mean(losses), **logged, **self.method.end_epoch()}
 
     # ----------------------------------------------------------------- checkpoints
-    def _checkpoint(self) -> Dict[str, Any]:
-        return {
-            "format": 2, "epoch": self.state.epoch, "best_map": self.state.best_map,
-            "best_epoch": self.state.best_epoch, "bad_epochs": self.state.bad_epochs, "history": self.state.history,
-            "model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-            "method_state": self.method.state_dict(),
-            "warmup_best": self.warmup_best, "warmup_start_epoch": self.warmup_start_epoch,
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "num_labels": self.num_labels, "seed": self.seed, "method": self.method.name,
-            "settings": run_settings(self.cfg),
-            "data_source": self.data_source,  # where the data was: bbam.app.data_source
-        }
+    def checkpoint(self) -> Dict[str, Any]:
+        """The run's state as saved in ``last.pt`` / ``best.pt`` (:func:`~bbam.app.checkpoints.engine_checkpoint`)."""
+        return engine_checkpoint(self)
 
-    def load_checkpoint(self, path: Path) -> None:
-        """Continue from a ``last.pt`` (loaded with ``weights_only=True``)."""
-        path, ckpt = read_checkpoint(path, self.device)
-        for key, expected in (("num_labels", self.num_labels), ("seed", self.seed), ("method", self.method.name)):
-            if ckpt.get(key) != expected:
-                raise ValueError(f"config key 'train.resume': checkpoint {path} has {key}={ckpt.get(key)!r}, "
-                                 f"this run has {expected!r}")
-        check_same_settings(self.cfg, path, ckpt.get("settings"))
+    def _resume(self, path: Path, ckpt: Dict[str, Any]) -> None:
+        """Continue from the plan's ``last.pt`` (read once, by :func:`bbam.app.plan.prepare`)."""
+        check_resumable(path, ckpt, self.cfg, {"num_labels": self.num_labels, "seed": self.seed,
+                                               "method": self.method.name}, self.plan.resolved())
         if self.is_main:
             carry_best_checkpoint(path, ckpt["best_epoch"], self.ckpt_dir)
         self._load_weights(ckpt)
@@ -278,8 +255,8 @@ class SelfTrainingEngine:
     def _save(self, improved: bool) -> None:
         with self.timed("checkpoint"):  # in metrics.jsonl, not in the checkpoint's own history
             if improved:
-                atomic_save(self._checkpoint(), self.ckpt_dir / "best.pt")
-            atomic_save(self._checkpoint(), self.ckpt_dir / "last.pt")
+                atomic_save(self.checkpoint(), self.ckpt_dir / "best.pt")
+            atomic_save(self.checkpoint(), self.ckpt_dir / "last.pt")
         atomic_write_text(self.out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.state.history))
         if self.last_epoch_state:
             atomic_save(self.last_epoch_state, self.out_dir / "epoch_state.pt")

@@ -14,29 +14,11 @@ from torch import Tensor
 
 from bbam import distributed as D
 
-from .batches import model_input
+from .inputs import row_batches, take_rows
 
 __all__ = ["PARTS", "model_outputs", "model_outputs_global"]
 
 PARTS = ("scores", "features", "outputs")  # what model_outputs can return
-
-
-IMAGE_BATCH = 64  # images per forward at inference (bounds activation memory; 1024 feature rows otherwise)
-
-
-def _chunks(x, batch_size: int, device: torch.device, num_workers: int):
-    """``(start row, model inputs on device)`` of ``x`` in order: slices of a tensor, or
-    decoded batches of image rows (in ``num_workers`` DataLoader workers)."""
-    if isinstance(x, Tensor):
-        for i in range(0, x.shape[0], batch_size):
-            yield i, x[i:i + batch_size]
-        return
-    from bbam.data.image_features import image_loader
-
-    start = 0
-    for pixels in image_loader(x, min(batch_size, IMAGE_BATCH), num_workers, pin_memory=device.type == "cuda"):
-        yield start, model_input(pixels, device)
-        start += pixels.shape[0]
 
 
 @torch.no_grad()
@@ -51,14 +33,14 @@ def model_outputs(model, method, x: Tensor, *, amp: bool = False, batch_size: in
     each label's scores contiguously). ``features_out``: a ``[N, D]`` float32 tensor the
     features are written into (e.g. a slice of a larger buffer) instead of a new one.
     ``amp``: bf16 autocast (CUDA runs with ``train.amp``). ``x`` may be image rows
-    (:class:`~bbam.data.images.ImageRows`): decoded per batch by ``num_workers`` workers;
+    (:class:`~bbam.data.image_rows.ImageRows`): decoded per batch by ``num_workers`` workers;
     the outputs are then on the model's device."""
     unknown = set(keep) - set(PARTS)
     if unknown:
         raise ValueError(f"model_outputs: 'keep' must name parts among {PARTS}, got {sorted(unknown)}")
     model = model.eval()
-    n, K = x.shape[0], model.head.weight.shape[0]
-    device = x.device if isinstance(x, Tensor) else model.head.weight.device
+    n, K = len(x), model.head.weight.shape[0]
+    device = model.head.weight.device  # tensor rows are on it; image rows are decoded onto it
     scores = None
     if "scores" in keep:
         scores = torch.empty((K, n), device=device).T if label_major else torch.empty((n, K), device=device)
@@ -73,7 +55,7 @@ def model_outputs(model, method, x: Tensor, *, amp: bool = False, batch_size: in
     if "features" in keep:
         feats = torch.empty((n, dim), device=device) if features_out is None else features_out
     features_only = scores is None and outs is None  # the classifier head is not needed
-    for i, xb in _chunks(x, batch_size, device, num_workers):
+    for i, xb in row_batches(x, batch_size, device, num_workers):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             if features_only:
                 z, out = model.encoder(xb), None
@@ -98,11 +80,10 @@ def model_outputs_global(model, method, x: Tensor, *, amp: bool = False, keep: S
     ``rank, rank + world, ...``), gathered back into row order on every rank."""
     if D.world_size() == 1:
         return model_outputs(model, method, x, amp=amp, keep=keep, label_major=label_major, num_workers=num_workers)
-    n = x.shape[0]
-    device = x.device if isinstance(x, Tensor) else model.head.weight.device
-    shard = D.shard_indices(n, device=x.device)
-    local = model_outputs(model, method, x[shard] if isinstance(x, Tensor) else x.subset(shard), amp=amp, keep=keep,
-                    num_workers=num_workers)
+    n = len(x)
+    device = model.head.weight.device
+    shard = D.shard_indices(n)  # CPU indices select rows of a tensor on any device, or image rows
+    local = model_outputs(model, method, take_rows(x, shard), amp=amp, keep=keep, num_workers=num_workers)
     outs = []
     for name, part in zip(PARTS, local):
         if part is None:

@@ -14,7 +14,7 @@ what prediction needs, and :class:`Predictor` reuses exactly that:
   (``train.threshold``) and per-label thresholds tuned for F1 on the validation split;
 * ``inputs.json``: how raw data became ``X`` (numeric features, the run's vocabulary, or
   its sentence encoder's settings), so :meth:`Predictor.read` turns new files or texts
-  into inputs the same way (:mod:`bbam.app.raw_inputs`); its ``scaling`` record (runs
+  into inputs the same way (:mod:`bbam.app.inputs`); its ``scaling`` record (runs
   since ``train.scaling=auto``) is the scaling, margin and scale the run chose and used.
 
 Scores come from the run's method, as in training (:meth:`bbam.app.methods.Method.scores`:
@@ -37,10 +37,9 @@ import torch
 from torch import Tensor
 
 from .atomic import atomic_save, atomic_write_text
-from .batches import is_image_rows
 from .checkpoints import check_current_checkpoint, check_current_config, method_state, older_run_error
 from .preprocess import FeatureScaler
-from .raw_inputs import read_inputs
+from .inputs import FeatureInputs, Inputs, as_caller_type, inputs_from_record, read_new_data
 
 __all__ = ["Predictor", "tune_thresholds", "save_predictor_files", "RUN_FILES"]
 
@@ -81,7 +80,7 @@ def save_predictor_files(out_dir: Path, scaler: FeatureScaler, num_features: int
 
     ``val_scores``/``val_targets``: ``[N_val, K]`` scores of the selected model and the
     validation labels (the thresholds are tuned on them, never on the test split);
-    ``inputs``: :func:`bbam.app.raw_inputs.describe_inputs` (default: numeric features)."""
+    ``inputs``: :meth:`bbam.app.inputs.Inputs.record` (default: numeric features)."""
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "inputs.json", json.dumps(inputs or {"kind": "features"}))
     atomic_save({**scaler.state_dict(), "num_features": int(num_features)}, out_dir / "scaler.pt")
@@ -117,25 +116,16 @@ def _read_inputs_record(run: Path) -> Dict[str, Any]:
     return inputs
 
 
-def _apply_scaling_record(cfg, scaler_state: Dict[str, Any], choice: Optional[Dict[str, Any]], run: Path) -> None:
-    """Prediction uses what the run used: ``scaler.pt``'s fitted kind, and the margin /
-    scale of ``inputs.json``'s ``scaling`` record wherever ``config.yaml`` leaves them
-    ``auto``. A record that disagrees with ``scaler.pt`` means a damaged run folder."""
+def _scaling_values(scaler_state: Dict[str, Any], choice: Optional[Dict[str, Any]], run: Path) -> Dict[str, float]:
+    """The margin / scale the run chose for keys its ``config.yaml`` leaves ``auto``
+    (``inputs.json``'s ``scaling`` record, made by the run's plan). A record that disagrees
+    with ``scaler.pt`` means a damaged run folder."""
     if not choice:  # runs from before the record: config.yaml and scaler.pt hold concrete values
-        return
+        return {}
     if str(choice.get("scaling")) != str(scaler_state.get("kind")):
         raise ValueError(f"argument 'run': {run}: inputs.json records scaling {choice.get('scaling')!r} but "
                          f"scaler.pt holds {scaler_state.get('kind')!r} (the run folder was altered)")
-    from omegaconf import open_dict
-
-    with open_dict(cfg):
-        for key in ("margin", "scale"):
-            if choice.get(key) is None:
-                continue
-            if str(cfg.method.get(key)) == "auto":
-                cfg.method[key] = float(choice[key])
-            if "angular" in cfg and str(cfg.angular.get(key)) == "auto":
-                cfg.angular[key] = float(choice[key])
+    return {k: float(choice[k]) for k in ("margin", "scale") if choice.get(k) is not None}
 
 
 class Predictor:
@@ -148,11 +138,11 @@ class Predictor:
 
     def __init__(self, cfg, model: torch.nn.Module, method, scaler: FeatureScaler, num_features: int,
                  label_names: List[str], thresholds: Dict[str, object], device: torch.device,
-                 inputs: Optional[Dict[str, Any]] = None):
+                 inputs: Optional[Inputs] = None):
         self.cfg, self.model, self.method, self.scaler = cfg, model.eval(), method, scaler
         self.num_features, self.label_names, self.thresholds = num_features, label_names, thresholds
         self.device = device
-        self.inputs = inputs or {"kind": "features"}
+        self.inputs = inputs if inputs is not None else FeatureInputs()
 
     @classmethod
     def from_run(cls, run_dir: Union[str, Path], device: Union[str, torch.device] = "cpu") -> "Predictor":
@@ -167,15 +157,15 @@ class Predictor:
         device = torch.device(device)
         cfg = OmegaConf.load(run / "config.yaml")
         check_current_config(cfg, run / "config.yaml", run)  # an older bbam's run: python -m bbam.migrate
-        inputs = _read_inputs_record(run)
+        record = _read_inputs_record(run)
         ckpt = torch.load(run / "checkpoints" / "best.pt", map_location=device, weights_only=True)
         check_current_checkpoint(run / "checkpoints" / "best.pt", ckpt, run)
         scaler_state = torch.load(run / "scaler.pt", map_location="cpu", weights_only=True)
         label_names = list(json.loads((run / "labels.json").read_text()))
         thresholds = json.loads((run / "thresholds.json").read_text())
-        _apply_scaling_record(cfg, scaler_state, inputs.get("scaling"), run)
+        resolved = _scaling_values(scaler_state, record.get("scaling"), run)
         K, D = len(label_names), int(scaler_state["num_features"])
-        method = build_method(cfg.method)
+        method = build_method(cfg.method, resolved=resolved)
         method.setup(K, device)
         method.load_state_dict(method_state(ckpt))  # e.g. the angle statistics of the inference transform
         encoder = instantiate(cfg.model.encoder, in_dim=D)
@@ -184,57 +174,34 @@ class Predictor:
         model.load_state_dict({k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")})
         model.to(device)
         return cls(cfg, model, method, FeatureScaler.from_state_dict(scaler_state), D, label_names,
-                   thresholds, device, inputs)
+                   thresholds, device, inputs_from_record(record))
 
     def read(self, path: Union[str, Path]) -> Tensor:
         """Raw inputs ``[M, D]`` of the new data in ``path``, made as the run made its own:
         ``.npz`` / ARFF / LIBSVM features, ``.jsonl`` / ``.txt`` documents for a run
         trained on text (its vocabulary or sentence encoder), or a folder / label file of
         images for a run on images (its backbone's features, or image rows). Feed them to
-        :meth:`predict_proba` / :meth:`predict`. See :mod:`bbam.app.raw_inputs`."""
-        return read_inputs(path, self.inputs, self.num_features, len(self.label_names), device=str(self.device))
-
-    def _inputs(self, x) -> Tensor:
-        if is_image_rows(x):  # a run whose model reads pixels
-            if self.num_features != 0:
-                raise ValueError(f"argument 'x': this run's model reads [M, {self.num_features}] features, not images "
-                                 f"(use Predictor.read on the images)")
-            return x
-        x = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
-        if x.dim() != 2 or x.shape[1] != self.num_features:
-            raise ValueError(f"argument 'x': expected [M, {self.num_features}] features (the run's feature width), "
-                             f"got shape {tuple(x.shape)}")
-        x = x.to(torch.float32)
-        if not bool(torch.isfinite(x).all()):
-            r, c = (int(v) for v in torch.nonzero(~torch.isfinite(x))[0])
-            raise ValueError(f"argument 'x': non-finite value at row {r}, column {c}")
-        return self.scaler.transform(x).to(self.device)
+        :meth:`predict_proba` / :meth:`predict`. See :mod:`bbam.app.inputs`."""
+        return read_new_data(path, self.inputs, self.num_features, len(self.label_names), device=str(self.device))
 
     def predict_proba(self, x, batch_size: int = 1024) -> Union[Tensor, np.ndarray]:
         """Scores ``[M, K]`` in [0, 1] (float32, CPU) of raw (unscaled) inputs ``x`` ``[M, D]``:
         a torch tensor for a tensor ``x``, else a numpy array (as the scikit-learn estimator)."""
         scores = self._scores(x, batch_size)
-        return scores if isinstance(x, Tensor) else scores.numpy()
+        return as_caller_type(x, scores)
 
     @torch.no_grad()
     def _scores(self, x, batch_size: int = 1024) -> Tensor:
-        x = self._inputs(x)
-        amp = self.device.type == "cuda" and bool(self.cfg.train.amp)
-        if is_image_rows(x):  # decoded per batch in DataLoader workers
-            from .inference import model_outputs
+        from .inference import model_outputs
 
-            workers = int(self.cfg.train.get("num_workers", 0))
-            return model_outputs(self.model, self.method, x, amp=amp, keep=("scores",), num_workers=workers)[0].cpu()
-        out_scores = []
+        rows = self.inputs.model_rows(x, self.scaler, self.num_features, self.device)
         # as the engine: bf16 autocast on CUDA when the run trained with train.amp (so CUDA
-        # scores equal the run's own evaluation); fp32 on CPU
-        for i in range(0, x.shape[0], batch_size):
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-                _, out = self.model(x[i:i + batch_size])
-            out_scores.append(self.method.scores(out.float()).cpu())
-        if not out_scores:
-            return torch.zeros(0, len(self.label_names))
-        return torch.cat(out_scores)
+        # scores equal the run's own evaluation); fp32 on CPU; images decoded in DataLoader workers
+        amp = self.device.type == "cuda" and bool(self.cfg.train.amp)
+        workers = int(self.cfg.train.get("num_workers", 0))
+        scores = model_outputs(self.model, self.method, rows, amp=amp, batch_size=batch_size, keep=("scores",),
+                               num_workers=workers)[0]
+        return scores.cpu()
 
     def threshold_vector(self, threshold: Optional[float] = None, thresholds: str = "global") -> Tensor:
         """The ``[K]`` thresholds: ``threshold`` for every label if given, else the run's
@@ -252,7 +219,7 @@ class Predictor:
         """Predicted labels ``[M, K]`` (bool): ``score >= threshold`` (see :meth:`threshold_vector`);
         a torch tensor for a tensor ``x``, else a numpy array."""
         labels = self._scores(x) >= self.threshold_vector(threshold, thresholds)
-        return labels if isinstance(x, Tensor) else labels.numpy()
+        return as_caller_type(x, labels)
 
     def __repr__(self) -> str:
         return (f"Predictor(method={self.method.name!r}, D={self.num_features}, K={len(self.label_names)}, "

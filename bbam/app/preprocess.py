@@ -17,7 +17,8 @@ Kinds (chosen per dataset in ``configs/data/*.yaml``, key ``train.scaling``):
 * ``none``: the features as they are (token ids, pixels, or already prepared features).
 
 ``auto`` (the default of the file datasets ``data=npz|arff|libsvm``) is not a kind: it is
-resolved once per run by :func:`resolve_scaling` from the training pool's features
+resolved once per run, in the run's plan (:func:`bbam.app.plan.prepare`), by
+:func:`resolve_scaling` from the training pool's features
 (:func:`feature_profile`, :func:`choose_scaling`), together with the modality's
 ``angular.margin`` / ``angular.scale`` (the angular methods' ``method.margin`` /
 ``method.scale``) when those are ``auto`` too. The rule: features that are all
@@ -28,7 +29,7 @@ get ``standardize`` and the dense margin/scale 0.4/20. A value given explicitly
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -148,21 +149,23 @@ def _num(v) -> str:
     return "—" if v is None else f"{v:g}"
 
 
-def describe_choice(record: Dict[str, Any]) -> str:
+def describe_choice(record: Dict[str, Any], with_margin: bool = True) -> str:
     """The one line of a :func:`resolve_scaling` record, e.g.
-    ``features: 1,449 binary, 99 % zeros → tfidf_l2, margin 0.2, scale 30 (auto: ...)``."""
+    ``features: 1,449 binary, 99 % zeros → tfidf_l2, margin 0.2, scale 30 (auto: ...)``;
+    ``with_margin`` False: the scaling alone (a linear-head method has no margin or scale)."""
     p = record["profile"]
+    chosen = record["scaling"] + (f", margin {_num(record['margin'])}, scale {_num(record['scale'])}"
+                                  if with_margin else "")
     if p["features"] == 0:  # image sets whose model reads pixels: no feature matrix
-        head = (f"inputs: pixels decoded per batch → {record['scaling']}, margin {_num(record['margin'])}, "
-                f"scale {_num(record['scale'])}")
+        head = f"inputs: pixels decoded per batch → {chosen}"
     else:
-        head = (f"features: {p['features']:,} {_kind_words(p)}, {_percent(p['zero_share'])} % zeros → "
-                f"{record['scaling']}, margin {_num(record['margin'])}, scale {_num(record['scale'])}")
+        head = f"features: {p['features']:,} {_kind_words(p)}, {_percent(p['zero_share'])} % zeros → {chosen}"
     src = record["source"]
-    auto = [k for k in ("scaling", "margin", "scale") if src[k] == "auto"]
-    given = [k for k in ("scaling", "margin", "scale") if src[k] != "auto"]
+    keys = ("scaling", "margin", "scale") if with_margin else ("scaling",)
+    auto = [k for k in keys if src[k] == "auto"]
+    given = [k for k in keys if src[k] != "auto"]
     if not auto:
-        return head + " (all given in the config)"
+        return head + (" (all given in the config)" if with_margin else " (given in the config)")
     why = ("non-negative, ≥ {:.0f} % zeros: bag of words".format(100 * SPARSE_ZERO_SHARE)
            if record["rule"][0] == "tfidf_l2" else
            ("negative values: dense" if p["min"] < 0 else
@@ -172,42 +175,37 @@ def describe_choice(record: Dict[str, Any]) -> str:
     return f"{head} (auto: {why}{tail})"
 
 
-def resolve_scaling(cfg, pool_x: Tensor) -> Dict[str, Any]:
-    """Resolve ``train.scaling``, ``angular.margin`` and ``angular.scale`` set to ``auto`` in
-    ``cfg`` (in place) from the training pool's inputs ``pool_x`` (labeled + unlabeled rows:
-    no labels, validation or test rows), and return the record of the choice::
+def resolve_scaling(cfg, pool_x: Tensor, saved: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The scaling, margin and scale a run uses, from its config and the training pool's
+    inputs ``pool_x`` (labeled + unlabeled rows: no labels, validation or test rows); ``cfg``
+    is only read. Returns the record of the choice::
 
         {"scaling", "margin", "scale": the values the run uses,
          "source": {key: "auto" | "config"}, "rule": [scaling, margin, scale] the rule picks,
          "profile": feature_profile(pool_x), "line": describe_choice(...)}
 
-    The angular methods read ``angular.margin`` / ``angular.scale`` as their
-    ``method.margin`` / ``method.scale``; a concrete value anywhere (a named dataset
-    config's, or the user's ``method.margin=...``) is kept, so ``cfg`` afterwards holds
-    what the run uses. ``margin`` / ``scale`` of the record are the method's own when it has
-    them, else the modality's (unused by a linear-head method)."""
-    from omegaconf import open_dict
-
+    A value given in the config is kept: ``train.scaling``, and the method's ``margin`` /
+    ``scale`` (by default an interpolation of ``angular.margin`` / ``angular.scale``, the
+    data config's modality values). ``auto`` takes the rule's value, or ``saved``'s (the
+    values a resumed run's checkpoint recorded: a run keeps what it started with). The
+    record's ``margin`` / ``scale`` are the modality's for a method without them (unused by
+    a linear-head method)."""
     angular = cfg.get("angular") or {}
 
     def used(key):  # the method's value (an interpolation of angular.* unless given), else the modality's
         return cfg.method.get(key, angular.get(key)) if "method" in cfg else angular.get(key)
 
+    keys = ("scaling", "margin", "scale")
     values = {"scaling": cfg.train.scaling, "margin": used("margin"), "scale": used("scale")}
     source = {k: "auto" if isinstance(v, str) and v == AUTO else "config" for k, v in values.items()}
     profile = feature_profile(pool_x)
     rule = choose_scaling(profile)
-    picked = dict(zip(("scaling", "margin", "scale"), rule))
-    with open_dict(cfg):
-        if source["scaling"] == "auto":
-            cfg.train.scaling = picked["scaling"]
-        for key in ("margin", "scale"):
-            if str(angular.get(key)) == AUTO:
-                cfg.angular[key] = float(picked[key])
-    values = {"scaling": str(cfg.train.scaling), "margin": used("margin"), "scale": used("scale")}
-    record = {"scaling": values["scaling"],
-              "margin": None if values["margin"] is None else float(values["margin"]),
-              "scale": None if values["scale"] is None else float(values["scale"]),
+    picked = dict(zip(keys, rule))
+    picked.update({k: v for k, v in (saved or {}).items() if k in picked and v is not None and str(v) != AUTO})
+    chosen = {k: picked[k] if source[k] == "auto" else values[k] for k in keys}
+    record = {"scaling": str(chosen["scaling"]),
+              "margin": None if chosen["margin"] is None else float(chosen["margin"]),
+              "scale": None if chosen["scale"] is None else float(chosen["scale"]),
               "source": source, "rule": list(rule), "profile": profile}
     record["line"] = describe_choice(record)
     return record

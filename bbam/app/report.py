@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from .atomic import atomic_write_text
 
-__all__ = ["write_report", "metrics_table", "method_traits", "PAPER_METRICS", "UNITS"]
+__all__ = ["write_report", "metrics_table", "scaling_line", "PAPER_METRICS", "UNITS"]
 
 # The paper's five metrics, then the rest (name in results -> column title, higher is better?)
 PAPER_METRICS = [("micro_f1", "Micro-F1", True), ("macro_f1", "Macro-F1", True), ("mAP", "mAP", True),
@@ -26,11 +25,6 @@ UNITS: Dict[str, Tuple[float, str]] = {
     "coverage": (1, "labels"), "ranking_loss": (1, "fraction of label pairs (0–1)"),
     "vca": (1, "variance of per-label accuracies in 0–1"), "vdfd": (1, "rad²"), "vdfd_balanced": (1, "rad²")}
 FAMILY_TITLES = {"prototype": "to label prototypes", "classifier": "to classifier weights"}
-# Fallbacks by method name, for run folders without config.yaml / diagnostics.json: the
-# methods with a cosine head (margin and scale matter) and those that balance.
-ANGULAR_METHODS = ("bam", "bbam", "bbam_cls")
-BALANCING_METHODS = ("bbam", "bbam_cls")
-NON_BALANCING_METHODS = ("bam", "cap", "supervised", "fixmatch", "softmatch")
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -53,19 +47,6 @@ def _shown(key: str, v: Any) -> Tuple[str, str]:
 
 def _undefined(v: Any) -> bool:
     return v is None or (isinstance(v, float) and not math.isfinite(v))
-
-
-def _balances_from_result(result: Dict[str, Any]) -> bool:
-    """Whether the run's method balances, from ``final_metrics.json`` alone: by its name
-    (the shipped methods), else whether the transform changed the test VDFD at all."""
-    name = str(result.get("method", ""))
-    if name in BALANCING_METHODS:
-        return True
-    if name in NON_BALANCING_METHODS:
-        return False
-    test = result.get("test") or {}
-    before, after = test.get("vdfd"), test.get("vdfd_balanced")
-    return not _undefined(before) and not _undefined(after) and before != after
 
 
 def _metric_keys(test: Dict[str, Any]) -> List[Tuple[str, str, bool]]:
@@ -335,86 +316,13 @@ def _select_from(out_dir: Path) -> str:
         return "self_training"
 
 
-def _method_section(out_dir: Path) -> Optional[Dict[str, Any]]:
-    """The run's ``method`` section from ``config.yaml`` (a class config with ``_target_``),
-    or None: no config.yaml, or the flags of an older bbam's run (``python -m bbam.migrate``
-    rewrites those), which are then decided by name."""
-    try:
-        from omegaconf import OmegaConf
+def scaling_line(choice: Dict[str, Any], traits: Dict[str, bool]) -> str:
+    """How the inputs were scaled and, for an angular method (``traits["angular"]``: a
+    cosine head), the margin / scale, and why (the plan's record:
+    :func:`bbam.app.preprocess.resolve_scaling`)."""
+    from .preprocess import describe_choice
 
-        mc = OmegaConf.select(OmegaConf.load(out_dir / "config.yaml"), "method")
-        conf = None if mc is None else OmegaConf.to_container(mc, resolve=True)
-        return conf if isinstance(conf, dict) and "_target_" in conf else None
-    except Exception:  # a folder without config.yaml (e.g. written by hand): decided by name
-        return None
-
-
-def method_traits(out_dir: Path, result: Dict[str, Any], diag: Optional[Dict[str, Any]] = None) -> Dict[str, bool]:
-    """What the run's method does, for the report: ``angular`` (a cosine head, so the angular
-    margin and logit scale matter: bam, bbam, bbam_cls) and ``balances`` (the BBAM transform:
-    bbam, bbam_cls). From the method's class (its ``head``) or ``config.yaml``'s method section
-    (``margin``) and ``diagnostics.json``'s ``stats_angles`` ("none": no balancing); by the
-    method's name where those files are missing."""
-    if isinstance(result.get("method_traits"), dict):  # recorded by the run (bbam.train)
-        return {"angular": bool(result["method_traits"]["angular"]),
-                "balances": bool(result["method_traits"]["balances"])}
-    conf = _method_section(Path(out_dir))
-    name = str(result.get("method", ""))
-    cls = None
-    if conf is not None and conf.get("_target_"):
-        try:
-            from hydra.utils import get_class
-
-            cls = get_class(str(conf["_target_"]))
-        except Exception:
-            cls = None
-    if cls is not None and isinstance(getattr(cls, "head", None), str):
-        angular = cls.head == "cosine"
-    elif conf is not None:
-        angular = "margin" in conf
-    else:
-        angular = name in ANGULAR_METHODS
-    if diag and diag.get("stats_angles") is not None:
-        balances = str(diag["stats_angles"]) != "none"
-    elif conf is not None:
-        balances = "stats_angles" in conf
-    else:
-        balances = _balances_from_result(result)
-    return {"angular": angular, "balances": balances}
-
-
-def line_without_margin(choice: Dict[str, Any]) -> str:
-    """The scaling record's line without margin and scale (a linear-head method has neither):
-    rebuilt from the record's fields by :func:`bbam.app.preprocess.describe_choice` with
-    margin/scale counted as the scaling is (auto or given), then their words taken out; an
-    older record without those fields has its printed line edited the same way."""
-    line = str(choice["line"])
-    try:
-        from .preprocess import describe_choice
-
-        source = dict(choice["source"])
-        source["margin"] = source["scale"] = source["scaling"]
-        line = describe_choice({**choice, "source": source})
-    except Exception:  # an older record: edit the printed line
-        pass
-    line = re.sub(r",\s*margin\s+[^\s,;()]+,\s*scale\s+[^\s,;()]+", "", line)
-    line = line.replace(" (all given in the config)", " (given in the config)")
-    auto = re.search(r" \(auto: ([^()]*?)(?:; ([^();]*) as given)?\)$", line)
-    if auto:  # "(auto: why; train.scaling, method.margin as given)": only the scaling's part
-        given = [n.strip() for n in (auto.group(2) or "").split(",") if n.strip()]
-        tail = " (given in the config)" if "train.scaling" in given else f" (auto: {auto.group(1)})"
-        line = line[:auto.start()] + tail
-    return line
-
-
-def _scaling_lines(result: Dict[str, Any], angular: bool = True) -> List[str]:
-    """How the inputs were scaled and, for an angular method (``angular``: a cosine head),
-    the margin/scale, and why (``train.scaling=auto``: chosen from the training pool's
-    features; see :func:`bbam.app.preprocess.resolve_scaling`)."""
-    choice = result.get("scaling")
-    if not choice or not choice.get("line"):  # runs from before the record existed
-        return []
-    return ["", f"Inputs: {choice['line'] if angular else line_without_margin(choice)}."]
+    return describe_choice(choice, with_margin=bool(traits["angular"]))
 
 
 def early_stop_line(stop: Dict[str, Any]) -> str:
@@ -435,14 +343,14 @@ def write_report(out_dir: Path) -> Path:
     diag_path = out_dir / "diagnostics.json"
     diag = json.loads(diag_path.read_text()) if diag_path.exists() else {}
     history = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    traits = method_traits(out_dir, result, diag)
+    traits = result["method_traits"]  # the method's own (Method.traits)
     balances = traits["balances"]
     plots = _plots(out_dir, history, diag, balances)
     lines = [f"# {result['method']} on {result['dataset']}", "",
              f"lb_ratio {result['lb_ratio']}, seed {result['seed']}; splits {result['sizes']}; "
              f"{result['epochs_run']} epochs run; {_selection(result, _select_from(out_dir))}.",
              *_early_stop_lines(result),
-             *_scaling_lines(result, traits["angular"]), "", "## Test metrics (selected checkpoint, evaluated once)",
+             "", f"Inputs: {scaling_line(result['scaling'], traits)}.", "", "## Test metrics (selected checkpoint, evaluated once)",
              "", "| metric | value | unit |", "|---|---|---|"]
     lines += ["| {} | {} | {} |".format(title, *_shown(key, result["test"].get(key)))
               for key, title, _ in _metric_keys(result["test"])]

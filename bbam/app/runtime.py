@@ -17,16 +17,17 @@ __all__ = ["Split", "seed_everything"]
 class Split:
     """One split's inputs and (possibly hidden) targets, on the training device.
 
-    ``x`` is a tensor, or the split's images (:class:`bbam.data.images.ImageRows`,
+    ``x`` is a tensor, or the split's images (:class:`bbam.data.image_rows.ImageRows`,
     decoded per batch) for a model that reads pixels; ``images``: the split's images
-    beside feature rows ``x`` (frozen backbone features), for image-space views."""
+    beside feature rows ``x`` (frozen backbone features), for image-space views. Made by
+    the run's :class:`~bbam.app.inputs.Inputs` (:meth:`~bbam.app.inputs.Inputs.split`)."""
 
     x: Tensor
     y: Tensor  # int8 {0, 1}: true labels (hidden from the learner for the unlabeled split)
     images: Optional[Any] = None
 
     def __len__(self) -> int:
-        return self.x.shape[0]
+        return len(self.x)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -113,6 +113,11 @@ class MultiLabelData:
             indices, disjoint) or ``None``.
         name: short dataset name (e.g. ``"emotions"``).
         source: where it was read from (a path), used in error messages.
+        recipe: how the reader made ``X`` from raw data, for reading new data the same way:
+            None for numeric features read as they are, else ``{"kind": "text_tokens",
+            "vocab", "max_len", "text_keys"}``, ``{"kind": "sentence", "text_keys",
+            "sentence"}`` or ``{"kind": "images", "image_size", "backbone"}``.
+        images: the set's images (:class:`~bbam.data.image_rows.ImageRows`) for an image set.
 
     ``__post_init__`` validates and normalises: numpy arrays are accepted and
     converted; ``X`` of any real dtype becomes float32; ``Y`` of any
@@ -128,6 +133,8 @@ class MultiLabelData:
     test_idx: torch.Tensor | None = None
     name: str = "dataset"
     source: str | None = None
+    recipe: dict | None = None
+    images: Any = None
 
     def __post_init__(self) -> None:
         where = f"dataset {self.name!r}" + (f" ({self.source})" if self.source else "")

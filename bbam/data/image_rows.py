@@ -6,7 +6,7 @@ Library layer: numpy, torch, Pillow.
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Sequence
 
 import numpy as np
 import torch
@@ -55,22 +55,14 @@ class ImageRows(torch.utils.data.Dataset):
         image_size: side ``S`` of the decoded square images.
 
     ``rows[i]`` is ``uint8 [3, S, S]``; ``rows[index]`` (a list, LongTensor or slice) is
-    ``uint8 [B, 3, S, S]``; :meth:`subset` is a lazy selection (no decoding). ``shape`` is
-    ``(N, 3, S, S)`` and ``device`` the CPU, as for a tensor of the decoded set, so the
-    training loop treats a split of images like a split of feature rows.
+    ``uint8 [B, 3, S, S]``; :meth:`subset` is a lazy selection (no decoding); ``len(rows)``
+    is ``N``.
     """
-
-    dtype = torch.uint8
-    device = torch.device("cpu")
 
     def __init__(self, files: Sequence[str], image_size: int):
         if int(image_size) < 8:
             raise ValueError(f"ImageRows: 'image_size' must be >= 8 pixels, got {image_size}")
         self.files, self.image_size = [str(f) for f in files], int(image_size)
-
-    @property
-    def shape(self) -> Tuple[int, int, int, int]:
-        return (len(self.files), 3, self.image_size, self.image_size)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -94,9 +86,6 @@ class ImageRows(torch.utils.data.Dataset):
 
     def subset(self, index) -> "ImageRows":
         return ImageRows([self.files[i] for i in self._rows(index)], self.image_size)
-
-    def cpu(self) -> "ImageRows":
-        return self
 
     def __repr__(self) -> str:
         return f"ImageRows(N={len(self.files)}, image_size={self.image_size})"

@@ -102,7 +102,7 @@ def image_dataset(files: Sequence[str], labels: Sequence[Sequence[str]], image_s
 
     Returns:
         :class:`MultiLabelData` with ``X`` float32 ``[N, dim]`` frozen features or ``[N, 0]``,
-        ``Y`` int8 ``[N, K]``, and ``images``: the set's :class:`ImageRows`.
+        ``Y`` int8 ``[N, K]``, ``images``: the set's :class:`ImageRows`, and its ``recipe``.
     """
     rows = ImageRows(files, image_size)
     names = list(label_names) if label_names is not None else sorted({n for labs in labels for n in labs})
@@ -115,10 +115,11 @@ def image_dataset(files: Sequence[str], labels: Sequence[Sequence[str]], image_s
         feature_names = [f"{backbone['name']}_{j}" for j in range(X.shape[1])]
     else:
         X, feature_names = torch.zeros((len(files), 0)), []
-    data = MultiLabelData(X=X, Y=torch.from_numpy(Y), label_names=names, feature_names=feature_names,
-                          train_idx=train_idx, test_idx=test_idx, name=name, source=source)
-    data.images = rows
-    return data
+    recipe = {"kind": "images", "image_size": int(image_size),
+              "backbone": None if backbone is None else {str(k): v for k, v in backbone.items()}}
+    return MultiLabelData(X=X, Y=torch.from_numpy(Y), label_names=names, feature_names=feature_names,
+                          train_idx=train_idx, test_idx=test_idx, name=name, source=source, recipe=recipe,
+                          images=rows)
 
 
 def load_image_folder(root, labels_file: str = "labels.tsv", split_file: Optional[str] = None,

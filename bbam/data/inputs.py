@@ -77,9 +77,11 @@ def load_text_jsonl(path, text_keys: Sequence[str] = ("title", "body"), labels_k
     Returns:
         :class:`MultiLabelData` with ``X`` float32 ``[N, max_len]`` token ids, ``Y`` int8
         ``[N, K]`` (labels sorted by name), the official split when ``split_key`` is present,
-        and an extra attribute ``vocab`` (id -> token; id 0 is ``"<pad>"``). With
-        ``sentence_encoder``: ``X`` is float32 ``[N, E]`` sentence embeddings (frozen) or
-        ``[N, max_seq_length]`` the model tokenizer's ids (``finetune``), and ``vocab`` is None.
+        and the ``recipe`` ``{"kind": "text_tokens", "vocab" (id -> token; id 0 is
+        ``"<pad>"``), "max_len", "text_keys"}``. With ``sentence_encoder``: ``X`` is float32
+        ``[N, E]`` sentence embeddings (frozen) or ``[N, max_seq_length]`` the model
+        tokenizer's ids (``finetune``), and the recipe ``{"kind": "sentence", "text_keys",
+        "sentence"}``.
     """
     path = Path(path)
     check_exists(path)
@@ -106,12 +108,15 @@ def load_text_jsonl(path, text_keys: Sequence[str] = ("title", "body"), labels_k
     if not docs:
         raise DatasetFormatError(path, "no documents")
     train_rows = [i for i, s in enumerate(splits) if s == "train"] if splits else list(range(len(docs)))
+    keys = [str(k) for k in text_keys]
     if sentence_encoder is None:
         vocab = _vocabulary(docs, train_rows, vocab_size)
         X, feature_names = token_ids(docs, vocab, max_len), [f"token{j}" for j in range(max_len)]
+        recipe = {"kind": "text_tokens", "vocab": vocab, "max_len": int(max_len), "text_keys": keys}
     else:
-        vocab = None
         X, feature_names = sentence_inputs(texts, sentence_encoder)
+        recipe = {"kind": "sentence", "text_keys": keys,
+                  "sentence": {str(k): v for k, v in sentence_encoder.items()}}
     label_names = sorted({name for row in labels for name in row})
     col = {name: j for j, name in enumerate(label_names)}
     Y = np.zeros((len(docs), len(label_names)), dtype=np.int8)
@@ -121,10 +126,8 @@ def load_text_jsonl(path, text_keys: Sequence[str] = ("title", "body"), labels_k
     if splits:
         split_idx = {"train_idx": torch.tensor(train_rows, dtype=torch.long),
                      "test_idx": torch.tensor([i for i, s in enumerate(splits) if s == "test"], dtype=torch.long)}
-    data = MultiLabelData(X=X, Y=torch.from_numpy(Y), label_names=label_names, feature_names=feature_names,
-                          name=name or path.stem, source=str(path), **split_idx)
-    data.vocab = vocab  # id -> token (None with a sentence encoder)
-    return data
+    return MultiLabelData(X=X, Y=torch.from_numpy(Y), label_names=label_names, feature_names=feature_names,
+                          name=name or path.stem, source=str(path), recipe=recipe, **split_idx)
 
 
 def token_ids(docs: Sequence[Sequence[str]], vocab: Sequence[str], max_len: int) -> torch.Tensor:

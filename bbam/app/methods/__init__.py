@@ -8,6 +8,8 @@ YAML file naming it in ``_target_``; the engine does not change (:mod:`.base` li
 by an older bbam, whose section held flags instead of a ``_target_``, are rewritten once by
 ``python -m bbam.migrate``).
 """
+from typing import Any, Mapping, Optional
+
 from .base import Forward, Method
 from .consistency import FixMatch, SoftMatch
 from .pseudo_labels import BAM, BBAM, CAP, Supervised
@@ -15,9 +17,11 @@ from .pseudo_labels import BAM, BBAM, CAP, Supervised
 __all__ = ["Method", "Forward", "Supervised", "CAP", "BAM", "BBAM", "FixMatch", "SoftMatch", "build_method"]
 
 
-def build_method(mc) -> Method:
+def build_method(mc, resolved: Optional[Mapping[str, Any]] = None) -> Method:
     """The :class:`Method` of the ``method`` config section ``mc`` (a ``DictConfig`` or a
-    dict): its ``_target_`` class instantiated with the section's other keys. A section
+    dict): its ``_target_`` class instantiated with the section's other keys, a key left
+    ``auto`` taking its value from ``resolved`` (the run's plan: ``margin``, ``scale``;
+    :mod:`bbam.app.plan`). A section
     without ``_target_`` (the flags of an older bbam's runs) is refused, naming
     ``python -m bbam.migrate``; a bad value is a ``ValueError`` naming the section."""
     from hydra.errors import InstantiationException
@@ -25,6 +29,7 @@ def build_method(mc) -> Method:
     from omegaconf import DictConfig, OmegaConf
 
     conf = OmegaConf.to_container(mc, resolve=True) if isinstance(mc, DictConfig) else dict(mc)
+    conf.update({k: v for k, v in (resolved or {}).items() if str(conf.get(k)) == "auto"})
     if "_target_" not in conf:
         raise ValueError("config section 'method' has no _target_ (the flags of a run written by an older bbam: "
                          "run python -m bbam.migrate <run folder> once)")

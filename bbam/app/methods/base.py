@@ -106,6 +106,7 @@ class Method:
     """
 
     head = "linear"
+    balances = False  # whether its scores go through the BBAM balancing transform
     semi_supervised = True
     views: Tuple[str, ...] = ()
 
@@ -118,6 +119,11 @@ class Method:
     def setup(self, num_labels: int, device: torch.device) -> None:
         """Sizes and device, and the state :meth:`load_state_dict` fills (training and prediction)."""
         self.num_labels, self.device = int(num_labels), torch.device(device)
+
+    def traits(self) -> Dict[str, bool]:
+        """What reports show of the method: ``angular`` (a cosine head: margin and scale
+        matter) and ``balances`` (the BBAM transform of its scores)."""
+        return {"angular": self.head == "cosine", "balances": bool(self.balances)}
 
     @classmethod
     def make_head(cls, dim: int, num_labels: int) -> nn.Module:

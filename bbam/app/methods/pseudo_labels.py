@@ -22,7 +22,8 @@ from bbam.losses import AsymmetricLoss, BAMLoss, BBAMLoss, BCELoss
 from bbam.angle_diagnostics import measure_angles
 from bbam.stats import LabelAngleStats, label_prototypes
 
-from ..batches import Batch, take_rows
+from ..batches import Batch
+from ..inputs import take_rows
 from ..models import CosineClassifier
 from .base import Forward, Method, MethodContext
 
@@ -255,6 +256,10 @@ class BAM(CAP):
 
     # ------------------------------------------------------------------ diagnostics
     stats_angles = "none"  # the angle family the balancing statistics are taken on (none: no balancing)
+
+    @property
+    def balances(self) -> bool:
+        return self.stats_angles != "none"
 
     def _diagnostic_prototypes(self, ctx: MethodContext) -> Tuple[Tensor, str]:
         """The label prototypes of the run: the last refresh's (saved in checkpoints), else
