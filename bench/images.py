@@ -72,7 +72,7 @@ def _flops(fn: Callable[[], object]) -> float:
 
 
 def _decode(rows, workers: int, views: bool) -> None:
-    from bbam.data.image_features import image_loader
+    from bbam.vision.features import image_loader
     from bbam.vision.augment import strong_augment, weak_augment
 
     g = torch.Generator().manual_seed(0)
@@ -170,7 +170,7 @@ def _peak_rss_mib() -> float:
 
 def _stream(files: List[str], n: int, size: int, queue) -> None:
     """Child: stream ``n`` rows (``files`` repeated) through 2 decoding workers; peak RSS."""
-    from bbam.data.image_features import image_loader
+    from bbam.vision.features import image_loader
     from bbam.data.image_rows import ImageRows
 
     rows = ImageRows([files[i % len(files)] for i in range(n)], size)

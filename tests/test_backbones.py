@@ -98,6 +98,7 @@ def test_unknown_backbones_name_their_config_keys(tmp_path):
     from bbam.app.image_models import PretrainedImageEncoder
     from bbam.app.views import ImageViews
     from bbam.data import load_image_folder
+    from bbam.vision.features import image_features
 
     with pytest.raises(ValueError, match=r"config key 'model.encoder.backbone' must be one of efficientnet_lite0, "
                                          r"mobilenet_v2.*got 'resnet'"):
@@ -106,7 +107,7 @@ def test_unknown_backbones_name_their_config_keys(tmp_path):
         ImageViews(space="images", backbone="resnet")
     root = write_photos(tmp_path / "imgs", n=2)
     with pytest.raises(ValueError, match=r"config key 'model.backbone.name' must be one of .*got 'resnet'"):
-        load_image_folder(root, image_size=8, backbone={"name": "resnet", "progress": False})
+        image_features(load_image_folder(root, image_size=8).images, {"name": "resnet", "progress": False})
 
 
 # --------------------------------------------------------------------------- a registered backbone end to end
@@ -116,6 +117,7 @@ def test_registered_backbone_end_to_end(tiny, tmp_path):
     from bbam.app.image_models import PretrainedImageEncoder
     from bbam.app.views import ImageViews
     from bbam.data import load_image_folder
+    from bbam.vision.features import image_features
 
     spec, reference, builds = tiny
     assert TINY in B.list_backbones() and B.get_backbone_spec(TINY) is spec
@@ -123,14 +125,15 @@ def test_registered_backbone_end_to_end(tiny, tmp_path):
     root = write_photos(tmp_path / "imgs")
     settings = {"name": TINY, "progress": False, "num_workers": 0, "cache_dir": str(tmp_path / "c")}
     data = load_image_folder(root, image_size=16, backbone=settings)
+    assert data.X.shape == (5, 0) and data.recipe["backbone"] == settings  # the reader runs no model
+    feats = image_features(data.images, settings)
     pixels = data.images[list(range(5))].float() / 255
     mean, std = torch.tensor(spec.mean).view(1, 3, 1, 1), torch.tensor(spec.std).view(1, 3, 1, 1)
     with torch.no_grad():
         expected = reference(((pixels - mean) / std).contiguous(memory_format=torch.channels_last))
-    assert data.X.shape == (5, 8) and torch.equal(data.X, expected)
-    assert data.feature_names[:2] == [f"{TINY}_0", f"{TINY}_1"]
+    assert feats.shape == (5, 8) and torch.equal(feats, expected)
     assert len(list((tmp_path / "c").glob(f"{TINY}-16px-*.npz"))) == 1 and len(builds) == 1
-    assert torch.equal(load_image_folder(root, image_size=16, backbone=settings).X, expected)  # from the cache
+    assert torch.equal(image_features(data.images, settings), expected)  # from the cache
 
     views = ImageViews(space="images", backbone=TINY, translate=0.0, flip=0.0)
     assert views.needs_images
@@ -207,6 +210,7 @@ def test_registered_backbones_give_the_networks_features(name, tmp_path):
     except ImportError as err:
         pytest.skip(f"the vision packages are not installed: {err}")
     from bbam.data import load_image_folder
+    from bbam.vision.features import image_features
 
     assert B.weights_id(name).startswith(f"{name}-") and len(B.weights_id(name)) == len(name) + 13
     features, mean, std = _direct(name, path)
@@ -218,8 +222,8 @@ def test_registered_backbones_give_the_networks_features(name, tmp_path):
         if name == "efficientnet_lite0":  # the convention the normalisation stands for
             assert torch.allclose(features(((255 * x - 127) / 128).contiguous(memory_format=torch.channels_last)),
                                   expected, atol=1e-4)
-        data = load_image_folder(write_photos(tmp_path / "imgs", n=3), image_size=32,
-                                 backbone={"name": name, "progress": False, "num_workers": 0, "cache": False})
+        data = load_image_folder(write_photos(tmp_path / "imgs", n=3), image_size=32)
+        feats = image_features(data.images, {"name": name, "progress": False, "num_workers": 0, "cache": False})
         pixels = data.images[[0, 1, 2]].float() / 255
-        assert torch.equal(data.X, features(((pixels - mean) / std).contiguous(memory_format=torch.channels_last)))
+        assert torch.equal(feats, features(((pixels - mean) / std).contiguous(memory_format=torch.channels_last)))
     assert B.load_backbone(name) is backbone  # the feature pass used the shared instance

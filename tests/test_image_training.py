@@ -13,6 +13,7 @@ import torch
 from bbam.app.batches import LoaderBatches, TensorBatches, make_pipeline
 from bbam.app.views import ImageViews
 from bbam.data import ImageDecodeError, load_image_folder
+from bbam.vision.features import image_features
 
 pytest.importorskip("efficientnet_lite_pytorch", reason="the vision extra is not installed")
 
@@ -71,10 +72,10 @@ def test_a_corrupt_image_in_a_worker_is_one_clear_error(tmp_path):
 
 def test_frozen_backbone_views_are_features_of_augmented_images(tmp_path):
     settings = {"name": "efficientnet_lite0", "progress": False, "num_workers": 0}
-    data = load_image_folder(write_images(tmp_path / "imgs", n=6), image_size=32, backbone=settings)
+    data = load_image_folder(write_images(tmp_path / "imgs", n=6), image_size=32)
     views = ImageViews(space="images", backbone="efficientnet_lite0")
     assert views.needs_images and ImageViews(backbone="efficientnet_lite0").space == "features"
-    pipe = make_pipeline("tensor", data.X, None, views, ("weak",), images=data.images)
+    pipe = make_pipeline("tensor", image_features(data.images, settings), None, views, ("weak",), images=data.images)
     (batch,) = list(pipe([torch.arange(6)], seed=0, epoch=0))
     assert batch.x.shape == (6, 1280) and batch.views["weak"].shape == (6, 1280)
     cos = torch.nn.functional.cosine_similarity(batch.views["weak"], batch.x)

@@ -180,9 +180,11 @@ def test_pretrained_features_separate_real_photos(shared_data_dir, tmp_path):
     lines = (root / "labels.tsv").read_text().splitlines()[:160]
     (tmp_path / "labels.tsv").write_text("\n".join(f"{root / l.split(chr(9))[0]}\t{l.split(chr(9))[1]}"
                                                    for l in lines) + "\n")
-    data = load_image_folder(root, labels_file=str(tmp_path / "labels.tsv"), image_size=128,
-                             backbone={"name": "efficientnet_lite0", "progress": False, "num_workers": 0})
-    X, Y = data.X.numpy(), data.Y.numpy()
+    from bbam.vision.features import image_features
+
+    data = load_image_folder(root, labels_file=str(tmp_path / "labels.tsv"), image_size=128)
+    X = image_features(data.images, {"name": "efficientnet_lite0", "progress": False, "num_workers": 0}).numpy()
+    Y = data.Y.numpy()
     for k in range(Y.shape[1]):
         if Y[:100, k].min() == Y[:100, k].max() or Y[100:, k].sum() == 0:
             continue
@@ -191,30 +193,34 @@ def test_pretrained_features_separate_real_photos(shared_data_dir, tmp_path):
 
 
 def test_feature_cache(tmp_path, monkeypatch):
-    import bbam.data.image_features as F
+    import bbam.vision.features as F
 
     write_images(tmp_path / "imgs", n=5)
     settings = {"name": "efficientnet_lite0", "progress": False, "num_workers": 0, "cache_dir": str(tmp_path / "c")}
-    first = load_image_folder(tmp_path / "imgs", image_size=32, backbone=settings).X
+
+    def load_features(image_size=32, backbone=settings):
+        return F.image_features(load_image_folder(tmp_path / "imgs", image_size=image_size).images, backbone)
+
+    first = load_features()
     assert first.shape == (5, 1280) and len(list((tmp_path / "c").glob("efficientnet_lite0-32px-*.npz"))) == 1
     calls = []
     real = F.load_backbone
     monkeypatch.setattr(F, "load_backbone", lambda *a, **k: calls.append(a) or real(*a, **k))
-    again = load_image_folder(tmp_path / "imgs", image_size=32, backbone=settings).X
+    again = load_features()
     assert torch.equal(again, first) and not calls  # read from the cache
-    load_image_folder(tmp_path / "imgs", image_size=40, backbone=settings)
+    load_features(image_size=40)
     assert len(calls) == 1  # another size: computed
     from PIL import Image
 
     Image.fromarray(np.zeros((20, 24, 3), dtype=np.uint8)).save(tmp_path / "imgs" / "sub" / "img2.png")
-    changed = load_image_folder(tmp_path / "imgs", image_size=32, backbone=settings).X
+    changed = load_features()
     assert len(calls) == 2 and torch.equal(changed[[0, 1, 3, 4]], first[[0, 1, 3, 4]])
     assert not torch.equal(changed[2], first[2])
     with pytest.raises(ValueError, match=r"unknown settings \['colour'\]"):
-        load_image_folder(tmp_path / "imgs", image_size=32, backbone={**settings, "colour": 1})
+        load_features(backbone={**settings, "colour": 1})
     (tmp_path / "imgs" / "sub" / "img3.png").write_bytes(b"broken")
     with pytest.raises(ImageDecodeError, match=r"img3.png: cannot decode"):
-        load_image_folder(tmp_path / "imgs", image_size=32, backbone={**settings, "num_workers": 2})
+        load_features(backbone={**settings, "num_workers": 2})
 
 
 def test_decoding_edge_cases(tmp_path):

@@ -221,7 +221,7 @@ SETTINGS = {"name": "efficientnet_lite0", "num_workers": 0, "batch_size": 4, "ca
 
 
 def test_feature_pass_shows_a_progress_bar(photos, capfd):
-    from bbam.data.image_features import image_features
+    from bbam.vision.features import image_features
 
     feats = image_features(photos, {**SETTINGS, "progress": True})
     assert feats.shape == (6, 1280)
@@ -241,7 +241,7 @@ def test_feature_pass_bar_on_an_unsized_terminal(photos, monkeypatch):
     import select
     import sys
 
-    from bbam.data import image_features as F
+    from bbam.vision import features as F
     from bbam.data.progress import _bar_size
 
     monkeypatch.delenv("COLUMNS", raising=False)

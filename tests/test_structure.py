@@ -113,6 +113,8 @@ def test_data_layer_does_not_reach_the_application():
                 todo.append(nxt)
         above = sorted(m for m in seen if m in ("bbam.train", "bbam.app") or m.startswith("bbam.app."))
         assert not above, f"{name} imports the application layer: {above}"
+        models = sorted(m for m in seen if m == "bbam.vision" or m.startswith("bbam.vision."))
+        assert not models, f"{name} runs a model (readers only read; encoders live in bbam.vision): {models}"
 
 
 def test_methods_see_a_context_not_the_engine():

@@ -4,6 +4,9 @@ The one place that asks "what kind of input is this?". :func:`inputs_of` reads a
 ``recipe`` (how its reader made ``X``, :class:`~bbam.data.MultiLabelData`) once, in
 :func:`bbam.app.plan.prepare`, and returns one object per kind that owns
 
+* its encoder: the ``[N, D]`` matrix a run scales and its model reads
+  (:meth:`Inputs.matrix`: the reader's features, or a frozen image backbone's, computed
+  here rather than in the data package);
 * how a split's rows become model input (:meth:`Inputs.split`): feature rows on the
   device, or, for a model that reads pixels, the split's images decoded per batch;
 * what the run saves as ``inputs.json`` (:meth:`Inputs.record`) and how new raw data is
@@ -96,7 +99,7 @@ def row_batches(x, batch_size: int, device: torch.device, num_workers: int = 0) 
         for i in range(0, x.shape[0], batch_size):
             yield i, x[i:i + batch_size]
         return
-    from bbam.data.image_features import image_loader
+    from bbam.vision.features import image_loader
 
     start = 0
     for pixels in image_loader(x, min(batch_size, IMAGE_BATCH), num_workers, pin_memory=device.type == "cuda"):
@@ -111,6 +114,11 @@ class Inputs:
 
     kind = "features"
     reads_pixels = False
+
+    def matrix(self, data) -> Tensor:
+        """The set's ``[N, D]`` inputs the scaler is fitted on and the model reads (the
+        reader's ``X``, unless the kind's encoder makes them)."""
+        return data.X
 
     def split(self, x: Tensor, y: Tensor, idx: Tensor, device: torch.device) -> Split:
         """The :class:`Split` of rows ``idx``: ``x`` (the scaled ``[N, D]`` matrix of the
@@ -236,6 +244,15 @@ class ImageInputs(Inputs):
         """Whether the model reads pixels (no backbone, or a fine-tuned one)."""
         return self.backbone is None or bool(self.backbone.get("finetune", False))
 
+    def matrix(self, data) -> Tensor:
+        """A frozen backbone's ``[N, dim]`` features of the set's images (computed once,
+        cached on disk: :func:`bbam.vision.features.image_features`), else ``[N, 0]``."""
+        if self.reads_pixels:
+            return data.X
+        from bbam.vision.features import image_features
+
+        return image_features(self.images, self.backbone)
+
     def split(self, x: Tensor, y: Tensor, idx: Tensor, device: torch.device) -> Split:
         images = self.images.subset(idx)
         if self.reads_pixels:  # the model reads pixels: the split's x are its images
@@ -246,7 +263,7 @@ class ImageInputs(Inputs):
         return {"kind": self.kind, "image_size": self.image_size, "backbone": self.backbone}
 
     def read(self, path: Path, num_features: int, num_labels: int, device: Optional[str] = None):
-        from bbam.data.image_features import image_features
+        from bbam.vision.features import image_features
 
         rows = ImageRows(image_files(path), self.image_size)
         if self.reads_pixels:

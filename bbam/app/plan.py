@@ -42,6 +42,7 @@ class RunPlan:
         data: the dataset (:class:`~bbam.data.MultiLabelData`).
         splits: row indices of ``labeled``, ``unlabeled``, ``val`` and ``test``.
         inputs: the kind of the inputs (:class:`~bbam.app.inputs.Inputs`).
+        num_features: the width ``D`` of the model's input rows (0: the model reads pixels).
         scaler: the :class:`~bbam.app.preprocess.FeatureScaler` fitted on the training pool.
         tensors: each split's :class:`~bbam.app.runtime.Split` on ``device``.
         scaling: the record of the scaling / margin / scale choice
@@ -56,6 +57,7 @@ class RunPlan:
     data: Any
     splits: Mapping[str, Tensor]
     inputs: Inputs
+    num_features: int
     scaler: FeatureScaler
     tensors: Mapping[str, Split]
     scaling: Mapping[str, Any]
@@ -73,7 +75,7 @@ class RunPlan:
 
     def record(self) -> Dict[str, Any]:
         """The plan as JSON-ready values (``plan.json``, and ``plan`` in each checkpoint)."""
-        return {"dataset": self.data.name, "num_features": self.data.num_features,
+        return {"dataset": self.data.name, "num_features": self.num_features,
                 "num_labels": self.data.num_labels, "sizes": {k: len(v) for k, v in self.tensors.items()},
                 "inputs": self.inputs.record(), "scaling": dict(self.scaling), "data_source": self.data_source}
 
@@ -122,14 +124,16 @@ def prepare(cfg, device: torch.device = torch.device("cpu"), *, data=None,
         splits = split_indices(data, cfg.split.lb_ratio, cfg.split.val_ratio, cfg.split.test_ratio,
                                seed=int(cfg.seed), min_val_size=int(cfg.split.min_val_size),
                                max_val_ratio=float(cfg.split.max_val_ratio))
-    pool = torch.cat([splits["labeled"], splits["unlabeled"]])
-    choice = resolve_scaling(cfg, data.X[pool], saved_choice(saved) if resume is not None else None)
-    scaler = FeatureScaler(choice["scaling"]).fit(data.X[pool])
-    x = scaler.transform(data.X)
     inputs = inputs_of(data)
+    matrix = inputs.matrix(data)  # a frozen image backbone's features are computed here (cached)
+    pool = torch.cat([splits["labeled"], splits["unlabeled"]])
+    choice = resolve_scaling(cfg, matrix[pool], saved_choice(saved) if resume is not None else None)
+    scaler = FeatureScaler(choice["scaling"]).fit(matrix[pool])
+    x = scaler.transform(matrix)
     tensors = {name: inputs.split(x, data.Y, idx, device) for name, idx in splits.items()}
     source = data_source.describe(cfg.data, data) if "data" in cfg else None
-    return RunPlan(cfg, device, data, dict(splits), inputs, scaler, tensors, choice, source, resume)
+    return RunPlan(cfg, device, data, dict(splits), inputs, int(matrix.shape[1]), scaler, tensors, choice, source,
+                   resume)
 
 
 def instantiate_data(cfg, data_record=None):

@@ -41,7 +41,7 @@ def build_engine(plan, out_dir):
     cfg, data = plan.cfg, plan.data
     method = build_method(cfg.method, resolved=plan.method_values)
     torch.manual_seed(int(cfg.seed))  # model init independent of what data loading consumed
-    encoder = instantiate(settings_of(cfg.model.encoder), in_dim=data.num_features)
+    encoder = instantiate(settings_of(cfg.model.encoder), in_dim=plan.num_features)
     model = MultiLabelModel(encoder, method.make_head(encoder.out_dim, data.num_labels))
     views = None
     if method.views:
@@ -240,6 +240,6 @@ def save_model_files(out_dir: Path, plan, val_scores) -> None:
     with the scaling / margin / scale the plan chose (``inputs.json``)."""
     from bbam.app.predict import save_predictor_files
 
-    save_predictor_files(out_dir, plan.scaler, plan.data.num_features, plan.data.label_names, val_scores,
+    save_predictor_files(out_dir, plan.scaler, plan.num_features, plan.data.label_names, val_scores,
                          plan.tensors["val"].y, float(plan.cfg.train.threshold),
                          {**plan.inputs.record(), "scaling": dict(plan.scaling)})

@@ -13,8 +13,8 @@ LIBSVM reader; no Hydra, nothing from :mod:`bbam.app` or :mod:`bbam.train`):
   headers), :mod:`~bbam.data.libsvm` (:func:`load_libsvm`);
 * :mod:`~bbam.data.inputs` -- raw text: :func:`load_text_jsonl` (own vocabulary, or a
   pretrained sentence encoder through :mod:`~bbam.data.sentence`);
-* images, decoded per batch (:class:`~bbam.data.image_rows.ImageRows`), optionally as
-  a frozen backbone's cached features (:mod:`~bbam.data.image_features`):
+* images, decoded per batch (:class:`~bbam.data.image_rows.ImageRows`; a frozen
+  backbone's cached features come from :mod:`bbam.vision.features`, not from here):
   :func:`load_image_folder` (:mod:`~bbam.data.images`), :func:`load_voc`
   (:mod:`~bbam.data.voc`), :func:`load_coco` (:mod:`~bbam.data.coco`);
 * :mod:`~bbam.data.lookup` -- :func:`load_dataset` by file, directory or name;

@@ -3,10 +3,11 @@
 Images are never held as a whole-set pixel tensor: a dataset's images are
 :class:`~bbam.data.image_rows.ImageRows` (file paths, decoded when indexed, so a
 DataLoader's workers decode each batch and memory does not grow with the set size). Readers return a
-:class:`MultiLabelData` whose ``images`` attribute is the set's :class:`ImageRows` and
-whose ``X`` is either a frozen backbone's features (cached on disk,
-:mod:`bbam.data.image_features`) or an empty ``[N, 0]`` placeholder when a model reads
-the pixels itself (fine-tuning, a CNN trained from scratch).
+:class:`MultiLabelData` whose ``images`` are the set's :class:`ImageRows`, whose ``X`` is an
+empty ``[N, 0]`` placeholder and whose ``recipe`` records the image size and the image
+model's settings. Nothing here runs a model: a frozen backbone's features are computed
+(and cached on disk) by :func:`bbam.vision.features.image_features`, which the training
+app calls when it prepares a run.
 
 Files: :func:`load_image_folder` (a folder with ``<path>\\t<label>,<label>`` lines and an
 optional ``<path>\\ttrain|test`` split file); :mod:`bbam.data.voc` and
@@ -23,7 +24,6 @@ import numpy as np
 import torch
 
 from .container import DatasetFormatError, MultiLabelData, check_exists, text_lines
-from .image_features import image_features
 from .image_rows import IMAGE_SUFFIXES, ImageDecodeError, ImageRows, decode_image
 
 __all__ = ["ImageDecodeError", "ImageRows", "decode_image", "read_label_file", "read_split_file",
@@ -97,12 +97,12 @@ def image_dataset(files: Sequence[str], labels: Sequence[Sequence[str]], image_s
         backbone: the image model's settings (``model.backbone`` of the image model configs:
             ``name``, ``finetune``, ``batch_size``, ``num_workers``, ``device``, ``cache_dir``,
             ``cache``, ``progress``), or None (a model that reads pixels, e.g. a CNN trained
-            from scratch). A frozen backbone (``finetune`` false) makes ``X`` its features.
+            from scratch), recorded in the ``recipe`` (a frozen backbone's features:
+            :func:`bbam.vision.features.image_features` of ``images``).
         label_names: the label vocabulary in column order (default: the names found, sorted).
 
     Returns:
-        :class:`MultiLabelData` with ``X`` float32 ``[N, dim]`` frozen features or ``[N, 0]``,
-        ``Y`` int8 ``[N, K]``, ``images``: the set's :class:`ImageRows`, and its ``recipe``.
+        :class:`MultiLabelData` with ``X`` ``[N, 0]``, ``Y`` int8 ``[N, K]``, ``images``: the set's :class:`ImageRows`, and its ``recipe``.
     """
     rows = ImageRows(files, image_size)
     names = list(label_names) if label_names is not None else sorted({n for labs in labels for n in labs})
@@ -110,11 +110,7 @@ def image_dataset(files: Sequence[str], labels: Sequence[Sequence[str]], image_s
     Y = np.zeros((len(files), len(names)), dtype=np.int8)
     for i, labs in enumerate(labels):
         Y[i, [col[n] for n in labs]] = 1
-    if backbone is not None and not bool(backbone.get("finetune", False)):
-        X = image_features(rows, backbone)
-        feature_names = [f"{backbone['name']}_{j}" for j in range(X.shape[1])]
-    else:
-        X, feature_names = torch.zeros((len(files), 0)), []
+    X, feature_names = torch.zeros((len(files), 0)), []
     recipe = {"kind": "images", "image_size": int(image_size),
               "backbone": None if backbone is None else {str(k): v for k, v in backbone.items()}}
     return MultiLabelData(X=X, Y=torch.from_numpy(Y), label_names=names, feature_names=feature_names,

@@ -27,9 +27,9 @@ from bbam.vision.backbones import get_backbone_spec, list_backbones, load_backbo
 
 from bbam.devices import resolve_device
 
-from .cache import default_cache_dir, read_cache, write_cache
-from .progress import progress_bar
-from .image_rows import BatchFetch, ImageDecodeError, ImageRows, raise_decode_errors
+from bbam.data.cache import default_cache_dir, read_cache, write_cache
+from bbam.data.image_rows import BatchFetch, ImageDecodeError, ImageRows, raise_decode_errors
+from bbam.data.progress import progress_bar
 
 __all__ = ["image_features", "image_loader", "SETTINGS"]
 
