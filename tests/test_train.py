@@ -78,10 +78,11 @@ def test_every_config_composes_and_instantiates(method, data, shared_data_dir, t
         assert cfg.train.scaling == "auto"  # the config is only read
         resolved = record
         if "margin" in cfg.method:  # the angular methods take them
-            assert (build_method(cfg.method, resolved=record).margin, build_method(cfg.method, resolved=record).scale) == (0.4, 20.0)
+            angular = build_method(cfg.method, resolved=record)
+            assert (angular.margin, angular.scale) == (0.4, 20.0)
     elif data == "reuters21578_text":
         in_dim = cfg.data.max_len
-    elif data in IMAGE_DATASETS:  # frozen backbone features
+    if data in IMAGE_DATASETS or data == "image_folder":  # frozen backbone features (the run computes them)
         in_dim = 1280
     instantiate(cfg.model.encoder, in_dim=in_dim)
     built = build_method(cfg.method, resolved=resolved)
