@@ -4,8 +4,8 @@ Zhou et al. (NIPS 2004), solved as Iscen et al. (CVPR 2019) do, per label by con
 gradient:
 
 * :func:`knn_graph`: the symmetric affinity ``W = A + A^T`` of the rows' ``k`` nearest
-  neighbours by cosine similarity (FAISS inner product on unit rows; exact below
-  ``exact_below`` rows, an IVF index above), weights ``max(cos, 0)^gamma``, no self-loops.
+  neighbours by cosine similarity (the negative sampler's FAISS index on unit rows: exact
+  below ``exact_below`` rows, IVF above), weights ``max(cos, 0)^gamma``, no self-loops.
 * :func:`label_spreading`: ``F = (1 - alpha) (I - alpha S)^{-1} Y`` with
   ``S = D^{-1/2} W D^{-1/2}``, every column of ``Y`` solved at once by a block conjugate
   gradient (``I - alpha S`` is symmetric positive definite for ``alpha < 1``).
@@ -14,65 +14,67 @@ gradient:
   the positives' share, ``F+ / (F+ + F-)``; its certainty is ``|2 score - 1|`` (0 where
   neither reaches the row).
 
-Numpy, SciPy sparse matrices and FAISS; nothing of the application.
+Numpy, SciPy sparse matrices, torch and FAISS; nothing of the application.
 """
 from __future__ import annotations
 
-from typing import Tuple
+import warnings
+from typing import Optional, Tuple
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 __all__ = ["knn_graph", "label_spreading", "spread_scores"]
 
 
-def knn_graph(features: np.ndarray, k: int = 50, gamma: float = 3.0, exact_below: int = 100_000,
-              nlist: int = 0, nprobe: int = 16, seed: int = 0) -> sp.csr_matrix:
+def knn_graph(features, k: int = 50, gamma: float = 3.0, exact_below: int = 100_000,
+              nlist: Optional[int] = None, nprobe: int = 8, faiss_threads: Optional[int] = 1) -> sp.csr_matrix:
     """The symmetric ``[N, N]`` kNN affinity of ``features`` ``[N, D]`` (see the module docstring).
 
+    The search is :class:`bbam.sampling_faiss.FaissIndex`, the index of the negative
+    sampler: exact (``IndexFlatIP``) below ``exact_below`` rows, else IVF with ``nlist``
+    cells (default :func:`bbam.sampling_faiss.default_nlist`) and at least ``nprobe``
+    probes (raised with ``k``), FAISS running ``faiss_threads`` threads.
+
     Args:
-        features: row features (any real values; rows are scaled to unit length here).
+        features: row features ``[N, D]`` (tensor or array; rows are scaled to unit length).
         k: neighbours per row (``1 <= k < N``).
         gamma: the power of the clipped cosine similarity (Iscen et al.: 3).
-        exact_below: rows below which the search is exact (``IndexFlatIP``); above it an
-            ``IndexIVFFlat`` with ``nlist`` lists (0: ``4 sqrt(N)``) probing ``nprobe``.
-        seed: the IVF k-means seed.
     """
     import faiss
 
-    x = np.ascontiguousarray(np.asarray(features, dtype=np.float32))
-    if x.ndim != 2 or x.shape[0] < 2:
-        raise ValueError(f"knn_graph: 'features' must be [N, D] with N >= 2, got shape {x.shape}")
+    from .sampling_faiss import FaissIndex, faiss_threads_set
+
+    x = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    if x.dim() != 2 or x.shape[0] < 2:
+        raise ValueError(f"knn_graph: 'features' must be [N, D] with N >= 2, got shape {tuple(x.shape)}")
     n = x.shape[0]
     if not 1 <= int(k) < n:
         raise ValueError(f"knn_graph: 'k' must be in [1, {n - 1}] for {n} rows, got {k}")
-    if not np.isfinite(x).all():
+    if not bool(torch.isfinite(x).all()):
         raise ValueError("knn_graph: 'features' must be finite")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    x = x / np.where(norms > 0, norms, 1.0)
-    if n < exact_below:
-        index = faiss.IndexFlatIP(x.shape[1])
-    else:
-        lists = int(nlist) or int(4 * np.sqrt(n))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(x.shape[1]), x.shape[1], lists, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = int(seed)
-        index.train(x)
-        index.nprobe = int(nprobe)
-    index.add(x)
-    sims, ids = index.search(x, int(k) + 1)  # the row itself comes back too (dropped below)
-    rows = np.repeat(np.arange(n), ids.shape[1])
-    cols, vals = ids.reshape(-1), sims.reshape(-1)
+    unit = torch.nn.functional.normalize(x, dim=1)
+    with faiss_threads_set(faiss, faiss_threads):
+        index = FaissIndex(faiss, x, "flat" if n < exact_below else "ivf", nlist, chunk=65536)
+        ids = index.search(unit, int(k) + 1, int(nprobe))  # the row itself comes back too (dropped below)
+    rows = torch.arange(n).repeat_interleave(ids.shape[1])
+    cols = ids.reshape(-1)
     keep = (cols >= 0) & (cols != rows)
-    vals = np.clip(vals[keep], 0.0, None) ** float(gamma)
-    a = sp.csr_matrix((vals, (rows[keep], cols[keep])), shape=(n, n))
+    rows, cols = rows[keep], cols[keep]
+    sims = (unit[rows].double() * unit[cols].double()).sum(1)  # cosine of each edge, in float64
+    vals = sims.clamp(min=0).pow(float(gamma)).numpy()
+    a = sp.csr_matrix((vals, (rows.numpy(), cols.numpy())), shape=(n, n))
     return (a + a.T).tocsr()
 
 
 def label_spreading(W: sp.spmatrix, Y: np.ndarray, alpha: float = 0.99, tol: float = 1e-6,
                     max_iter: int = 500) -> np.ndarray:
     """``(1 - alpha) (I - alpha S)^{-1} Y`` ``[N, K]`` (float64) for a symmetric affinity ``W``
-    ``[N, N]`` and seeds ``Y`` ``[N, K]``; each column stops when its residual norm is at
-    most ``tol`` times its seed's norm (or after ``max_iter`` iterations)."""
+    ``[N, N]`` and seeds ``Y`` ``[N, K]``. Every column stops when its residual norm is at
+    most ``tol`` times the largest seed column's norm: one absolute accuracy for all columns,
+    so solves that are compared with each other (:func:`spread_scores`) are equally exact.
+    A solve still short of it after ``max_iter`` iterations is returned with a warning."""
     if not 0.0 <= float(alpha) < 1.0:
         raise ValueError(f"label_spreading: 'alpha' must be in [0, 1), got {alpha}")
     Y = np.asarray(Y, dtype=np.float64)
@@ -91,7 +93,7 @@ def label_spreading(W: sp.spmatrix, Y: np.ndarray, alpha: float = 0.99, tol: flo
     r = Y.copy()
     p = r.copy()
     rr = (r * r).sum(0)
-    stop = (float(tol) ** 2) * np.maximum(rr, np.finfo(np.float64).tiny)
+    stop = (float(tol) ** 2) * max(float(rr.max(initial=0.0)), np.finfo(np.float64).tiny)
     for _ in range(int(max_iter)):
         active = rr > stop
         if not active.any():
@@ -104,6 +106,10 @@ def label_spreading(W: sp.spmatrix, Y: np.ndarray, alpha: float = 0.99, tol: flo
         rr_new = (r * r).sum(0)
         p = r + np.where(active, rr_new / np.where(rr > 0, rr, 1.0), 0.0) * p
         rr = rr_new
+    else:
+        if (rr > stop).any():
+            warnings.warn(f"label_spreading: {int((rr > stop).sum())} of {rr.size} columns did not reach tol={tol} "
+                          f"in max_iter={max_iter} iterations", RuntimeWarning, stacklevel=2)
     return (1.0 - float(alpha)) * F
 
 

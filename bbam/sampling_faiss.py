@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["select_faiss", "default_nlist"]
+__all__ = ["select_faiss", "default_nlist", "FaissIndex", "faiss_threads_set"]
 
 # Constants of the backend (see the module docstring). Tests monkeypatch some of them.
 _GPU_MAX_K = 2048           # FAISS GPU k-selection limit (k and nprobe)
@@ -130,7 +130,7 @@ def _normalized(x: Tensor, device: torch.device) -> Tensor:
     return F.normalize(x.to(device=device, dtype=hi), dim=1).to(torch.float32).contiguous()
 
 
-class _FaissIndex:
+class FaissIndex:
     """Inner-product FAISS index over the L2-normalised float32 rows of ``features``.
 
     Built once per ``select`` call: flat (``IndexFlatIP``) or IVF (``IndexIVFFlat``,
@@ -219,7 +219,7 @@ class _FaissIndex:
 
 
 @contextlib.contextmanager
-def _faiss_threads(faiss: Any, n: Optional[int]) -> Iterator[None]:
+def faiss_threads_set(faiss: Any, n: Optional[int]) -> Iterator[None]:
     """FAISS's OpenMP thread count set to ``n`` for the block, then restored (``None``: unchanged)."""
     if n is None or faiss is None or not hasattr(faiss, "omp_set_num_threads"):
         yield
@@ -293,7 +293,7 @@ def select_faiss(features: Tensor, protos: Tensor, targets: Tensor, labels: Tens
     if faiss is None:
         raise ImportError("NegativeSampler(backend='faiss') needs the 'faiss' package "
                           "(pip install faiss-cpu or faiss-gpu); backend='auto' falls back to 'exact'")
-    with _faiss_threads(faiss, faiss_threads):
+    with faiss_threads_set(faiss, faiss_threads):
         _select(faiss, features, protos, targets, labels, m, out, n_pos, n_neg, index_kind, nlist, nprobe, chunk_size)
 
 
@@ -335,7 +335,7 @@ def _select(faiss: Any, features: Tensor, protos: Tensor, targets: Tensor, label
 
     exact: List[int] = [j for j in range(A) if too_big(k_l[j])]
     pending: List[int] = [j for j in range(A) if not too_big(k_l[j])]
-    index = _FaissIndex(faiss, features, index_kind, nlist, chunk_size) if pending else None
+    index = FaissIndex(faiss, features, index_kind, nlist, chunk_size) if pending else None
     xb = index.xb if index is not None and features.device.type == "cpu" else None
     while pending:
         pending.sort(key=lambda j: k_l[j])

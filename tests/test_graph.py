@@ -4,9 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("faiss")
-
-from bbam.graph import knn_graph, label_spreading, spread_scores  # noqa: E402
+from bbam.graph import knn_graph, label_spreading, spread_scores
 
 
 def _dense_spreading(W, Y, alpha):
@@ -37,9 +35,16 @@ def test_knn_graph_is_symmetric_nonnegative_without_self_loops_and_exact():
     for i, cols in enumerate(top):
         A[i, cols] = np.clip(sims[i, cols], 0, None) ** 3
     np.testing.assert_allclose(W.toarray(), A + A.T, rtol=1e-5, atol=1e-6)
-    # the IVF index (large sets) finds the same graph on well separated data with enough probes
-    W_ivf = knn_graph(x, k=5, exact_below=10, nlist=4, nprobe=4)
-    np.testing.assert_allclose(W_ivf.toarray(), W.toarray(), rtol=1e-5, atol=1e-6)
+    # the IVF index (large sets) probes a fraction of its cells: most edges, with the exact weights
+    # (here 87 % of them; fewer than all, so the search was approximate)
+    x, _ = _clusters(n=4000, d=8, seed=2)
+    exact, ivf = knn_graph(x, k=5), knn_graph(x, k=5, exact_below=10, nlist=100, nprobe=1)
+    assert 0.8 * exact.nnz <= ivf.multiply(exact > 0).nnz < exact.nnz
+    found = ivf.tocoo()
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    w = np.clip((u[found.row] * u[found.col]).sum(1), 0, None) ** 3
+    once, twice = np.isclose(found.data, w, rtol=1e-5), np.isclose(found.data, 2 * w, rtol=1e-5)
+    assert (once | twice).all()  # an edge found from one end, or from both
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 0.99])
@@ -64,6 +69,8 @@ def test_an_isolated_row_and_bad_arguments():
     F = label_spreading(W, Y, alpha=0.9, tol=1e-12, max_iter=1000)
     np.testing.assert_allclose(F, _dense_spreading(W, Y, 0.9), rtol=1e-7, atol=1e-10)
     assert F[0, 0] == pytest.approx(0.1)  # (1 - alpha) times its own seed: nothing reaches it
+    with pytest.warns(RuntimeWarning, match="did not reach tol"):
+        label_spreading(W, Y, alpha=0.99, tol=1e-14, max_iter=2)
     with pytest.raises(ValueError, match="'alpha' must be in"):
         label_spreading(W, Y, alpha=1.0)
     with pytest.raises(ValueError, match="'k' must be in"):

@@ -265,7 +265,7 @@ class _Spy:
 
     def __init__(self, monkeypatch):
         self.searches, self.dense = [], []
-        search, dense = sampling_faiss._FaissIndex.search, sampling_faiss._select_dense
+        search, dense = sampling_faiss.FaissIndex.search, sampling_faiss._select_dense
 
         def spy_search(index, queries, k, nprobe):
             probes = index.nprobe_for(k, nprobe) if index.nlist is not None else None
@@ -276,7 +276,7 @@ class _Spy:
             self.dense.extend(labels.tolist())
             return dense(features, queries, targets, labels, *args, **kwargs)
 
-        monkeypatch.setattr(sampling_faiss._FaissIndex, "search", spy_search)
+        monkeypatch.setattr(sampling_faiss.FaissIndex, "search", spy_search)
         monkeypatch.setattr(sampling_faiss, "_select_dense", spy_dense)
 
 
