@@ -75,19 +75,8 @@ def predict_file(run: str, data: str, out: str, thresholds: str = "global", devi
     from bbam.app.predict import Predictor
 
     predictor = Predictor.from_run(run, device=device)
-    X = predictor.read(data)
-    files = None  # image runs: the file of each row, written beside its labels
-    if predictor.inputs.kind == "images":
-        from bbam.app.inputs import image_files
-
-        files = image_files(Path(data))
-    if not predictor.inputs.reads_pixels:  # features (image rows are decoded by the model's caller)
-        if X.shape[1] != predictor.num_features:
-            raise ValueError(f"argument 'data': {data} has {X.shape[1]} features, the run was trained on "
-                             f"{predictor.num_features}")
-        if not bool(torch.isfinite(X).all()):
-            r, c = (int(v) for v in torch.nonzero(~torch.isfinite(X))[0])
-            raise ValueError(f"argument 'data': {data} has a non-finite value at row {r}, column {c}")
+    X = predictor.read(data)  # width and values checked against the run's, naming the file
+    files = predictor.inputs.row_files(Path(data))  # image runs: the file of each row, written beside its labels
     scores = torch.as_tensor(predictor.predict_proba(X))  # numpy unless X is a tensor
     t = predictor.threshold_vector(thresholds=thresholds)
     pred = (scores >= t).numpy()

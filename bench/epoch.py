@@ -50,7 +50,6 @@ def _one(n: int, k: int, ns: argparse.Namespace, queue) -> None:
     import torch
 
     from bbam.app.diagnostics import run_diagnostics
-    from bbam.data import split_indices
     from bbam.app.plan import instantiate_data, prepare
     from bbam.app.run import build_engine
     from bbam.train import compose_config
@@ -70,11 +69,9 @@ def _one(n: int, k: int, ns: argparse.Namespace, queue) -> None:
         data = instantiate_data(cfg)
         out["data_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        splits = split_indices(data, cfg.split.lb_ratio, cfg.split.val_ratio, cfg.split.test_ratio, seed=0,
-                               min_val_size=int(cfg.split.min_val_size), max_val_ratio=float(cfg.split.max_val_ratio))
-        plan = prepare(cfg, torch.device(ns.device), data=data, splits=splits)
+        plan = prepare(cfg, torch.device(ns.device), data=data)  # the split (seed=0) and the scaling
         out["split_s"] = time.perf_counter() - t
-        out["sizes"] = {name: len(s) for name, s in plan.tensors.items()}
+        out["sizes"] = plan.sizes
         engine = build_engine(plan, tmp)
         engine.fit(progress=False)
         out["epochs"] = [{"epoch": r["epoch"], "phase": r["phase"], "time_s": r["time_s"], "phase_s": r["phase_s"]}

@@ -192,6 +192,23 @@ def test_resume_of_an_old_run_keeps_its_concrete_settings(tmp_path):
     assert torch.load(tmp_path / "b" / "scaler.pt", weights_only=True)["kind"] == "standardize"
 
 
+def test_resume_refuses_another_scaling_than_the_one_auto_chose(tmp_path):
+    """A run that chose tfidf_l2 under ``auto`` cannot be resumed with ``train.scaling=standardize``
+    (its checkpoint's ``auto`` stands for what it chose, not for what the new plan says)."""
+    data = _write_bow(tmp_path / "words.npz")
+    common = ["data=npz", f"data.path={data}", "method=bbam", *FAST]
+    cfg = compose_config([*common, "train.stop_after_epoch=0"])
+    cfg.out_dir = str(tmp_path / "a")
+    assert train(cfg)["interrupted"]
+    cfg = compose_config([*common, "train.scaling=standardize", f"train.resume={tmp_path / 'a'}"])
+    cfg.out_dir = str(tmp_path / "b")
+    with pytest.raises(ValueError, match=r"train.scaling: 'tfidf_l2' in the checkpoint, 'standardize' now"):
+        train(cfg)
+    cfg = compose_config([*common, f"train.resume={tmp_path / 'a'}"])  # as it was started: resumes
+    cfg.out_dir = str(tmp_path / "c")
+    assert train(cfg)["scaling"]["scaling"] == "tfidf_l2"
+
+
 # ----------------------------------------------------------------------------- baseline
 from test_learning import _baseline_module  # noqa: E402  (bench/baseline.py loaded once, by file)
 

@@ -205,7 +205,7 @@ def test_a_run_config_is_read_only_after_prepare(tmp_path):
 
 INPUT_KIND_QUESTIONS = ('getattr(data, "images"', 'getattr(data, "vocab"', "is_image_rows", "num_features == 0",
                         'hasattr(x, "subset")', "load_text_jsonl\")", "isinstance(x, Tensor)",
-                        "isinstance(x, torch.Tensor)", "ImageRows)")
+                        "isinstance(x, torch.Tensor)", "ImageRows)", "inputs.kind")
 
 
 def test_only_the_inputs_module_asks_what_kind_of_input_it_is():

@@ -23,7 +23,8 @@ import torch
 from .atomic import atomic_copy
 from .errors import UserError
 
-__all__ = ["run_settings", "settings_of", "check_same_settings", "check_resumable", "engine_checkpoint", "read_checkpoint", "carry_best_checkpoint",
+__all__ = ["run_settings", "settings_of", "check_same_settings", "check_resumable", "engine_checkpoint",
+           "saved_choice", "RESOLVED_KEYS", "read_checkpoint", "carry_best_checkpoint",
            "method_state", "FORMAT", "SETTINGS_SECTIONS", "older_run_error", "check_current_checkpoint",
            "check_current_config", "run_folder"]
 
@@ -33,6 +34,8 @@ SETTINGS_SECTIONS = ("data", "split", "method", "model", "train")  # config sect
 _RESUME_FREE = ("train.progress", "train.resume", "train.stop_after_epoch", "train.save_epoch_state",
                 "train.loader", "train.num_workers",
                 "data.name")
+# the config keys a run's plan may resolve (bbam.app.plan), and where its scaling record holds them
+RESOLVED_KEYS = {"train.scaling": "scaling", "method.margin": "margin", "method.scale": "scale"}
 _RESUME_FREE_SUFFIXES = (".progress", ".device", ".cache_dir", ".cache")
 # methods whose config has had ``unlabeled_views`` since it exists (a run of them without it is older)
 _VIEW_METHODS = ("bbam.app.methods.CAP", "bbam.app.methods.BAM", "bbam.app.methods.BBAM")
@@ -112,20 +115,21 @@ def check_current_config(cfg, path: Path, run: Optional[Path] = None) -> None:
 
 # ----------------------------------------------------------------------------- resuming
 def check_same_settings(cfg, path: Path, saved: Optional[Dict[str, Any]],
-                        resolved: Optional[Mapping[str, Any]] = None) -> None:
+                        resolved: Optional[Mapping[str, Any]] = None,
+                        saved_resolved: Optional[Mapping[str, Any]] = None) -> None:
     """A resumed run must train what the interrupted one trained: refuse other data,
     split, method, model or schedule settings, naming every differing key (settings of an
-    older bbam: :func:`older_run_error`). ``resolved``: the values the run's plan gives keys
-    left ``auto`` (:meth:`bbam.app.plan.RunPlan.resolved`); on both sides ``auto`` stands
-    for them, so a checkpoint holding the concrete values matches a config saying ``auto``."""
+    older bbam: :func:`older_run_error`). ``resolved`` / ``saved_resolved``: the values a
+    key left ``auto`` stands for now (the plan's, :meth:`bbam.app.plan.RunPlan.resolved`)
+    and in the checkpoint (what its run chose, :func:`saved_choice`), by config key; so a
+    checkpoint holding concrete values matches a config saying ``auto`` when they agree."""
     if not isinstance(saved, dict) or _older_settings(saved):
         raise older_run_error(path)
-    now = run_settings(cfg)
-    if resolved:
-        def concrete(flat):
-            return {k: resolved[k] if k in resolved and str(v) == "auto" else v for k, v in flat.items()}
 
-        saved, now = concrete(saved), concrete(now)
+    def concrete(flat, values):
+        return {k: values[k] if k in (values or {}) and str(v) == "auto" else v for k, v in flat.items()}
+
+    now, saved = concrete(run_settings(cfg), resolved), concrete(saved, saved_resolved)
     differ = sorted(k for k in set(saved) | set(now) if saved.get(k, "<absent>") != now.get(k, "<absent>"))
     if not differ:
         return
@@ -151,7 +155,7 @@ def engine_checkpoint(engine) -> Dict[str, Any]:
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "num_labels": engine.num_labels, "seed": engine.seed, "method": engine.method.name,
-        "settings": run_settings(engine.cfg), "plan": engine.plan.record(),
+        "settings": run_settings(engine.cfg), "plan": engine.plan.record,
         "data_source": engine.plan.data_source,  # where the data was: bbam.app.data_source
     }
 
@@ -164,7 +168,19 @@ def check_resumable(path: Path, ckpt: Mapping[str, Any], cfg, expected: Mapping[
         if ckpt.get(key) != value:
             raise ValueError(f"config key 'train.resume': checkpoint {path} has {key}={ckpt.get(key)!r}, "
                              f"this run has {value!r}")
-    check_same_settings(cfg, path, ckpt.get("settings"), resolved)
+    chosen = saved_choice(ckpt)
+    check_same_settings(cfg, path, ckpt.get("settings"), resolved,
+                        {key: chosen[name] for key, name in RESOLVED_KEYS.items() if name in chosen})
+
+
+def saved_choice(ckpt: Mapping[str, Any]) -> Dict[str, Any]:
+    """The scaling / margin / scale a checkpoint's run used: its plan's record, or (a
+    checkpoint written before plans were saved) the concrete values of its settings."""
+    plan = ckpt.get("plan")
+    if isinstance(plan, Mapping) and isinstance(plan.get("scaling"), Mapping):
+        return {k: plan["scaling"].get(k) for k in RESOLVED_KEYS.values()}
+    settings = ckpt.get("settings") or {}
+    return {name: settings[key] for key, name in RESOLVED_KEYS.items() if key in settings}
 
 
 def method_state(ckpt: Dict[str, Any]) -> Dict[str, Any]:

@@ -65,9 +65,11 @@ class SelfTrainingEngine:
         out_dir: the run folder (checkpoints, metrics.jsonl).
         views: the view maker of unlabeled batches (:mod:`bbam.app.views`), when the
             method asks for views.
+        resume: ``(path, checkpoint)`` of the ``last.pt`` to continue from, or None.
     """
 
-    def __init__(self, plan, model: MultiLabelModel, method, out_dir: Path, views=None):
+    def __init__(self, plan, model: MultiLabelModel, method, out_dir: Path, views=None,
+                 resume: Optional[Tuple[Path, Dict[str, Any]]] = None):
         self.plan, self.cfg, self.tc, self.seed = plan, plan.cfg, plan.cfg.train, int(plan.cfg.seed)
         self.device, self.out_dir, splits = plan.device, Path(out_dir), plan.tensors
         device = self.device
@@ -102,8 +104,8 @@ class SelfTrainingEngine:
         self.phase_s: Dict[str, float] = {}  # this epoch's seconds per phase (cap, features, ..., steps)
         self.last_epoch_state: Dict[str, Tensor] = {}  # train.save_epoch_state
         method.bind(self.context())
-        if plan.resume is not None:
-            self._resume(*plan.resume)
+        if resume is not None:
+            self._resume(*resume)
 
     def context(self) -> MethodContext:
         """What the method sees of the run at this epoch (:class:`MethodContext`)."""
@@ -223,7 +225,7 @@ class SelfTrainingEngine:
         return engine_checkpoint(self)
 
     def _resume(self, path: Path, ckpt: Dict[str, Any]) -> None:
-        """Continue from the plan's ``last.pt`` (read once, by :func:`bbam.app.plan.prepare`)."""
+        """Continue from a ``last.pt`` (``path``, and ``ckpt`` as read once by the caller)."""
         check_resumable(path, ckpt, self.cfg, {"num_labels": self.num_labels, "seed": self.seed,
                                                "method": self.method.name}, self.plan.resolved())
         if self.is_main:
@@ -254,9 +256,10 @@ class SelfTrainingEngine:
 
     def _save(self, improved: bool) -> None:
         with self.timed("checkpoint"):  # in metrics.jsonl, not in the checkpoint's own history
+            ckpt = self.checkpoint()
             if improved:
-                atomic_save(self.checkpoint(), self.ckpt_dir / "best.pt")
-            atomic_save(self.checkpoint(), self.ckpt_dir / "last.pt")
+                atomic_save(ckpt, self.ckpt_dir / "best.pt")
+            atomic_save(ckpt, self.ckpt_dir / "last.pt")
         atomic_write_text(self.out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.state.history))
         if self.last_epoch_state:
             atomic_save(self.last_epoch_state, self.out_dir / "epoch_state.pt")

@@ -1,7 +1,8 @@
 """Image encoders of the app: a pretrained backbone (frozen features or fine-tuned) with a
-head, and a small CNN trained from scratch. Inputs come from the image datasets
-(:mod:`bbam.data.images`): frozen backbone features ``[B, dim]``, or pixels
-``[B, 3, S, S]`` float in ``[0, 1]`` decoded per batch. The backbone is any registered one
+head, and a small CNN trained from scratch. Inputs come from the image kind of inputs
+(:class:`bbam.app.inputs.ImageInputs`): frozen backbone features ``[B, dim]`` (computed
+once by :func:`bbam.vision.features.image_features`), or pixels ``[B, 3, S, S]`` float in
+``[0, 1]`` decoded per batch. The backbone is any registered one
 (:func:`bbam.vision.backbones.get_backbone_spec`); fine-tuning loads a fresh trainable
 instance (:func:`bbam.vision.backbones.load_backbone`), never the frozen shared one."""
 from __future__ import annotations

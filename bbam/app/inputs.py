@@ -133,6 +133,19 @@ class Inputs:
         """Raw (unscaled) model inputs of the new data in ``path``; errors name ``data``."""
         raise NotImplementedError
 
+    def check_read(self, rows, num_features: int, path: Path) -> None:
+        """New data read from ``path`` has the run's width and finite values (errors name ``data``)."""
+        if rows.shape[1] != num_features:
+            raise ValueError(f"argument 'data': {path} has {rows.shape[1]} features, the run was trained on "
+                             f"{num_features}")
+        if not bool(torch.isfinite(rows).all()):
+            r, c = (int(v) for v in torch.nonzero(~torch.isfinite(rows))[0])
+            raise ValueError(f"argument 'data': {path} has a non-finite value at row {r}, column {c}")
+
+    def row_files(self, path: Path) -> Optional[List[str]]:
+        """The file of each row read from ``path`` (images), else None."""
+        return None
+
     def model_rows(self, x, scaler, num_features: int, device: torch.device):
         """Raw inputs handed to a predictor as the model takes them: ``[M, D]`` finite
         values (tensor or array), scaled and on ``device``."""
@@ -271,6 +284,13 @@ class ImageInputs(Inputs):
         # the run's backbone settings, on the prediction's device (not the training machine's)
         return image_features(rows, {**self.backbone, **({"device": device} if device else {})})
 
+    def check_read(self, rows, num_features: int, path: Path) -> None:
+        if not self.reads_pixels:  # pixels are decoded (and checked) per batch
+            super().check_read(rows, num_features, path)
+
+    def row_files(self, path: Path) -> Optional[List[str]]:
+        return image_files(path)
+
     def model_rows(self, x, scaler, num_features: int, device: torch.device):
         if self.reads_pixels:
             if not decoded_per_batch(x):
@@ -281,15 +301,6 @@ class ImageInputs(Inputs):
 
     def __repr__(self) -> str:
         return f"ImageInputs(image_size={self.image_size}, reads_pixels={self.reads_pixels})"
-
-
-def _plain(settings) -> Optional[Dict[str, Any]]:
-    """Settings as a plain dict (a Hydra-composed mapping resolved), or None."""
-    if settings is None:
-        return None
-    from omegaconf import DictConfig, OmegaConf
-
-    return OmegaConf.to_container(settings, resolve=True) if isinstance(settings, DictConfig) else dict(settings)
 
 
 def inputs_of(data) -> Inputs:
@@ -309,9 +320,9 @@ def inputs_from_record(spec: Dict[str, Any], images: Optional[ImageRows] = None)
     if kind == "text_tokens":
         return TokenInputs(spec["vocab"], spec["max_len"], spec["text_keys"])
     if kind == "sentence":
-        return SentenceInputs(_plain(spec["sentence"]), spec["text_keys"])
+        return SentenceInputs(spec["sentence"], spec["text_keys"])
     if kind == "images":
-        return ImageInputs(spec["image_size"], _plain(spec.get("backbone")), images)
+        return ImageInputs(spec["image_size"], spec.get("backbone"), images)
     raise ValueError(f"argument 'run': inputs.json names an unknown kind of inputs {kind!r}")
 
 
@@ -401,8 +412,11 @@ def image_files(path: Path) -> List[str]:
 
 def read_new_data(path, inputs: Inputs, num_features: int, num_labels: int, device: Optional[str] = None):
     """Raw (unscaled) model inputs of the new data in ``path`` made as the run made its own
-    (``inputs``), or image rows for a run whose model reads pixels. Errors name ``data``."""
+    (``inputs``), checked against the run's width, or image rows for a run whose model reads
+    pixels. Errors name ``data``."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"argument 'data': {path} does not exist")
-    return inputs.read(path, num_features, num_labels, device)
+    rows = inputs.read(path, num_features, num_labels, device)
+    inputs.check_read(rows, num_features, path)
+    return rows

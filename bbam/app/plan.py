@@ -12,23 +12,22 @@ folder's ``plan.json``; a resumed run takes the values its checkpoint's plan rec
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 from torch import Tensor
 
 from bbam.data import split_indices
 
+from .checkpoints import RESOLVED_KEYS, saved_choice
 from .inputs import Inputs, inputs_of
 from .preprocess import FeatureScaler, resolve_scaling
 from .runtime import Split
 
-__all__ = ["RunPlan", "prepare", "instantiate_data", "settings_of", "saved_choice", "RESOLVED_KEYS"]
+__all__ = ["RunPlan", "prepare", "instantiate_data", "plain_section", "method_values"]
 
-# the config keys a plan may resolve, and where its record holds them
-RESOLVED_KEYS = {"train.scaling": "scaling", "method.margin": "margin", "method.scale": "scale"}
 
 
 @dataclass(frozen=True)
@@ -48,8 +47,6 @@ class RunPlan:
         scaling: the record of the scaling / margin / scale choice
             (:func:`bbam.app.preprocess.resolve_scaling`: values, source, rule, reason).
         data_source: where the data file was (:mod:`bbam.app.data_source`), or None.
-        resume: ``(path, checkpoint)`` of the ``last.pt`` a resumed run continues from
-            (read once), else None.
     """
 
     cfg: Any
@@ -62,25 +59,36 @@ class RunPlan:
     tensors: Mapping[str, Split]
     scaling: Mapping[str, Any]
     data_source: Optional[Dict[str, Any]] = None
-    resume: Optional[Tuple[Path, Dict[str, Any]]] = None
 
     @property
     def method_values(self) -> Dict[str, float]:
         """The margin and scale an angular method uses (replacing ``auto`` in its section)."""
-        return {k: self.scaling[k] for k in ("margin", "scale") if self.scaling.get(k) is not None}
+        return method_values(self.scaling)
+
+    @property
+    def sizes(self) -> Dict[str, int]:
+        """Rows per split."""
+        return {name: len(split) for name, split in self.tensors.items()}
 
     def resolved(self) -> Dict[str, Any]:
         """The resolved values of :data:`RESOLVED_KEYS`, by config key."""
         return {key: self.scaling[name] for key, name in RESOLVED_KEYS.items()}
 
+    @functools.cached_property
     def record(self) -> Dict[str, Any]:
-        """The plan as JSON-ready values (``plan.json``, and ``plan`` in each checkpoint)."""
-        return {"dataset": self.data.name, "num_features": self.num_features,
-                "num_labels": self.data.num_labels, "sizes": {k: len(v) for k, v in self.tensors.items()},
-                "inputs": self.inputs.record(), "scaling": dict(self.scaling), "data_source": self.data_source}
+        """The plan as JSON-ready values (``plan.json``, and ``plan`` in each checkpoint); made once."""
+        return {"dataset": self.data.name, "num_features": self.num_features, "num_labels": self.data.num_labels,
+                "sizes": self.sizes, "inputs": self.inputs.record(), "scaling": dict(self.scaling),
+                "data_source": self.data_source}
 
 
-def settings_of(node) -> Dict[str, Any]:
+def method_values(scaling: Mapping[str, Any]) -> Dict[str, float]:
+    """The margin and scale of a scaling record (:func:`bbam.app.preprocess.resolve_scaling`)
+    that an angular method takes where its section says ``auto`` (:func:`bbam.app.methods.build_method`)."""
+    return {k: float(scaling[k]) for k in ("margin", "scale") if scaling.get(k) is not None}
+
+
+def plain_section(node) -> Dict[str, Any]:
     """A section of the plan's read-only config as plain values, interpolations resolved, to
     instantiate from (Hydra's ``instantiate`` resolves a config node in place)."""
     from omegaconf import DictConfig, OmegaConf
@@ -88,52 +96,41 @@ def settings_of(node) -> Dict[str, Any]:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-def saved_choice(ckpt: Mapping[str, Any]) -> Dict[str, Any]:
-    """The scaling / margin / scale a checkpoint's run used: its plan's record, or (a
-    checkpoint written before plans were saved) the concrete values of its settings."""
-    plan = ckpt.get("plan")
-    if isinstance(plan, Mapping) and isinstance(plan.get("scaling"), Mapping):
-        return {k: plan["scaling"].get(k) for k in RESOLVED_KEYS.values()}
-    settings = ckpt.get("settings") or {}
-    return {name: settings[key] for key, name in RESOLVED_KEYS.items() if key in settings}
-
-
 def prepare(cfg, device: torch.device = torch.device("cpu"), *, data=None,
-            splits: Optional[Mapping[str, Tensor]] = None) -> RunPlan:
+            splits: Optional[Mapping[str, Tensor]] = None, resume: Optional[Mapping[str, Any]] = None) -> RunPlan:
     """The :class:`RunPlan` of ``cfg``.
 
     Args:
         cfg: a composed config (not modified).
         device: where the splits' rows go (the training device).
-        data: the dataset; default: built from ``cfg.data`` (a resumed run finds its file
-            again through its checkpoint's record, :mod:`bbam.app.data_source`).
+        data: the dataset; default: built from ``cfg.data``.
         splits: row indices by split name; default: drawn from ``cfg.split`` and ``cfg.seed``.
+        resume: the checkpoint a resumed run continues from (read once, by the caller, who
+            hands it to the engine too): the run keeps the scaling / margin / scale it
+            recorded, and finds its data file again through its record
+            (:mod:`bbam.app.data_source`).
     """
     from omegaconf import OmegaConf
 
     from . import data_source
-    from .checkpoints import read_checkpoint
 
     cfg = copy.deepcopy(cfg)
     OmegaConf.set_readonly(cfg, True)  # nothing after the plan writes into the config
-    resume = read_checkpoint(Path(cfg.train.resume), device) if cfg.train.get("resume") else None
-    saved = resume[1] if resume is not None else {}
     if data is None:
-        data = instantiate_data(cfg, saved.get("data_source"))
+        data = instantiate_data(cfg, None if resume is None else resume.get("data_source"))
     if splits is None:
         splits = split_indices(data, cfg.split.lb_ratio, cfg.split.val_ratio, cfg.split.test_ratio,
                                seed=int(cfg.seed), min_val_size=int(cfg.split.min_val_size),
                                max_val_ratio=float(cfg.split.max_val_ratio))
     inputs = inputs_of(data)
     matrix = inputs.matrix(data)  # a frozen image backbone's features are computed here (cached)
-    pool = torch.cat([splits["labeled"], splits["unlabeled"]])
-    choice = resolve_scaling(cfg, matrix[pool], saved_choice(saved) if resume is not None else None)
-    scaler = FeatureScaler(choice["scaling"]).fit(matrix[pool])
+    pool = matrix[torch.cat([splits["labeled"], splits["unlabeled"]])]
+    choice = resolve_scaling(cfg, pool, None if resume is None else saved_choice(resume))
+    scaler = FeatureScaler(choice["scaling"]).fit(pool)
     x = scaler.transform(matrix)
     tensors = {name: inputs.split(x, data.Y, idx, device) for name, idx in splits.items()}
-    source = data_source.describe(cfg.data, data) if "data" in cfg else None
-    return RunPlan(cfg, device, data, dict(splits), inputs, int(matrix.shape[1]), scaler, tensors, choice, source,
-                   resume)
+    return RunPlan(cfg, device, data, dict(splits), inputs, int(matrix.shape[1]), scaler, tensors, choice,
+                   data_source.describe(cfg.data, data))
 
 
 def instantiate_data(cfg, data_record=None):
@@ -149,7 +146,7 @@ def instantiate_data(cfg, data_record=None):
 
     def build(data_cfg, **overrides):
         try:
-            return instantiate(settings_of(data_cfg), **overrides)
+            return instantiate(plain_section(data_cfg), **overrides)
         except MissingMandatoryValue as err:  # e.g. data=npz without data.path=...
             key = err.full_key if str(err.full_key).startswith("data.") else f"data.{err.full_key}"
             raise ValueError(f"config key '{key}' is required: add {key}=... to the command") from None

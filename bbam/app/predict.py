@@ -38,8 +38,9 @@ from torch import Tensor
 
 from .atomic import atomic_save, atomic_write_text
 from .checkpoints import check_current_checkpoint, check_current_config, method_state, older_run_error
-from .preprocess import FeatureScaler
 from .inputs import FeatureInputs, Inputs, as_caller_type, inputs_from_record, read_new_data
+from .plan import method_values
+from .preprocess import FeatureScaler
 
 __all__ = ["Predictor", "tune_thresholds", "save_predictor_files", "RUN_FILES"]
 
@@ -125,7 +126,7 @@ def _scaling_values(scaler_state: Dict[str, Any], choice: Optional[Dict[str, Any
     if str(choice.get("scaling")) != str(scaler_state.get("kind")):
         raise ValueError(f"argument 'run': {run}: inputs.json records scaling {choice.get('scaling')!r} but "
                          f"scaler.pt holds {scaler_state.get('kind')!r} (the run folder was altered)")
-    return {k: float(choice[k]) for k in ("margin", "scale") if choice.get(k) is not None}
+    return method_values(choice)
 
 
 class Predictor:

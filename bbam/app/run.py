@@ -27,32 +27,33 @@ __all__ = ["train", "build_engine", "finish", "save_model_files"]
 log = logging.getLogger("bbam.train")
 
 
-def build_engine(plan, out_dir):
+def build_engine(plan, out_dir, resume=None):
     """The method (from ``method._target_``, its ``auto`` margin / scale the plan's), the
     model (seeded by ``cfg.seed``), the views of unlabeled batches (``model.views``, when the
-    method uses views) and the :class:`SelfTrainingEngine` of a run's :class:`RunPlan`."""
+    method uses views) and the :class:`SelfTrainingEngine` of a run's :class:`RunPlan`,
+    continuing from ``resume`` (``(path, checkpoint)`` of a ``last.pt``) when given."""
     from hydra.utils import instantiate
 
     from bbam.app.engine import SelfTrainingEngine
     from bbam.app.methods import build_method
     from bbam.app.models import MultiLabelModel
-    from bbam.app.plan import settings_of
+    from bbam.app.plan import plain_section
 
     cfg, data = plan.cfg, plan.data
     method = build_method(cfg.method, resolved=plan.method_values)
     torch.manual_seed(int(cfg.seed))  # model init independent of what data loading consumed
-    encoder = instantiate(settings_of(cfg.model.encoder), in_dim=plan.num_features)
+    encoder = instantiate(plain_section(cfg.model.encoder), in_dim=plan.num_features)
     model = MultiLabelModel(encoder, method.make_head(encoder.out_dim, data.num_labels))
     views = None
     if method.views:
         if cfg.model.get("views") is None:
             raise ValueError(f"method {method.name!r} trains on weak/strong views, but config key 'model.views' "
                              f"is not set (see configs/model/mlp.yaml)")
-        views = instantiate(settings_of(cfg.model.views))
+        views = instantiate(plain_section(cfg.model.views))
         if views.needs_images and plan.scaling["scaling"] != "none":
             raise ValueError(f"model.views.space=images makes views from the frozen backbone's raw features, but "
                              f"train.scaling={plan.scaling['scaling']} scales the cached ones: use train.scaling=none")
-    return SelfTrainingEngine(plan, model, method, Path(out_dir), views=views)
+    return SelfTrainingEngine(plan, model, method, Path(out_dir), views=views, resume=resume)
 
 
 class _Announcement:
@@ -139,6 +140,7 @@ def _train(cfg) -> Dict[str, Any]:
     from bbam.app import report
     from bbam import distributed as D
     from bbam.app.atomic import atomic_save, atomic_write_text
+    from bbam.app.checkpoints import read_checkpoint
     from bbam.app.errors import user_input
     from bbam.app.plan import prepare
     from bbam.app.runtime import seed_everything
@@ -150,26 +152,30 @@ def _train(cfg) -> Dict[str, Any]:
     announce = _Announcement(lambda: log.info("run folder: %s (reading the data)", out_dir.resolve()))
     with user_input(), announce.after(2.0 if is_main else None):  # a user's mistake: bbam.app.errors
         # bad files fail here, before anything is written; a data pass that takes longer than
-        # 2 s (a photo set's frozen features: minutes) is preceded by the run folder's line
-        plan = prepare(cfg, resolve_device(cfg.device))
+        # 2 s (a photo set's frozen features: minutes) is preceded by the run folder's line.
+        # A resumed run's checkpoint is read once, on the CPU: for the plan, then the engine.
+        resume = read_checkpoint(Path(cfg.train.resume), torch.device("cpu")) if cfg.train.resume else None
+        plan = prepare(cfg, resolve_device(cfg.device), resume=None if resume is None else resume[1])
     with user_input():
-        engine = build_engine(plan, out_dir)
+        engine = build_engine(plan, out_dir, resume)
+    resumed_from = None if resume is None else resume[0]
+    del resume  # its weights now live in the engine
     # config values and the checkpoint are checked above, before the run writes anything
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(plan.cfg, resolve=True))
-        atomic_write_text(out_dir / "plan.json", json.dumps(plan.record(), indent=2))
+        atomic_write_text(out_dir / "plan.json", json.dumps(plan.record, indent=2))
         if not announce.done:
             log.info("run folder: %s", out_dir.resolve())
-        sizes = {name: len(split) for name, split in plan.tensors.items()}
+        sizes = plan.sizes
         log.info("%s on %s: %d labeled / %d unlabeled / %d validation / %d test rows%s",
                  engine.method.name, plan.data.name, sizes["labeled"], sizes["unlabeled"], sizes["val"],
                  sizes["test"], f" (data: {plan.data_source['file']})" if plan.data_source else "")
         log.info("%s", report.scaling_line(plan.scaling, engine.method.traits()))
     last = out_dir / "checkpoints" / "last.pt"
-    if plan.resume is not None:
+    if resumed_from is not None:
         log.info("resumed from epoch %d (%d epochs done) of %s", engine.state.epoch, engine.state.epoch,
-                 plan.resume[0].resolve())
+                 resumed_from.resolve())
     elif is_main:
         atomic_save(engine.checkpoint(), last)  # the resume point of a run stopped in its first epoch
     status = engine.fit(progress=bool(cfg.train.progress), stop_after_epoch=cfg.train.stop_after_epoch)
@@ -211,7 +217,7 @@ def finish(plan, engine, out_dir: Path) -> Dict[str, Any]:
         "seed": int(cfg.seed), "best_epoch": int(best["best_epoch"]), "selected_phase": engine.selected_phase(),
         "self_training_started_from_epoch": engine.warmup_start_epoch, "epochs_run": int(engine.state.epoch),
         "best_val_mAP": float(best["best_map"]), "test": test,
-        "sizes": {k: len(v) for k, v in tensors.items()}, "num_labels": data.num_labels,
+        "sizes": plan.sizes, "num_labels": data.num_labels,
     }
     result["world_size"] = D.world_size()
     result["scaling"] = dict(plan.scaling)
