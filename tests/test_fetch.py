@@ -443,6 +443,21 @@ def test_not_found_message_names_the_fetch_command(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError) as e:
         ds.load_dataset("mystery")
     assert "bbam.data.fetch" not in str(e.value) and "BBAM_DATA_DIR" in str(e.value)
+    # a named set's folder (data=miml names <data folder>/miml) gets the same hint; other folders none
+    assert lookup.fetch_hint(tmp_path / "empty" / "miml").startswith("get it with `python -m bbam.data.fetch miml`")
+    assert lookup.fetch_hint(tmp_path / "empty") is None and lookup.fetch_hint(tmp_path / "miml") is None
+
+
+def test_the_app_says_how_to_get_a_named_photo_folder(tmp_path, monkeypatch):
+    from bbam.app.config import compose_config
+    from bbam.app.plan import instantiate_data
+
+    monkeypatch.setattr(lookup, "_CHECKOUT_DATA_DIR", tmp_path / "no-checkout-data")
+    monkeypatch.setenv("BBAM_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"image folder not found: .*miml: get it with "
+                                                r"`python -m bbam\.data\.fetch miml`"):
+        instantiate_data(compose_config(["data=miml"]))
 
 
 def test_train_without_the_data_says_how_to_get_it(tmp_path):

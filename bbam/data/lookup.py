@@ -58,9 +58,12 @@ def fetch_hint(missing: str | os.PathLike[str]) -> str | None:
     missing = Path(missing).absolute()
     for name, src in SOURCES.items():
         for output in src.outputs:
-            if any(missing == (root / output).absolute() for root in default_data_dirs()):
-                return (f"get it with `python -m bbam.data.fetch {name}` (or set BBAM_DATA_DIR to a folder "
-                        f"holding {output})")
+            for root in map(Path.absolute, default_data_dirs()):
+                target = root / output
+                # the file itself, or a folder of it below the data folder (data=miml names miml/)
+                if missing == target or (missing in target.parents and root in missing.parents):
+                    return (f"get it with `python -m bbam.data.fetch {name}` (or set BBAM_DATA_DIR to a folder "
+                            f"holding {output})")
     return None
 
 
