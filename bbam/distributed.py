@@ -25,7 +25,7 @@ from .ops import label_angle_stats, merge_stats
 from .prototypes import label_prototypes
 
 __all__ = ["world_size", "rank", "is_distributed", "gather_rows", "global_prototypes", "global_label_angle_stats",
-           "shard_indices", "broadcast_object", "sum_over_ranks"]
+           "shard_indices", "broadcast_object", "broadcast_tensor", "gather_in_order", "sum_over_ranks"]
 
 
 def is_distributed() -> bool:
@@ -73,6 +73,25 @@ def gather_rows(local: Tensor) -> List[Tensor]:
     out = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(out, padded.contiguous())
     return [t[:n] for t, n in zip(out, sizes)]
+
+
+def gather_in_order(local: Tensor, n: int) -> Tensor:
+    """The ``[n, ...]`` tensor of every rank's interleaved shard (:func:`shard_indices`)
+    ``local``, back in row order, on every rank. Without a process group: ``local``."""
+    if not is_distributed():
+        return local
+    full = local.new_empty((n, *local.shape[1:]))
+    for r, rows in enumerate(gather_rows(local)):
+        full[shard_indices(n, which=r, device=local.device)] = rows
+    return full
+
+
+def broadcast_tensor(t: Tensor, src: int = 0) -> Tensor:
+    """``t`` as rank ``src`` holds it, on every rank (in place; every rank passes a tensor
+    of the same shape and dtype). Without a process group: ``t``."""
+    if is_distributed():
+        dist.broadcast(t, src=src)
+    return t
 
 
 def global_prototypes(features: Tensor, targets: Tensor, *, chunk_size: int = 8192) -> Tuple[Tensor, Tensor]:

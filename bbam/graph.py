@@ -114,11 +114,14 @@ def label_spreading(W: sp.spmatrix, Y: np.ndarray, alpha: float = 0.99, tol: flo
 
 
 def spread_scores(W: sp.spmatrix, targets: np.ndarray, labeled: np.ndarray, alpha: float = 0.99,
-                  tol: float = 1e-6, max_iter: int = 500) -> Tuple[np.ndarray, np.ndarray]:
+                  tol: float = 1e-6, max_iter: int = 500, balance: bool = False) -> Tuple[np.ndarray, np.ndarray]:
     """Per-label scores ``[N, K]`` in [0, 1] and certainties ``[N, K]`` from the ``labeled``
     rows' {0, 1} ``targets`` (``labeled``: ``[N]`` bool; other rows' targets are not read):
     the positives and the negatives of every label spread separately, score = the
-    positives' share of what reaches the row (0.5, certainty 0, where nothing does)."""
+    positives' share of what reaches the row (0.5, certainty 0, where nothing does).
+    ``balance``: each seed column divided by its count (a label's positives and its
+    negatives carry equal mass, so 0.5 means "as close to the positives as to the
+    negatives" whatever the label's frequency; each label's ranking of rows is unchanged)."""
     targets = np.asarray(targets)
     labeled = np.asarray(labeled, dtype=bool)
     if targets.ndim != 2 or labeled.shape != (targets.shape[0],):
@@ -126,6 +129,9 @@ def spread_scores(W: sp.spmatrix, targets: np.ndarray, labeled: np.ndarray, alph
                          f"{labeled.shape}")
     pos = np.where(labeled[:, None], targets == 1, False).astype(np.float64)
     neg = np.where(labeled[:, None], targets == 0, False).astype(np.float64)
+    if balance:
+        pos /= np.maximum(pos.sum(0), 1.0)
+        neg /= np.maximum(neg.sum(0), 1.0)
     F = label_spreading(W, np.concatenate([pos, neg], 1), alpha, tol, max_iter)
     f_pos, f_neg = np.clip(F[:, :pos.shape[1]], 0, None), np.clip(F[:, pos.shape[1]:], 0, None)
     total = f_pos + f_neg

@@ -175,7 +175,37 @@ def _migrate_tree(tree: Dict[str, Any], data_choice: Optional[str],
     if isinstance(method, dict) and method.get("_target_") in _VIEW_METHODS and "unlabeled_views" not in method:
         method["unlabeled_views"] = []
         changes.append("+method.unlabeled_views")
+    changes += _add_pseudo_label_keys(tree)
     return tree, changes
+
+
+def _add_pseudo_label_keys(tree: Dict[str, Any]) -> List[str]:
+    """The keys added with graph pseudo-labels, teachers and the validation probe, at the
+    values that train as before: CAP / BAM / BBAM ``pseudo_labels: model``, ``teacher: ema``,
+    ``weight_by_certainty: false`` and today's default ``graph`` (unused with ``model``);
+    FixMatch / SoftMatch ``teacher: model``, ``unlabeled_norm: sum``; ``train.probe_epochs``
+    0 (the scaling rule) where ``train.scaling`` is ``auto``, else today's default (unused)."""
+    from omegaconf import OmegaConf
+
+    from bbam.app.checkpoints import _OLD_TEACHER, _VIEW_METHODS
+    from bbam.app.config import config_dir
+
+    defaults = OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "train.yaml"), resolve=False)
+    method, train, added = tree.get("method"), tree.get("train"), []
+    if isinstance(method, dict) and method.get("_target_") in _VIEW_METHODS:
+        new = {"pseudo_labels": "model", "teacher": "ema", "graph": defaults["graph"], "weight_by_certainty": False}
+    elif isinstance(method, dict) and method.get("_target_") in _OLD_TEACHER:
+        new = {"teacher": "model", "unlabeled_norm": "sum"}
+    else:
+        new = {}
+    for key, value in new.items():
+        if key not in method:
+            method[key] = copy.deepcopy(value)
+            added.append(f"+method.{key}")
+    if isinstance(train, dict) and "probe_epochs" not in train:
+        train["probe_epochs"] = 0 if str(train.get("scaling")) == "auto" else defaults["train"]["probe_epochs"]
+        added.append("+train.probe_epochs")
+    return [", ".join(added)] if added else []
 
 
 def _today_views(tree: Dict[str, Any]) -> Optional[Dict[str, Any]]:

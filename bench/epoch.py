@@ -4,7 +4,7 @@ Usage::
 
     python bench/epoch.py [--sizes 50000x1000,200000x1000] [--features 256] [--epochs 3]
                           [--warmup-epochs 1] [--method bbam] [--device cpu] [--json PATH] [--quick]
-                          [--loader tensor|dataloader] [--workers 0]
+                          [--loader tensor|dataloader] [--workers 0] [--set KEY=VALUE ...]
 
 Each size ``NxK`` runs the app's own pieces (``bbam.app.plan.prepare``,
 ``bbam.app.run.build_engine``, ``SelfTrainingEngine.fit``, the final test evaluation and the angle
@@ -14,7 +14,8 @@ fresh child process (so its peak resident memory is its own). Reported per size:
 
 * before training: data generation, splitting (+ scaling);
 * per warm-up epoch: optimizer steps (and seconds per step), evaluation, checkpoint;
-* per self-training epoch: CAP (scoring the unlabeled set + pseudo-labels), features,
+* per self-training epoch: CAP (scoring the unlabeled set + pseudo-labels), the kNN graph's
+  features and its build + label spreading (``--set method.pseudo_labels=graph``), features,
   statistics, sampling, bookkeeping (the logged pseudo-label summaries), optimizer steps,
   evaluation, checkpoint, the epoch's time outside any named phase ("other": batch
   orders, logging), and the ratio of everything that is not an optimizer step (the whole
@@ -42,7 +43,8 @@ from pathlib import Path
 from typing import Dict, List
 
 ROOT = Path(__file__).resolve().parents[1]
-SELF_TRAINING_PHASES = ("cap", "features", "statistics", "sampling", "bookkeeping", "evaluation", "checkpoint")
+SELF_TRAINING_PHASES = ("cap", "graph_features", "graph", "features", "statistics", "sampling", "bookkeeping",
+                        "evaluation", "checkpoint")
 
 
 def _one(n: int, k: int, ns: argparse.Namespace, queue) -> None:
@@ -59,8 +61,8 @@ def _one(n: int, k: int, ns: argparse.Namespace, queue) -> None:
     cfg = compose_config([f"data.num_samples={n}", f"data.num_features={ns.features}", f"data.num_labels={k}",
                           f"train.epochs={ns.epochs}", f"train.warmup_epochs={ns.warmup_epochs}",
                           f"method={ns.method}", "train.progress=false", f"device={ns.device}", "seed=0",
-                          f"train.loader={ns.loader}", f"train.num_workers={ns.workers}"])
-    out: Dict = {"N": n, "K": k, "D": ns.features, "method": ns.method, "device": ns.device,
+                          f"train.loader={ns.loader}", f"train.num_workers={ns.workers}", *(ns.set or [])])
+    out: Dict = {"N": n, "K": k, "D": ns.features, "method": ns.method, "device": ns.device, "set": ns.set or [],
                  "loader": ns.loader, "workers": ns.workers,
                  "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,7 +134,8 @@ def summarize(r: Dict) -> Dict:
 
 def table(summaries: List[Dict]) -> str:
     cols = [("N x K", lambda s: f"{s['N']:,} x {s['K']}"), ("data s", "data_s"), ("split s", "split_s"),
-            ("warm-up step ms", "warmup_step_ms"), ("CAP s", "st_cap_s"), ("features s", "st_features_s"),
+            ("warm-up step ms", "warmup_step_ms"), ("CAP s", "st_cap_s"),
+            ("graph features s", "st_graph_features_s"), ("graph s", "st_graph_s"), ("features s", "st_features_s"),
             ("statistics s", "st_statistics_s"), ("sampling s", "st_sampling_s"),
             ("bookkeeping s", "st_bookkeeping_s"), ("steps s", "st_steps_s"),
             ("validation s", "st_evaluation_s"), ("checkpoint s", "st_checkpoint_s"), ("other s", "st_other_s"),
@@ -156,6 +159,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--loader", default="tensor", help="train.loader: tensor | dataloader")
     p.add_argument("--workers", type=int, default=0, help="train.num_workers (--loader dataloader)")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="an extra config override, e.g. --set method.pseudo_labels=graph (repeatable)")
     p.add_argument("--quick", action="store_true", help="one tiny size: a smoke test")
     p.add_argument("--json", default=None, help="output path (default bench/results/epoch-<device>.json)")
     return p.parse_args(argv)

@@ -1,5 +1,5 @@
-"""``train.scaling=auto`` (the default of ``data=npz|arff|libsvm``): the rule on synthetic
-matrices, explicit values winning, the record in the log / report / inputs.json /
+"""``train.scaling=auto`` (the default of ``data=npz|arff|libsvm``) with ``train.probe_epochs=0``:
+the rule on synthetic matrices, explicit values winning, the record in the log / report / inputs.json /
 config.yaml, prediction and the baseline applying the same choice, resume, and the
 same pipeline as the named configs on shared sets."""
 from __future__ import annotations
@@ -20,8 +20,9 @@ from bbam.app.plan import prepare
 from bbam.train import compose_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
+# the rule (train.probe_epochs=0) with the MLP: the validation probe is tests/test_unlabeled.py's
 FAST = ["train.epochs=3", "train.warmup_epochs=1", "train.min_steps_per_epoch=2", "train.progress=false",
-        "model.encoder.hidden=[32]", "model.encoder.out_dim=16", "device=cpu"]
+        "model=mlp", "model.encoder.hidden=[32]", "model.encoder.out_dim=16", "device=cpu", "train.probe_epochs=0"]
 
 
 def _rule(x) -> str:
@@ -216,9 +217,9 @@ from test_learning import _baseline_module  # noqa: E402  (bench/baseline.py loa
 def test_baseline_uses_the_same_choice(tmp_path):
     baseline = _baseline_module()
     data = _write_bow(tmp_path / "words.npz")
-    auto = compose_config(["data=npz", f"data.path={data}"])
+    auto = compose_config(["data=npz", f"data.path={data}", "train.probe_epochs=0"])
     assert prepare(auto).scaler.kind == "tfidf_l2"
-    given = compose_config(["data=npz", f"data.path={data}", "train.scaling=tfidf_l2"])
+    given = compose_config(["data=npz", f"data.path={data}", "train.scaling=tfidf_l2", "train.probe_epochs=0"])
     assert baseline.baseline_metrics(auto)["test"] == baseline.baseline_metrics(given)["test"]
 
 

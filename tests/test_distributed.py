@@ -152,3 +152,19 @@ def test_with_dropout_global_quantities_on_the_same_weights_equal_single_process
     w1 = torch.load(tmp_path / "world1" / "checkpoints" / "last.pt", weights_only=True)["model"]
     w2 = torch.load(tmp_path / "world2" / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert any(not torch.allclose(w1[k], w2[k], rtol=1e-4, atol=1e-5) for k in w1)  # dropout: other draws
+
+
+@pytest.mark.parametrize("overrides", [("method=cap", "method.pseudo_labels=graph", "graph.features=inputs"),
+                                       ("method=cap", "method.pseudo_labels=blend", "graph.k=10")],
+                         ids=["graph-on-inputs", "blend-on-model-features"])
+def test_two_process_graph_pseudo_labels_equal_one_process(tmp_path, overrides):
+    """The kNN graph is built on the features gathered from every rank (rank 0 solves and
+    broadcasts): the ranks hold the single process's pseudo-labels."""
+    _run(tmp_path / "one", *overrides)
+    _run(tmp_path / "two", *overrides, world=2)
+    a = torch.load(tmp_path / "one" / "epoch_state.pt", weights_only=True)
+    b = torch.load(tmp_path / "two" / "epoch_state.pt", weights_only=True)
+    assert torch.equal(a["targets_ub"], b["targets_ub"])
+    torch.testing.assert_close(b["thresholds"], a["thresholds"], rtol=1e-5, atol=1e-5)
+    h = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert any("graph" in r["phase_s"] for r in h)

@@ -66,8 +66,8 @@ def _context(splits, scores=None) -> MethodContext:
 
     return MethodContext(splits=splits, device=torch.device("cpu"), world=1, seed=0, epoch=0, feature_dim=1,
                          save_epoch_state=False, scores_global=no_model if scores is None else
-                         (lambda x, label_major=False: scores.T.contiguous().T if label_major else scores),
-                         features=no_model, classifier_weight=no_model)
+                         (lambda x, label_major=False, source="ema": scores.T.contiguous().T if label_major
+                          else scores), features=no_model, outputs=no_model, classifier_weight=no_model)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -159,7 +159,7 @@ def test_fixmatch_trains_the_strong_view_on_confident_weak_pseudo_labels():
     strong = torch.tensor([[0.5, -2.0], [1.0, 0.0]])
     lb = Batch(torch.tensor([0]), x_l, torch.tensor([[1, 1]], dtype=torch.int8))
     ub = Batch(torch.tensor([0, 1]), torch.zeros(2, 1), views={"weak": w, "strong": s})
-    m.refresh(None)
+    m.refresh(_context(m_splits(torch.zeros(1, 2, dtype=torch.int8), torch.zeros(2, 2, dtype=torch.int8))))
     loss = m.loss(_forward({id(x_l): torch.tensor([[0.0, 1.0]]), id(w): weak, id(s): strong}), lb, ub)
     labeled = _bce(0.0, 1) + _bce(1.0, 1)
     unlabeled = _bce(0.5, 1) + _bce(1.0, 0)  # (0, 0): pseudo 1; (1, 0): pseudo 0; the others below 0.9
@@ -173,7 +173,7 @@ def test_softmatch_weights_are_a_truncated_gaussian_of_the_running_confidence():
     m = _bound(SoftMatch(momentum=0.5, n_sigma=2.0, lambda_max=1.0), 1)
     p = torch.tensor([[0.9], [0.6], [0.2]])  # confidences 0.9, 0.6, 0.8
     conf = torch.maximum(p, 1 - p)
-    weight = m.unlabeled_weight(conf)
+    weight = m.unlabeled_weight(p)
     c = [0.9, 0.6, 0.8]
     mean = sum(c) / 3
     var_b = sum((v - mean) ** 2 for v in c) / 2
@@ -209,7 +209,8 @@ def m_splits(labeled, truth):
 def test_consistency_refresh_only_resets_the_epochs_counts():
     m = _bound(FixMatch(), 1, unlabeled_y=torch.tensor([[1]], dtype=torch.int8))
     m._log(torch.tensor([[1]], dtype=torch.int8), torch.tensor([[1.0]]), torch.tensor([0]))
-    assert m.refresh(None) == {} and m.end_epoch()["pseudo_confident"] == 0.0
+    ctx = _context(m_splits(torch.zeros(1, 1, dtype=torch.int8), torch.tensor([[1]], dtype=torch.int8)))
+    assert m.refresh(ctx) == {} and m.end_epoch()["pseudo_confident"] == 0.0
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -78,7 +78,11 @@ def test_migration_rewrites_config_and_checkpoints_into_todays_format(tmp_path, 
         "predict_margin_fraction": 0.5, "features_from": "online", "pos_per": 1.0, "neg_per": 0.998,
         "sampling": {"_target_": "bbam.sampling.NegativeSampler", "eta": 5.0, "random_share": 0.0,
                      "backend": "auto", "index": "flat"},
-        "stats_gamma": 0.01, "stats_angles": "prototype", "unlabeled_views": []}
+        "stats_gamma": 0.01, "stats_angles": "prototype", "unlabeled_views": [],
+        # keys added since, at the values that train as then (the graph is unused with pseudo_labels: model)
+        "pseudo_labels": "model", "teacher": "ema", "weight_by_certainty": False,
+        "graph": OmegaConf.to_container(compose_config([]).graph)}
+    assert cfg["train"]["probe_epochs"] == 6  # train.scaling was given (standardize): the key is unused
     assert cfg["model"]["views"]["_target_"] == "bbam.app.views.FeatureViews"  # today's mlp views (unused then)
     assert (cfg["train"]["loader"], cfg["train"]["num_workers"]) == ("tensor", 0)
     assert cfg["train"]["stop_after_epoch"] == 2 and cfg["data"]["num_samples"] == 400  # the rest as it was

@@ -128,7 +128,7 @@ def test_a_resumed_run_finds_its_named_data_from_another_shell(tmp_path, monkeyp
     folder = tmp_path / "mydata"
     _write_set(folder / "smallset" / "smallset.npz")
     monkeypatch.setenv("BBAM_DATA_DIR", str(folder))
-    common = ["data=npz", "data.path=smallset", *SMALL, "train.epochs=4", "train.warmup_epochs=1"]
+    common = ["data=npz", "data.path=smallset", "model=mlp", *SMALL, "train.epochs=4", "train.warmup_epochs=1"]
     cfg = compose_config([*common, "train.stop_after_epoch=1"])
     cfg.out_dir = str(tmp_path / "run")
     assert train(cfg)["interrupted"]
@@ -156,7 +156,7 @@ def test_a_resumed_run_finds_its_named_data_from_another_shell(tmp_path, monkeyp
 def test_a_resumed_run_says_when_its_data_file_changed(tmp_path, caplog):
     path = tmp_path / "set.npz"
     _write_set(path)
-    common = ["data=npz", f"data.path={path}", *SMALL, "train.epochs=3", "train.warmup_epochs=1"]
+    common = ["data=npz", f"data.path={path}", "model=mlp", *SMALL, "train.epochs=3", "train.warmup_epochs=1"]
     cfg = compose_config([*common, "train.stop_after_epoch=0"])
     cfg.out_dir = str(tmp_path / "run")
     train(cfg)

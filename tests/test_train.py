@@ -39,7 +39,8 @@ def _compose(overrides):
 
 def _cfg(tmp_path: Path, *overrides):
     other_data = any(o.startswith("data=") for o in overrides)
-    cfg = _compose([*([] if other_data else FAST_DATA), *FAST, *overrides])
+    file_data = any(o in ("data=npz", "data=arff", "data=libsvm") for o in overrides)  # their default: model=auto
+    cfg = _compose([*([] if other_data else FAST_DATA), *(["model=mlp"] if file_data else []), *FAST, *overrides])
     cfg.out_dir = str(tmp_path)
     return cfg
 
@@ -84,11 +85,18 @@ def test_every_config_composes_and_instantiates(method, data, shared_data_dir, t
         in_dim = cfg.data.max_len
     if data in IMAGE_DATASETS or data == "image_folder":  # frozen backbone features (the run computes them)
         in_dim = 1280
-    instantiate(cfg.model.encoder, in_dim=in_dim)
+    models = [cfg.model]
+    if "auto" in cfg.model:  # model=auto (the file datasets): every candidate the validation probe may pick
+        from bbam.app.probe import with_model
+
+        assert list(cfg.model.auto) == ["mlp", "linear"]
+        models = [with_model(cfg, name).model for name in cfg.model.auto]
     built = build_method(cfg.method, resolved=resolved)
     assert built.name == method and isinstance(built, Method)
-    if built.views:
-        instantiate(cfg.model.views)
+    for model in models:
+        instantiate(model.encoder, in_dim=in_dim)
+        if built.views:
+            instantiate(model.views)
 
 
 def test_every_yaml_key_is_commented():

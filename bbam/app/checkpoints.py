@@ -37,6 +37,12 @@ _RESUME_FREE = ("train.progress", "train.resume", "train.stop_after_epoch", "tra
 # the config keys a run's plan may resolve (bbam.app.plan), and where its scaling record holds them
 RESOLVED_KEYS = {"train.scaling": "scaling", "method.margin": "margin", "method.scale": "scale"}
 _RESUME_FREE_SUFFIXES = (".progress", ".device", ".cache_dir", ".cache")
+# keys added to the configs since checkpoints hold settings: a checkpoint without one trained as
+# the value given here (None: any value, because the key is unused or only decides a choice that a
+# resumed run takes from its checkpoint -- the graph of a run without graph pseudo-labels, probe_epochs)
+_ADDED_KEYS = {"method.pseudo_labels": "model", "method.weight_by_certainty": False, "method.unlabeled_norm": "sum",
+               "train.probe_epochs": None}
+_OLD_TEACHER = {"bbam.app.methods.FixMatch": "model", "bbam.app.methods.SoftMatch": "model"}  # else "ema"
 # methods whose config has had ``unlabeled_views`` since it exists (a run of them without it is older)
 _VIEW_METHODS = ("bbam.app.methods.CAP", "bbam.app.methods.BAM", "bbam.app.methods.BBAM")
 
@@ -114,6 +120,18 @@ def check_current_config(cfg, path: Path, run: Optional[Path] = None) -> None:
 
 
 # ----------------------------------------------------------------------------- resuming
+def _trained_as_before(key: str, now: Mapping[str, Any]) -> bool:
+    """Whether a key absent from an older checkpoint's settings has, in the config ``now``
+    (flattened), the value that trains as the older run did (:data:`_ADDED_KEYS`)."""
+    if key == "method.teacher":
+        return now[key] == _OLD_TEACHER.get(now.get("method._target_"), "ema")
+    if key.startswith("method.graph."):
+        return now.get("method.pseudo_labels", "model") == "model"
+    if key in _ADDED_KEYS:
+        return _ADDED_KEYS[key] is None or now[key] == _ADDED_KEYS[key]
+    return False
+
+
 def check_same_settings(cfg, path: Path, saved: Optional[Dict[str, Any]],
                         resolved: Optional[Mapping[str, Any]] = None,
                         saved_resolved: Optional[Mapping[str, Any]] = None) -> None:
@@ -130,7 +148,8 @@ def check_same_settings(cfg, path: Path, saved: Optional[Dict[str, Any]],
         return {k: values[k] if k in (values or {}) and str(v) == "auto" else v for k, v in flat.items()}
 
     now, saved = concrete(run_settings(cfg), resolved), concrete(saved, saved_resolved)
-    differ = sorted(k for k in set(saved) | set(now) if saved.get(k, "<absent>") != now.get(k, "<absent>"))
+    differ = sorted(k for k in set(saved) | set(now) if saved.get(k, "<absent>") != now.get(k, "<absent>")
+                    and not (k not in saved and _trained_as_before(k, now)))
     if not differ:
         return
     shown = "; ".join(f"{k}: {saved.get(k, '<absent>')!r} in the checkpoint, {now.get(k, '<absent>')!r} now"
@@ -178,7 +197,8 @@ def saved_choice(ckpt: Mapping[str, Any]) -> Dict[str, Any]:
     checkpoint written before plans were saved) the concrete values of its settings."""
     plan = ckpt.get("plan")
     if isinstance(plan, Mapping) and isinstance(plan.get("scaling"), Mapping):
-        return {k: plan["scaling"].get(k) for k in RESOLVED_KEYS.values()}
+        # with the validation probe's record (bbam.app.probe), when the run made one
+        return {**{k: plan["scaling"].get(k) for k in RESOLVED_KEYS.values()}, "probe": plan["scaling"].get("probe")}
     settings = ckpt.get("settings") or {}
     return {name: settings[key] for key, name in RESOLVED_KEYS.items() if key in settings}
 

@@ -113,11 +113,13 @@ class SelfTrainingEngine:
         return MethodContext(
             splits=self.splits, device=self.device, world=self.world, seed=self.seed, epoch=self.state.epoch,
             feature_dim=int(self.model.classifier_weight.shape[1]), save_epoch_state=bool(self.tc.save_epoch_state),
-            scores_global=lambda x, label_major=False: self.outputs_global(x, keep=("scores",),
-                                                                           label_major=label_major)[0],
+            scores_global=lambda x, label_major=False, source="ema": self.outputs_global(
+                x, models[source], keep=("scores",), label_major=label_major)[0],
             features=lambda x, source, out=None: self.outputs(x, models[source], keep=("features",),
                                                               features_out=out)[1],
-            classifier_weight=lambda source: models[source].classifier_weight, timed=self.timed)
+            outputs=lambda x, source: self.outputs(x, models[source], keep=("outputs",))[2],
+            classifier_weight=lambda source: models[source].classifier_weight, timed=self.timed,
+            input_features=self.plan.inputs.feature_rows)
 
     @contextlib.contextmanager
     def timed(self, phase: str):
@@ -220,10 +222,6 @@ class SelfTrainingEngine:
         return {"train_loss": self._global_mean(losses), **logged, **self.method.end_epoch()}
 
     # ----------------------------------------------------------------- checkpoints
-    def checkpoint(self) -> Dict[str, Any]:
-        """The run's state as saved in ``last.pt`` / ``best.pt`` (:func:`~bbam.app.checkpoints.engine_checkpoint`)."""
-        return engine_checkpoint(self)
-
     def _resume(self, path: Path, ckpt: Dict[str, Any]) -> None:
         """Continue from a ``last.pt`` (``path``, and ``ckpt`` as read once by the caller)."""
         check_resumable(path, ckpt, self.cfg, {"num_labels": self.num_labels, "seed": self.seed,
@@ -256,7 +254,7 @@ class SelfTrainingEngine:
 
     def _save(self, improved: bool) -> None:
         with self.timed("checkpoint"):  # in metrics.jsonl, not in the checkpoint's own history
-            ckpt = self.checkpoint()
+            ckpt = engine_checkpoint(self)  # the run's state as last.pt / best.pt hold it
             if improved:
                 atomic_save(ckpt, self.ckpt_dir / "best.pt")
             atomic_save(ckpt, self.ckpt_dir / "last.pt")

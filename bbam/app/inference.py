@@ -81,19 +81,16 @@ def model_outputs_global(model, method, x: Tensor, *, amp: bool = False, keep: S
     if D.world_size() == 1:
         return model_outputs(model, method, x, amp=amp, keep=keep, label_major=label_major, num_workers=num_workers)
     n = len(x)
-    device = model.head.weight.device
     shard = D.shard_indices(n)  # CPU indices select rows of a tensor on any device, or image rows
     local = model_outputs(model, method, take_rows(x, shard), amp=amp, keep=keep, num_workers=num_workers)
     outs = []
     for name, part in zip(PARTS, local):
         if part is None:
             outs.append(None)
-            continue
-        if name == "scores" and label_major:  # [N, K] view of label-major storage, as on one rank
+        elif name == "scores" and label_major:  # [N, K] view of label-major storage, as on one rank
             full = part.new_empty((part.shape[1], n)).T
+            full.copy_(D.gather_in_order(part, n))
+            outs.append(full)
         else:
-            full = part.new_empty((n, *part.shape[1:]))
-        for r, rows in enumerate(D.gather_rows(part)):
-            full[D.shard_indices(n, which=r, device=device)] = rows
-        outs.append(full)
+            outs.append(D.gather_in_order(part, n))
     return tuple(outs)

@@ -115,6 +115,12 @@ class Inputs:
     kind = "features"
     reads_pixels = False
 
+    @property
+    def feature_rows(self) -> bool:
+        """Whether a split's ``x`` is a float ``[N, D]`` matrix of feature rows (a graph of
+        the rows can be built on it); tokens and pixels are not."""
+        return not self.reads_pixels
+
     def matrix(self, data) -> Tensor:
         """The set's ``[N, D]`` inputs the scaler is fitted on and the model reads (the
         reader's ``X``, unless the kind's encoder makes them)."""
@@ -210,6 +216,7 @@ class TokenInputs(_TextInputs):
     """Token ids of the run's own vocabulary (``vocab``: id -> token, 0 = padding)."""
 
     kind = "text_tokens"
+    feature_rows = False  # token ids
 
     def __init__(self, vocab: Sequence[str], max_len: int, text_keys: Sequence[str]):
         super().__init__(text_keys)

@@ -24,6 +24,7 @@ from bbam.data import split_indices
 from .checkpoints import RESOLVED_KEYS, saved_choice
 from .inputs import Inputs, inputs_of
 from .preprocess import FeatureScaler, resolve_scaling
+from .probe import choose_on_validation, chosen_model, needs_probe, with_model
 from .runtime import Split
 
 __all__ = ["RunPlan", "prepare", "instantiate_data", "plain_section", "method_values"]
@@ -47,6 +48,8 @@ class RunPlan:
         scaling: the record of the scaling / margin / scale choice
             (:func:`bbam.app.preprocess.resolve_scaling`: values, source, rule, reason).
         data_source: where the data file was (:mod:`bbam.app.data_source`), or None.
+        model: the ``model`` section the run builds (plain values): the config's, or with
+            ``model=auto`` the candidate the validation probe chose (:mod:`bbam.app.probe`).
     """
 
     cfg: Any
@@ -59,6 +62,7 @@ class RunPlan:
     tensors: Mapping[str, Split]
     scaling: Mapping[str, Any]
     data_source: Optional[Dict[str, Any]] = None
+    model: Optional[Dict[str, Any]] = None
 
     @property
     def method_values(self) -> Dict[str, float]:
@@ -125,12 +129,18 @@ def prepare(cfg, device: torch.device = torch.device("cpu"), *, data=None,
     inputs = inputs_of(data)
     matrix = inputs.matrix(data)  # a frozen image backbone's features are computed here (cached)
     pool = matrix[torch.cat([splits["labeled"], splits["unlabeled"]])]
-    choice = resolve_scaling(cfg, pool, None if resume is None else saved_choice(resume))
+    saved = None if resume is None else saved_choice(resume)
+    probe = (saved or {}).get("probe")  # a resumed run keeps the choice its probe made
+    if needs_probe(cfg, saved):
+        probe = choose_on_validation(cfg, data, splits, device, pool)
+    choice = resolve_scaling(cfg, pool, saved, probe)
     scaler = FeatureScaler(choice["scaling"]).fit(pool)
     x = scaler.transform(matrix)
     tensors = {name: inputs.split(x, data.Y, idx, device) for name, idx in splits.items()}
+    name = chosen_model(cfg, probe)
+    model = plain_section((with_model(cfg, name) if name else cfg).model)
     return RunPlan(cfg, device, data, dict(splits), inputs, int(matrix.shape[1]), scaler, tensors, choice,
-                   data_source.describe(cfg.data, data))
+                   data_source.describe(cfg.data, data), model)
 
 
 def instantiate_data(cfg, data_record=None):

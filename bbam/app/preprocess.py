@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["FeatureScaler", "SCALINGS", "AUTO", "SPARSE_ZERO_SHARE", "feature_profile", "choose_scaling",
-           "resolve_scaling", "describe_choice"]
+           "resolve_scaling", "describe_choice", "margin_scale_of"]
 
 SCALINGS = ("none", "standardize", "tfidf_l2", "l2")
 AUTO = "auto"  # train.scaling / method.margin / method.scale: chosen from the training pool's features
@@ -164,6 +164,14 @@ def describe_choice(record: Dict[str, Any], with_margin: bool = True) -> str:
     keys = ("scaling", "margin", "scale") if with_margin else ("scaling",)
     auto = [k for k in keys if src[k] == "auto"]
     given = [k for k in keys if src[k] != "auto"]
+    probe = record.get("probe")
+    if probe:  # chosen on validation (bbam.app.probe)
+        if probe.get("model"):
+            head += f", model {probe['model']}"
+        tried = ", ".join(f"{c['scaling']}{' + ' + c['model'] if c.get('model') else ''} {c['val_mAP']:.2f}"
+                          for c in probe["candidates"])
+        return (f"{head} (auto: best validation mAP of {probe['epochs']}-epoch supervised runs: {tried}; "
+                f"{probe['seconds']:.1f} s)")
     if not auto:
         return head + (" (all given in the config)" if with_margin else " (given in the config)")
     why = ("non-negative, ≥ {:.0f} % zeros: bag of words".format(100 * SPARSE_ZERO_SHARE)
@@ -175,7 +183,14 @@ def describe_choice(record: Dict[str, Any], with_margin: bool = True) -> str:
     return f"{head} (auto: {why}{tail})"
 
 
-def resolve_scaling(cfg, pool_x: Tensor, saved: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def margin_scale_of(scaling: str) -> Tuple[float, float]:
+    """The angular margin / scale that go with a scaling: the text values for ``tfidf_l2``
+    (bag of words), the dense values otherwise."""
+    return TEXT_MARGIN_SCALE if scaling == "tfidf_l2" else DENSE_MARGIN_SCALE
+
+
+def resolve_scaling(cfg, pool_x: Tensor, saved: Optional[Dict[str, Any]] = None,
+                    probe: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The scaling, margin and scale a run uses, from its config and the training pool's
     inputs ``pool_x`` (labeled + unlabeled rows: no labels, validation or test rows); ``cfg``
     is only read. Returns the record of the choice::
@@ -201,11 +216,15 @@ def resolve_scaling(cfg, pool_x: Tensor, saved: Optional[Dict[str, Any]] = None)
     profile = feature_profile(pool_x)
     rule = choose_scaling(profile)
     picked = dict(zip(keys, rule))
+    if probe is not None and probe.get("scaling"):
+        picked = dict(zip(keys, (probe["scaling"], *margin_scale_of(probe["scaling"]))))
     picked.update({k: v for k, v in (saved or {}).items() if k in picked and v is not None and str(v) != AUTO})
     chosen = {k: picked[k] if source[k] == "auto" else values[k] for k in keys}
     record = {"scaling": str(chosen["scaling"]),
               "margin": None if chosen["margin"] is None else float(chosen["margin"]),
               "scale": None if chosen["scale"] is None else float(chosen["scale"]),
               "source": source, "rule": list(rule), "profile": profile}
+    if probe is not None:
+        record["probe"] = probe
     record["line"] = describe_choice(record)
     return record

@@ -42,14 +42,14 @@ def build_engine(plan, out_dir, resume=None):
     cfg, data = plan.cfg, plan.data
     method = build_method(cfg.method, resolved=plan.method_values)
     torch.manual_seed(int(cfg.seed))  # model init independent of what data loading consumed
-    encoder = instantiate(plain_section(cfg.model.encoder), in_dim=plan.num_features)
+    encoder = instantiate(plain_section(plan.model["encoder"]), in_dim=plan.num_features)
     model = MultiLabelModel(encoder, method.make_head(encoder.out_dim, data.num_labels))
     views = None
     if method.views:
-        if cfg.model.get("views") is None:
+        if plan.model.get("views") is None:
             raise ValueError(f"method {method.name!r} trains on weak/strong views, but config key 'model.views' "
                              f"is not set (see configs/model/mlp.yaml)")
-        views = instantiate(plain_section(cfg.model.views))
+        views = instantiate(plain_section(plan.model["views"]))
         if views.needs_images and plan.scaling["scaling"] != "none":
             raise ValueError(f"model.views.space=images makes views from the frozen backbone's raw features, but "
                              f"train.scaling={plan.scaling['scaling']} scales the cached ones: use train.scaling=none")
@@ -140,7 +140,7 @@ def _train(cfg) -> Dict[str, Any]:
     from bbam.app import report
     from bbam import distributed as D
     from bbam.app.atomic import atomic_save, atomic_write_text
-    from bbam.app.checkpoints import read_checkpoint
+    from bbam.app.checkpoints import engine_checkpoint, read_checkpoint
     from bbam.app.errors import user_input
     from bbam.app.plan import prepare
     from bbam.app.runtime import seed_everything
@@ -177,7 +177,7 @@ def _train(cfg) -> Dict[str, Any]:
         log.info("resumed from epoch %d (%d epochs done) of %s", engine.state.epoch, engine.state.epoch,
                  resumed_from.resolve())
     elif is_main:
-        atomic_save(engine.checkpoint(), last)  # the resume point of a run stopped in its first epoch
+        atomic_save(engine_checkpoint(engine), last)  # the resume point of a run stopped in its first epoch
     status = engine.fit(progress=bool(cfg.train.progress), stop_after_epoch=cfg.train.stop_after_epoch)
     if status["interrupted"]:  # train.stop_after_epoch (a testing aid: as if killed)
         text = f"stopped after epoch {engine.state.epoch - 1}; continue with: {resume_command(last)}"

@@ -1,8 +1,9 @@
 """Training methods as plugins: one class per method, built from ``method._target_``.
 
-``supervised`` (:class:`Supervised`), ``cap`` (:class:`CAP`), ``bam`` (:class:`BAM`),
-``bbam`` and ``bbam_cls`` (:class:`BBAM`), ``fixmatch`` (:class:`FixMatch`) and
-``softmatch`` (:class:`SoftMatch`). A new method is a subclass of :class:`Method` and a
+``supervised`` (:class:`Supervised`), ``cap`` (:class:`CAP`), ``labelprop``
+(:class:`LabelProp`), ``bam`` (:class:`BAM`), ``bbam`` and ``bbam_cls`` (:class:`BBAM`),
+``fixmatch`` (:class:`FixMatch`), ``softmatch`` (:class:`SoftMatch`) and ``freematch``
+(:class:`FreeMatch`); the CAP family's graph pseudo-labels are :class:`GraphLabels`. A new method is a subclass of :class:`Method` and a
 YAML file naming it in ``_target_``; the engine does not change (:mod:`.base` lists the hooks).
 :func:`build_method` builds the method of a ``method`` config section (run folders written
 by an older bbam, whose section held flags instead of a ``_target_``, are rewritten once by
@@ -11,10 +12,12 @@ by an older bbam, whose section held flags instead of a ``_target_``, are rewrit
 from typing import Any, Mapping, Optional
 
 from .base import Forward, Method
-from .consistency import FixMatch, SoftMatch
-from .pseudo_labels import BAM, BBAM, CAP, Supervised
+from .consistency import FixMatch, FreeMatch, SoftMatch
+from .graph_labels import GraphLabels
+from .pseudo_labels import BAM, BBAM, CAP, LabelProp, Supervised
 
-__all__ = ["Method", "Forward", "Supervised", "CAP", "BAM", "BBAM", "FixMatch", "SoftMatch", "build_method"]
+__all__ = ["Method", "Forward", "Supervised", "CAP", "LabelProp", "BAM", "BBAM", "FixMatch", "SoftMatch", "FreeMatch",
+           "GraphLabels", "build_method"]
 
 
 def build_method(mc, resolved: Optional[Mapping[str, Any]] = None) -> Method:

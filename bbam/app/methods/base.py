@@ -67,12 +67,17 @@ class MethodContext:
         epoch: the epoch about to run (0-based).
         feature_dim: the width ``D`` of the model's features.
         save_epoch_state: whether the epoch's per-row state is kept (``train.save_epoch_state``).
-        scores_global: ``scores_global(x, label_major=False)``: the EMA model's scores ``[N, K]``
-            of every row of ``x``, on every rank (``label_major``: stored with each label's
-            scores contiguous, as per-label ranks want them).
+        scores_global: ``scores_global(x, label_major=False, source="ema")``: the ``source``
+            model's (``ema`` or ``online``) scores ``[N, K]`` of every row of ``x``, on every
+            rank (``label_major``: stored with each label's scores contiguous, as per-label
+            ranks want them).
         features: ``features(x, source, out=None)``: features ``[n, D]`` of this rank's rows
             ``x`` from the ``online`` (trained) or ``ema`` model, written into ``out`` if given.
+        outputs: ``outputs(x, source)``: that model's raw outputs ``[n, K]`` of this rank's
+            rows ``x`` (eval mode, no gradient: a teacher's view of a batch).
         classifier_weight: ``classifier_weight(source)``: that model's classifier weights ``[K, D]``.
+        input_features: whether the splits' ``x`` are feature rows ``[N, D]`` (features,
+            sentence embeddings, a frozen backbone's features), not tokens or pixels.
         timed: ``timed(phase)``: a context manager adding the block's seconds to the epoch's
             ``phase_s[phase]`` in ``metrics.jsonl``.
     """
@@ -86,7 +91,9 @@ class MethodContext:
     save_epoch_state: bool
     scores_global: Callable[..., Tensor]
     features: Callable[..., Tensor]
+    outputs: Callable[[Tensor, str], Tensor]
     classifier_weight: Callable[[str], Tensor]
+    input_features: bool = True
     timed: Callable[[str], ContextManager] = lambda phase: contextlib.nullcontext()
 
     @property

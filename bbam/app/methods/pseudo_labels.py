@@ -1,8 +1,11 @@
-"""Methods that pseudo-label once per epoch: ``supervised`` (none), ``cap``, ``bam``, ``bbam``.
+"""Methods that pseudo-label once per epoch: ``supervised`` (none), ``cap``, ``labelprop``, ``bam``, ``bbam``.
 
 Each semi-supervised epoch of :class:`CAP` and its subclasses starts with a refresh
-(docs/METHOD.md): (1) CAP pseudo-labels of the whole unlabeled set from the EMA model's
-scores (the inference transform: never the unlabeled samples' true labels); for the
+(docs/METHOD.md): (1) CAP pseudo-labels of the whole unlabeled set from the teacher's
+scores (``teacher``: the EMA model by default; with the inference transform), from label
+spreading on a kNN graph of the rows (``pseudo_labels: graph``,
+:mod:`.graph_labels`) or from the mean of both (``blend``); never from the unlabeled
+samples' true labels; for the
 angular methods also (2) features of labeled + pseudo-labeled samples -> label prototypes
 and, with balancing, the per-label angle statistics; (3) prototype negative-sampling masks
 (labeled rows' masks refreshed too). The epoch's steps then read the pseudo-labels and
@@ -26,8 +29,11 @@ from ..batches import Batch
 from ..inputs import take_rows
 from ..models import CosineClassifier
 from .base import Forward, Method, MethodContext
+from .graph_labels import PSEUDO_LABEL_SOURCES, GraphLabels
 
-__all__ = ["Supervised", "CAP", "BAM", "BBAM"]
+__all__ = ["Supervised", "CAP", "LabelProp", "BAM", "BBAM"]
+
+TEACHERS = ("ema", "model")  # method.teacher: the EMA weights or the live model make the pseudo-labels
 
 
 
@@ -83,11 +89,32 @@ class CAP(Method):
         unlabeled_views: the views of each unlabeled batch the loss is taken on, each with
             the epoch's pseudo-labels and summed (``[weak, strong]``: CAP's image recipe);
             empty: the unlabeled inputs themselves.
+        pseudo_labels: where the scores CAP thresholds come from: ``model`` (the teacher's
+            scores), ``graph`` (label spreading, ``graph``) or ``blend`` (their mean).
+        teacher: ``ema`` (the EMA weights) or ``model`` (the live model): the model whose
+            scores (and, for the graph, features) make the pseudo-labels.
+        graph: a :class:`~.graph_labels.GraphLabels` (``pseudo_labels`` graph or blend).
+        weight_by_certainty: each unlabeled element's loss weighted by the graph's certainty
+            ``|2 score - 1|`` of its row and label (graph or blend).
     """
 
     def __init__(self, name: str = "cap", pos_per: float = 1.0, neg_per: float = 0.998, gamma_neg: float = 4.0,
-                 gamma_pos: float = 0.0, clip: float = 0.05, unlabeled_views: Sequence[str] = ()):
+                 gamma_pos: float = 0.0, clip: float = 0.05, unlabeled_views: Sequence[str] = (),
+                 pseudo_labels: str = "model", teacher: str = "ema", graph: Optional[GraphLabels] = None,
+                 weight_by_certainty: bool = False):
         super().__init__(name)
+        if pseudo_labels not in PSEUDO_LABEL_SOURCES:
+            raise ValueError(f"config key 'method.pseudo_labels' must be one of {', '.join(PSEUDO_LABEL_SOURCES)}, "
+                             f"got {pseudo_labels!r}")
+        if teacher not in TEACHERS:
+            raise ValueError(f"config key 'method.teacher' must be one of {', '.join(TEACHERS)}, got {teacher!r}")
+        if pseudo_labels != "model" and not isinstance(graph, GraphLabels):
+            raise ValueError(f"config key 'method.graph' must be a graph section (_target_: "
+                             f"bbam.app.methods.GraphLabels) with method.pseudo_labels={pseudo_labels}, got {graph!r}")
+        self.pseudo_labels, self.teacher, self.graph = pseudo_labels, teacher, graph
+        self._source = "online" if teacher == "model" else "ema"  # the engine's name of the teacher
+        self.weight_by_certainty = bool(weight_by_certainty) and pseudo_labels != "model"
+        self.certainty: Optional[Tensor] = None  # [N_u, K] this epoch's graph certainty (weight_by_certainty)
         self.views = _view_names(unlabeled_views)
         self.cap = CAPLabeler(pos_per=pos_per, neg_per=neg_per)
         self.warmup_loss_fn = AsymmetricLoss(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, reduction="sum")
@@ -121,17 +148,31 @@ class CAP(Method):
     # ------------------------------------------------------------------ per epoch
     @torch.no_grad()
     def _pseudo_targets(self, ctx: MethodContext) -> Tensor:
-        """Step (1): CAP on the EMA model's scores of the WHOLE unlabeled set (global ranks)."""
+        """Step (1): CAP on the scores of the WHOLE unlabeled set (global ranks): the
+        teacher's, the graph's or their mean (``pseudo_labels``)."""
+        scores_u = None
+        if self.pseudo_labels != "graph":
+            with ctx.timed("cap"):
+                scores_u = ctx.scores_global(ctx.splits["unlabeled"].x, label_major=True, source=self._source)
+        if self.pseudo_labels != "model":
+            spread, certainty = self.graph.spread(ctx, self._source)
+            scores_u = spread if scores_u is None else scores_u.add_(spread).mul_(0.5)  # label-major, as CAP reads
+            self.certainty = certainty if self.weight_by_certainty else None
         with ctx.timed("cap"):
-            scores_u = ctx.scores_global(ctx.splits["unlabeled"].x, label_major=True)
             self.thresholds = self.cap.thresholds(scores_u) if ctx.save_epoch_state else None
             return self.cap.pseudo_targets(scores_u)  # [N_u, K] int8, -1: not confident
+
+    def _unlabeled_weight(self, known: Tensor) -> Tensor:
+        """The unlabeled rows' element weights from their mask ``[N_u, K]`` bool: the mask, or
+        (``weight_by_certainty``) the mask times the graph's certainty."""
+        return known if self.certainty is None else known * self.certainty
 
     @torch.no_grad()
     def refresh(self, ctx: MethodContext) -> Dict[str, float]:
         lb = ctx.splits["labeled"]
         self.targets_ub = self._pseudo_targets(ctx)
-        self.weight_lb, self.weight_ub = lb.y >= 0, self.targets_ub >= 0  # every known entry counts
+        # every known entry counts
+        self.weight_lb, self.weight_ub = lb.y >= 0, self._unlabeled_weight(self.targets_ub >= 0)
         return self._summary(ctx)
 
     def _summary(self, ctx: MethodContext) -> Dict[str, float]:
@@ -141,7 +182,7 @@ class CAP(Method):
 
     def end_epoch(self) -> Dict[str, float]:
         # the [N, K] pseudo-labels and masks live for one epoch (not through validation)
-        self.targets_ub = self.weight_lb = self.weight_ub = None
+        self.targets_ub = self.weight_lb = self.weight_ub = self.certainty = None
         return {}
 
     def epoch_state(self) -> Dict[str, Tensor]:
@@ -153,6 +194,29 @@ class CAP(Method):
         if self.thresholds is not None:
             state["thresholds"] = self.thresholds.cpu()
         return state
+
+
+class LabelProp(CAP):
+    """Label propagation as the pseudo-labeller: CAP's class-proportion thresholds on label
+    spreading's scores (Zhou et al. 2004; Iscen et al. 2019) train a linear head with
+    binary cross-entropy, each unlabeled element weighted by its certainty.
+
+    Args:
+        name: method name.
+        graph: the :class:`~.graph_labels.GraphLabels` (by default on the teacher's
+            features, rebuilt every epoch; ``features="inputs"``: built and solved once).
+        pos_per, neg_per: CAP's shares (see :class:`CAP`).
+        pseudo_labels, teacher, weight_by_certainty, unlabeled_views: see :class:`CAP`.
+    """
+
+    def __init__(self, name: str = "labelprop", graph: Optional[GraphLabels] = None, pos_per: float = 1.0,
+                 neg_per: float = 0.998, pseudo_labels: str = "graph", teacher: str = "ema",
+                 weight_by_certainty: bool = True, unlabeled_views: Sequence[str] = ()):
+        super().__init__(name, pos_per=pos_per, neg_per=neg_per, unlabeled_views=unlabeled_views,
+                         pseudo_labels=pseudo_labels, teacher=teacher,
+                         graph=GraphLabels() if graph is None else graph,
+                         weight_by_certainty=weight_by_certainty)
+        self.warmup_loss_fn = self.loss_fn = BCELoss(reduction="sum")
 
 
 class BAM(CAP):
@@ -169,6 +233,7 @@ class BAM(CAP):
         pos_per, neg_per: CAP (see :class:`CAP`).
         sampling: a negative sampler with ``select(features, prototypes, targets, generator)``
             (e.g. :class:`bbam.sampling.NegativeSampler`), or None: every known entry counts.
+        pseudo_labels, teacher, graph, weight_by_certainty, unlabeled_views: see :class:`CAP`.
     """
 
     head = "cosine"
@@ -181,8 +246,12 @@ class BAM(CAP):
 
     def __init__(self, name: str = "bam", margin: float = 0.4, scale: float = 20.0,
                  predict_margin_fraction: float = 0.5, features_from: str = "online", pos_per: float = 1.0,
-                 neg_per: float = 0.998, sampling=None, unlabeled_views: Sequence[str] = ()):
-        super().__init__(name, pos_per=pos_per, neg_per=neg_per, unlabeled_views=unlabeled_views)
+                 neg_per: float = 0.998, sampling=None, unlabeled_views: Sequence[str] = (),
+                 pseudo_labels: str = "model", teacher: str = "ema", graph: Optional[GraphLabels] = None,
+                 weight_by_certainty: bool = False):
+        super().__init__(name, pos_per=pos_per, neg_per=neg_per, unlabeled_views=unlabeled_views,
+                         pseudo_labels=pseudo_labels, teacher=teacher, graph=graph,
+                         weight_by_certainty=weight_by_certainty)
         if features_from not in ("online", "ema"):
             raise ValueError(f"config key 'method.features_from' must be 'online' or 'ema', got {features_from!r}")
         self.margin, self.scale = float(margin), float(scale)
@@ -229,7 +298,8 @@ class BAM(CAP):
             self._update_statistics(ctx, feats, targets)
         with ctx.timed("sampling"):
             weight = self._sampling_weights(ctx, feats, targets, torch.cat([rows_lb, rows_ub + len(lb)]))
-        self.targets_ub, self.weight_lb, self.weight_ub = pseudo_t, weight[:len(lb)], weight[len(lb):]
+        self.targets_ub, self.weight_lb = pseudo_t, weight[:len(lb)]
+        self.weight_ub = self._unlabeled_weight(weight[len(lb):])
         return self._summary(ctx)
 
     def _update_statistics(self, ctx: MethodContext, feats: Tensor, targets: Tensor) -> None:
@@ -301,12 +371,13 @@ class BBAM(BAM):
     def __init__(self, name: str = "bbam", margin: float = 0.4, scale: float = 20.0,
                  predict_margin_fraction: float = 0.5, features_from: str = "online", pos_per: float = 1.0,
                  neg_per: float = 0.998, sampling=None, stats_gamma: float = 0.01, stats_angles: str = "prototype",
-                 unlabeled_views: Sequence[str] = ()):
+                 unlabeled_views: Sequence[str] = (), pseudo_labels: str = "model", teacher: str = "ema",
+                 graph: Optional[GraphLabels] = None, weight_by_certainty: bool = False):
         if stats_angles not in ("prototype", "classifier"):
             raise ValueError(f"config key 'method.stats_angles' must be 'prototype' or 'classifier', "
                              f"got {stats_angles!r}")
         super().__init__(name, margin, scale, predict_margin_fraction, features_from, pos_per, neg_per, sampling,
-                         unlabeled_views)
+                         unlabeled_views, pseudo_labels, teacher, graph, weight_by_certainty)
         self.stats_gamma, self.stats_angles = float(stats_gamma), stats_angles
         self.stats: Optional[LabelAngleStats] = None
 

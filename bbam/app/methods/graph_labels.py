@@ -1,0 +1,108 @@
+"""Pseudo-label scores from label spreading on a kNN graph of the training rows (``method.graph``).
+
+Each refresh (or once, when the graph is built on the fixed inputs) the labeled and
+unlabeled rows' features are L2-normalised and linked to their ``k`` nearest neighbours
+(:func:`bbam.graph.knn_graph`); every label's positives and negatives among the labeled
+rows are spread over the graph (:func:`bbam.graph.spread_scores`, class-balanced), and an
+unlabeled row's score for a label is the positives' share of what reaches it, with a
+certainty ``|2 score - 1|``. The methods turn these scores into pseudo-labels with CAP's
+class-proportion thresholds, alone (``pseudo_labels: graph``) or averaged with the
+teacher model's scores (``blend``).
+
+Under ``torchrun`` every rank's features are gathered in row order, rank 0 builds the
+graph and solves, and the scores are broadcast: every rank holds the same pseudo-labels,
+equal to a single process's.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bbam import distributed as D
+from bbam.graph import knn_graph, spread_scores
+
+from ..inputs import take_rows
+from .base import MethodContext
+
+__all__ = ["GraphLabels", "PSEUDO_LABEL_SOURCES"]
+
+PSEUDO_LABEL_SOURCES = ("model", "graph", "blend")  # method.pseudo_labels
+
+
+class GraphLabels:
+    """Label spreading for pseudo-labels (see the module docstring).
+
+    Args:
+        k: neighbours per row (capped at the number of rows - 1).
+        alpha: the spreading's weight of the graph against the seeds, in [0, 1).
+        gamma: the power of the clipped cosine similarity on each edge.
+        features: ``model`` (the teacher's features ``z``, rebuilt every refresh) or
+            ``inputs`` (the run's scaled input rows, e.g. frozen image or sentence
+            embeddings: built once; needs inputs that are feature rows).
+        exact_below: exact search below this many rows, an IVF index above.
+        nprobe: IVF cells probed per query (at least; raised with ``k``).
+        tol, max_iter: the conjugate-gradient stop (:func:`bbam.graph.label_spreading`).
+    """
+
+    def __init__(self, k: int = 50, alpha: float = 0.99, gamma: float = 3.0, features: str = "model",
+                 exact_below: int = 100_000, nprobe: int = 8, tol: float = 1e-4, max_iter: int = 100):
+        if int(k) < 1:
+            raise ValueError(f"config key 'method.graph.k' must be >= 1, got {k}")
+        if not 0.0 <= float(alpha) < 1.0:
+            raise ValueError(f"config key 'method.graph.alpha' must be in [0, 1), got {alpha}")
+        if float(gamma) <= 0:
+            raise ValueError(f"config key 'method.graph.gamma' must be > 0, got {gamma}")
+        if features not in ("model", "inputs"):
+            raise ValueError(f"config key 'method.graph.features' must be 'model' or 'inputs', got {features!r}")
+        self.k, self.alpha, self.gamma, self.features = int(k), float(alpha), float(gamma), features
+        self.exact_below, self.nprobe = int(exact_below), int(nprobe)
+        self.tol, self.max_iter = float(tol), int(max_iter)
+        self._fixed: Optional[Tuple[Tensor, Tensor]] = None  # scores of a graph on the inputs (they never change)
+
+    def _rows(self, ctx: MethodContext, source: str) -> Tensor:
+        """``[N_l + N_u, D]`` features of the labeled then the unlabeled rows, on every rank."""
+        lb, ub = ctx.splits["labeled"], ctx.splits["unlabeled"]
+        if self.features == "inputs":
+            if not ctx.input_features:
+                raise ValueError("config key 'method.graph.features' is 'inputs', but this run's inputs are not "
+                                 "feature rows (tokens or pixels): use method.graph.features=model")
+            return torch.cat([lb.x, ub.x]).float()
+        parts = []
+        for x in (lb.x, ub.x):  # each rank embeds its interleaved shard; gathered back in row order
+            local = x if ctx.world == 1 else take_rows(x, D.shard_indices(len(x)))
+            parts.append(D.gather_in_order(ctx.features(local, source), len(x)))
+        return torch.cat(parts)
+
+    @torch.no_grad()
+    def spread(self, ctx: MethodContext, source: str = "ema") -> Tuple[Tensor, Tensor]:
+        """``(scores, certainty)``: ``[N_u, K]`` float32 on the run's device, each label's
+        scores contiguous (as CAP reads them); the same on every rank."""
+        if self._fixed is not None:
+            return self._fixed
+        lb, ub = ctx.splits["labeled"], ctx.splits["unlabeled"]
+        n_l, n_u, K = len(lb.y), len(ub.y), ctx.num_labels
+        with ctx.timed("graph_features"):
+            feats = self._rows(ctx, source)
+        out = torch.empty((2, K, n_u), device=ctx.device)  # label-major: out[i].T is [N_u, K]
+        with ctx.timed("graph"):
+            if D.rank() == 0:
+                W = knn_graph(feats.cpu(), k=min(self.k, n_l + n_u - 1), gamma=self.gamma,
+                              exact_below=self.exact_below, nprobe=self.nprobe)
+                targets = np.zeros((n_l + n_u, K), dtype=np.int8)
+                targets[:n_l] = lb.y.cpu().numpy()
+                labeled = np.arange(n_l + n_u) < n_l
+                score, certainty = spread_scores(W, targets, labeled, self.alpha, self.tol, self.max_iter,
+                                                 balance=True)
+                out.copy_(torch.from_numpy(np.stack([score[n_l:].T, certainty[n_l:].T])))
+            D.broadcast_tensor(out)
+        result = (out[0].T, out[1].T)
+        if self.features == "inputs":
+            self._fixed = result
+        return result
+
+    def __repr__(self) -> str:
+        return (f"GraphLabels(k={self.k}, alpha={self.alpha}, gamma={self.gamma}, features={self.features!r}, "
+                f"exact_below={self.exact_below})")
