@@ -75,12 +75,13 @@ def gather_rows(local: Tensor) -> List[Tensor]:
     return [t[:n] for t, n in zip(out, sizes)]
 
 
-def gather_in_order(local: Tensor, n: int) -> Tensor:
+def gather_in_order(local: Tensor, n: int, out: Optional[Tensor] = None) -> Tensor:
     """The ``[n, ...]`` tensor of every rank's interleaved shard (:func:`shard_indices`)
-    ``local``, back in row order, on every rank. Without a process group: ``local``."""
+    ``local``, back in row order, on every rank (written into ``out`` if given, e.g. a
+    label-major view). Without a process group: ``local`` (copied into ``out`` if given)."""
     if not is_distributed():
-        return local
-    full = local.new_empty((n, *local.shape[1:]))
+        return local if out is None else out.copy_(local)
+    full = local.new_empty((n, *local.shape[1:])) if out is None else out
     for r, rows in enumerate(gather_rows(local)):
         full[shard_indices(n, which=r, device=local.device)] = rows
     return full

@@ -62,7 +62,10 @@ def knn_graph(features, k: int = 50, gamma: float = 3.0, exact_below: int = 100_
     cols = ids.reshape(-1)
     keep = (cols >= 0) & (cols != rows)
     rows, cols = rows[keep], cols[keep]
-    sims = (unit[rows].double() * unit[cols].double()).sum(1)  # cosine of each edge, in float64
+    sims = torch.empty(len(rows), dtype=torch.float64)
+    step = max(1, (1 << 25) // max(1, unit.shape[1]))  # edges per chunk: ~256 MB of float64 rows at a time
+    for i in range(0, len(rows), step):  # cosine of each edge, in float64 (never an [E, D] temporary)
+        sims[i:i + step] = (unit[rows[i:i + step]].double() * unit[cols[i:i + step]].double()).sum(1)
     vals = sims.clamp(min=0).pow(float(gamma)).numpy()
     a = sp.csr_matrix((vals, (rows.numpy(), cols.numpy())), shape=(n, n))
     return (a + a.T).tocsr()

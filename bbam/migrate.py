@@ -175,16 +175,17 @@ def _migrate_tree(tree: Dict[str, Any], data_choice: Optional[str],
     if isinstance(method, dict) and method.get("_target_") in _VIEW_METHODS and "unlabeled_views" not in method:
         method["unlabeled_views"] = []
         changes.append("+method.unlabeled_views")
-    changes += _add_pseudo_label_keys(tree)
+    changes += _add_pseudo_label_keys(tree, settings)
     return tree, changes
 
 
-def _add_pseudo_label_keys(tree: Dict[str, Any]) -> List[str]:
+def _add_pseudo_label_keys(tree: Dict[str, Any], settings: bool = False) -> List[str]:
     """The keys added with graph pseudo-labels, teachers and the validation probe, at the
     values that train as before: CAP / BAM / BBAM ``pseudo_labels: model``, ``teacher: ema``,
     ``weight_by_certainty: false`` and today's default ``graph`` (unused with ``model``);
     FixMatch / SoftMatch ``teacher: model``, ``unlabeled_norm: sum``; ``train.probe_epochs``
-    0 (the scaling rule) where ``train.scaling`` is ``auto``, else today's default (unused)."""
+    0 (the scaling rule) where ``train.scaling`` is ``auto``, else today's default (unused; not
+    in a checkpoint's ``settings``, which leave it out as a key a resumed run may change)."""
     from omegaconf import OmegaConf
 
     from bbam.app.checkpoints import _OLD_TEACHER, _VIEW_METHODS
@@ -202,7 +203,7 @@ def _add_pseudo_label_keys(tree: Dict[str, Any]) -> List[str]:
         if key not in method:
             method[key] = copy.deepcopy(value)
             added.append(f"+method.{key}")
-    if isinstance(train, dict) and "probe_epochs" not in train:
+    if isinstance(train, dict) and "probe_epochs" not in train and not settings:
         train["probe_epochs"] = 0 if str(train.get("scaling")) == "auto" else defaults["train"]["probe_epochs"]
         added.append("+train.probe_epochs")
     return [", ".join(added)] if added else []

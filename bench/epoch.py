@@ -7,7 +7,7 @@ Usage::
                           [--loader tensor|dataloader] [--workers 0] [--set KEY=VALUE ...]
 
 Each size ``NxK`` runs the app's own pieces (``bbam.app.plan.prepare``,
-``bbam.app.run.build_engine``, ``SelfTrainingEngine.fit``, the final test evaluation and the angle
+``bbam.app.build.build_engine``, ``SelfTrainingEngine.fit``, the final test evaluation and the angle
 diagnostics) on the synthetic dataset with ``N`` samples, ``D = --features`` features
 and ``K`` labels, for ``--epochs`` epochs of which ``--warmup-epochs`` are warm-up, in a
 fresh child process (so its peak resident memory is its own). Reported per size:

@@ -8,6 +8,7 @@ continues where it stopped (runs already in the file are skipped).
         --methods logreg,supervised,cap,bam,bbam,bbam_cls --jobs 2 --out study.jsonl [-- key=value ...]
     python bench/study.py table study.jsonl [--out table.md]
     python bench/study.py summary study.jsonl [--metric mAP] [--pair bbam:bam ...]
+    python bench/study.py probe auto.jsonl --floor study.jsonl
 
 A ``--datasets`` entry is a dataset config's name or a path to a user's own file
 (``.npz`` / ``.arff`` / LIBSVM: ``data=npz|arff|libsvm`` with their ``auto`` scaling).
@@ -198,13 +199,18 @@ def summary(ns) -> str:
     datasets = list(dict.fromkeys(x["dataset"] for x in runs))
     cell = _by(runs, "dataset", "lb_ratio", "row")
     out = []
-    metric, scale = ns.metric, dict((k, s) for k, _, s in METRICS)[ns.metric]
+    metric = ns.metric
+    scale = dict((k, s) for k, _, s in METRICS).get(metric, 1.0)
+
+    def value(r):  # val_mAP: the selected epoch's validation mAP (what defaults are chosen on)
+        return r.get("best_val_mAP") if metric == "val_mAP" else r["test"][metric] * scale  # logreg: no val
+
     for lb in sorted({x["lb_ratio"] for x in runs}):
         out.append(f"\n**{metric}, labeled ratio {lb}** (mean ± std over seeds)\n")
         out.append("| method | " + " | ".join(datasets) + " |")
         out.append("|---" * (len(datasets) + 1) + "|")
         for row in rows:
-            vals = [_mean_std([r["test"][metric] * scale for r in cell.get((d, lb, row), [])]) for d in datasets]
+            vals = [_mean_std([value(r) for r in cell.get((d, lb, row), [])]) for d in datasets]
             if any(v != "—" for v in vals):
                 out.append(f"| {row} | " + " | ".join(vals) + " |")
     pairs = [tuple(p.split(":")) for p in ns.pair] if ns.pair else PAIRS
@@ -217,8 +223,8 @@ def summary(ns) -> str:
         for lb in lbs:
             cells, every = [], []
             for d in datasets:
-                A = {r["seed"]: r["test"][metric] * scale for r in cell.get((d, lb, a), [])}
-                B = {r["seed"]: r["test"][metric] * scale for r in cell.get((d, lb, b), [])}
+                A = {r["seed"]: value(r) for r in cell.get((d, lb, a), []) if value(r) is not None}
+                B = {r["seed"]: value(r) for r in cell.get((d, lb, b), []) if value(r) is not None}
                 diffs = [A[s] - B[s] for s in sorted(set(A) & set(B))]
                 every += diffs
                 if not diffs:
@@ -249,6 +255,44 @@ def summary(ns) -> str:
     return "\n".join(out) + "\n"
 
 
+def probe_table(ns) -> str:
+    """The validation probe against the test set: per dataset and seed, the candidate the
+    ``auto`` run chose (its ``scaling.probe`` record) and the test mAP of every candidate
+    trained as a fixed configuration (rows named ``<scaling>_<model>``, e.g. ``std_mlp``),
+    with the floor (``logreg`` rows of ``--floor`` files, same labeled rows)."""
+    runs = _load(ns.files)
+    floor = {(r["dataset"], r["lb_ratio"], r["seed"]): r["test"]["mAP"] for r in _load(ns.floor or [])
+             if r["row"] == "logreg"}
+    short = {"standardize": "std", "tfidf_l2": "tfidf"}
+    cell = _by(runs, "dataset", "lb_ratio", "seed")
+    out = ["| dataset | seed | chosen (validation) | test mAP of each candidate | chosen = test-best | "
+           "auto − floor |", "|---|---|---|---|---|---|"]
+    hits = total = 0
+    margins = defaultdict(list)
+    for (dataset, lb, seed), rs in sorted(cell.items()):
+        auto = [r for r in rs if r["row"] == "supervised" and r["scaling"].get("probe")]
+        if not auto:
+            continue
+        probe = auto[0]["scaling"]["probe"]
+        chosen = f"{short[probe['scaling']]}_{probe['model']}"
+        fixed = {r["row"]: r["test"]["mAP"] for r in rs if r["row"] != "supervised"}
+        best = max(fixed, key=fixed.get) if fixed else None
+        hit = best is not None and fixed.get(chosen) is not None and fixed[chosen] >= fixed[best] - 0.05
+        hits, total = hits + hit, total + 1
+        f = floor.get((dataset, lb, seed))
+        margin = auto[0]["test"]["mAP"] - f if f is not None else None
+        if margin is not None:
+            margins[dataset].append(margin)
+        cands = ", ".join(f"{k} {v:.2f}" for k, v in sorted(fixed.items()))
+        out.append(f"| {dataset} | {seed} | {chosen} | {cands} | {'yes' if hit else 'no'} | "
+                   f"{'—' if margin is None else f'{margin:+.2f}'} |")
+    out.append(f"\nThe probe picked a test-best candidate (within 0.05 mAP) in {hits} of {total} cells.")
+    if margins:
+        out.append("Mean (auto − floor) per dataset: " + "; ".join(f"{d} {statistics.mean(v):+.2f}"
+                                                               for d, v in margins.items()) + ".")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -267,13 +311,19 @@ def main(argv=None) -> None:
     t.add_argument("--out")
     m = sub.add_parser("summary", help="compact tables across datasets")
     m.add_argument("files", nargs="+")
-    m.add_argument("--metric", default="mAP", choices=[k for k, _, _ in METRICS])
+    m.add_argument("--metric", default="mAP", choices=[k for k, _, _ in METRICS] + ["val_mAP"],
+                   help="a test metric, or val_mAP (the selected epoch's validation mAP)")
     m.add_argument("--pair", action="append", help="paired comparison A:B (default: the standard pairs)")
+    q = sub.add_parser("probe", help="the validation probe (auto rows) against the test set")
+    q.add_argument("files", nargs="+")
+    q.add_argument("--floor", action="append", help="result files holding logreg rows (the floor)")
     ns = parser.parse_args(argv)
     if ns.cmd == "run":
         run(ns)
     elif ns.cmd == "summary":
         print(summary(ns))
+    elif ns.cmd == "probe":
+        print(probe_table(ns))
     else:
         print(table(ns))
 

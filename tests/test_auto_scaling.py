@@ -70,7 +70,8 @@ def test_explicit_values_win_over_auto():
         cfg = compose_config([f"data={data}", "data.path=x", "method=bam", "method.margin=0.3",
                               "train.scaling=standardize"])
         rec = resolve_scaling(cfg, pool)
-        assert (rec["scaling"], rec["margin"], rec["scale"]) == ("standardize", 0.3, 30.0), data
+        # the scale left auto follows the scaling the run uses (standardize: the dense 20)
+        assert (rec["scaling"], rec["margin"], rec["scale"]) == ("standardize", 0.3, 20.0), data
         assert rec["source"] == {"scaling": "config", "margin": "config", "scale": "auto"}
         assert "train.scaling, method.margin as given" in rec["line"]
     # the method's losses and scores take the resolved margin (method.margin interpolates angular.margin)

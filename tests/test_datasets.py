@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -85,15 +84,12 @@ def test_container_error_names_source():
 # ---------------------------------------------------------------------------
 # synthetic
 # ---------------------------------------------------------------------------
-def test_synthetic_deterministic_and_fast():
-    t0 = time.perf_counter()
-    a = ds.make_synthetic()
-    elapsed = time.perf_counter() - t0
+def test_synthetic_deterministic():
+    a = ds.make_synthetic()  # its speed is bench/epoch.py's "data s", not a test's
     b = ds.make_synthetic()
     c = ds.make_synthetic(seed=1)
     assert torch.equal(a.X, b.X) and torch.equal(a.Y, b.Y)
     assert not torch.equal(a.X, c.X) and not torch.equal(a.Y, c.Y)
-    assert elapsed < 1.0, f"make_synthetic took {elapsed:.2f}s"
     assert (a.num_samples, a.num_features, a.num_labels) == (6000, 64, 20)
     assert a.X.dtype == torch.float32 and a.Y.dtype == torch.int8
     assert torch.isfinite(a.X).all()

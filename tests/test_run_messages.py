@@ -61,8 +61,8 @@ def test_help_describes_the_app_its_groups_keys_and_examples():
     (["trian.epochs=3"], r"did you mean train.epochs\?"),
     (["+train.epochz=3"], r"'train.epochz' cannot be added \(no config or class reads it\): did you mean train.epochs"),
     (["+model.encoder.widht=3"], r"bbam.app.models.MLPEncoder takes no argument 'widht'"),
-    (["method=foo"], r"^unknown method 'foo'; choose one of: bam, bbam, bbam_cls, cap, fixmatch, softmatch, "
-                     r"supervised$"),
+    (["method=foo"], r"^unknown method 'foo'; choose one of: bam, bbam, bbam_cls, cap, fixmatch, freematch, "
+                     r"labelprop, softmatch, supervised$"),
     (["-m", "method=cap,bbsm"], r"^unknown method 'bbsm' \(did you mean bbam\?\); choose one of"),
     (["data=emotionz"], r"unknown data 'emotionz' \(did you mean emotions\?\)"),
 ])

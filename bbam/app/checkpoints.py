@@ -33,15 +33,14 @@ SETTINGS_SECTIONS = ("data", "split", "method", "model", "train")  # config sect
 # settings a resumed run may change: they do not change what is trained
 _RESUME_FREE = ("train.progress", "train.resume", "train.stop_after_epoch", "train.save_epoch_state",
                 "train.loader", "train.num_workers",
+                "train.probe_epochs",  # a resumed run keeps the choice its probe (or the rule) made
                 "data.name")
 # the config keys a run's plan may resolve (bbam.app.plan), and where its scaling record holds them
 RESOLVED_KEYS = {"train.scaling": "scaling", "method.margin": "margin", "method.scale": "scale"}
 _RESUME_FREE_SUFFIXES = (".progress", ".device", ".cache_dir", ".cache")
 # keys added to the configs since checkpoints hold settings: a checkpoint without one trained as
-# the value given here (None: any value, because the key is unused or only decides a choice that a
-# resumed run takes from its checkpoint -- the graph of a run without graph pseudo-labels, probe_epochs)
-_ADDED_KEYS = {"method.pseudo_labels": "model", "method.weight_by_certainty": False, "method.unlabeled_norm": "sum",
-               "train.probe_epochs": None}
+# the value given here (method.graph.*: any value where pseudo_labels is model, which leaves it unused)
+_ADDED_KEYS = {"method.pseudo_labels": "model", "method.weight_by_certainty": False, "method.unlabeled_norm": "sum"}
 _OLD_TEACHER = {"bbam.app.methods.FixMatch": "model", "bbam.app.methods.SoftMatch": "model"}  # else "ema"
 # methods whose config has had ``unlabeled_views`` since it exists (a run of them without it is older)
 _VIEW_METHODS = ("bbam.app.methods.CAP", "bbam.app.methods.BAM", "bbam.app.methods.BBAM")
@@ -128,7 +127,7 @@ def _trained_as_before(key: str, now: Mapping[str, Any]) -> bool:
     if key.startswith("method.graph."):
         return now.get("method.pseudo_labels", "model") == "model"
     if key in _ADDED_KEYS:
-        return _ADDED_KEYS[key] is None or now[key] == _ADDED_KEYS[key]
+        return now[key] == _ADDED_KEYS[key]
     return False
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any, Dict
 
-__all__ = ["config_dir", "compose_config", "register_resolvers", "data_file"]
+__all__ = ["config_dir", "compose_config", "register_resolvers", "data_file", "plain_section"]
 
 
 def register_resolvers() -> None:
@@ -55,6 +56,15 @@ def compose_config(overrides=(), config_name: str = "train"):
     register_resolvers()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides))
+
+
+
+def plain_section(node) -> Dict[str, Any]:
+    """A section of the plan's read-only config as plain values, interpolations resolved, to
+    instantiate from (Hydra's ``instantiate`` resolves a config node in place)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 register_resolvers()  # a config composed by Hydra directly (tests, notebooks) resolves ${bbam_...:} too

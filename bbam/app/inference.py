@@ -88,9 +88,7 @@ def model_outputs_global(model, method, x: Tensor, *, amp: bool = False, keep: S
         if part is None:
             outs.append(None)
         elif name == "scores" and label_major:  # [N, K] view of label-major storage, as on one rank
-            full = part.new_empty((part.shape[1], n)).T
-            full.copy_(D.gather_in_order(part, n))
-            outs.append(full)
+            outs.append(D.gather_in_order(part, n, out=part.new_empty((part.shape[1], n)).T))
         else:
             outs.append(D.gather_in_order(part, n))
     return tuple(outs)

@@ -22,9 +22,10 @@ from torch import Tensor
 from bbam.data import split_indices
 
 from .checkpoints import RESOLVED_KEYS, saved_choice
+from .config import plain_section
 from .inputs import Inputs, inputs_of
 from .preprocess import FeatureScaler, resolve_scaling
-from .probe import choose_on_validation, chosen_model, needs_probe, with_model
+from .probe import choose_on_validation, model_to_build, needs_probe
 from .runtime import Split
 
 __all__ = ["RunPlan", "prepare", "instantiate_data", "plain_section", "method_values"]
@@ -83,21 +84,13 @@ class RunPlan:
         """The plan as JSON-ready values (``plan.json``, and ``plan`` in each checkpoint); made once."""
         return {"dataset": self.data.name, "num_features": self.num_features, "num_labels": self.data.num_labels,
                 "sizes": self.sizes, "inputs": self.inputs.record(), "scaling": dict(self.scaling),
-                "data_source": self.data_source}
+                "data_source": self.data_source, "model": self.model}
 
 
 def method_values(scaling: Mapping[str, Any]) -> Dict[str, float]:
     """The margin and scale of a scaling record (:func:`bbam.app.preprocess.resolve_scaling`)
     that an angular method takes where its section says ``auto`` (:func:`bbam.app.methods.build_method`)."""
     return {k: float(scaling[k]) for k in ("margin", "scale") if scaling.get(k) is not None}
-
-
-def plain_section(node) -> Dict[str, Any]:
-    """A section of the plan's read-only config as plain values, interpolations resolved, to
-    instantiate from (Hydra's ``instantiate`` resolves a config node in place)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 def prepare(cfg, device: torch.device = torch.device("cpu"), *, data=None,
@@ -132,13 +125,12 @@ def prepare(cfg, device: torch.device = torch.device("cpu"), *, data=None,
     saved = None if resume is None else saved_choice(resume)
     probe = (saved or {}).get("probe")  # a resumed run keeps the choice its probe made
     if needs_probe(cfg, saved):
-        probe = choose_on_validation(cfg, data, splits, device, pool)
+        probe = choose_on_validation(cfg, data, splits, device, pool, prepare)
     choice = resolve_scaling(cfg, pool, saved, probe)
     scaler = FeatureScaler(choice["scaling"]).fit(pool)
     x = scaler.transform(matrix)
     tensors = {name: inputs.split(x, data.Y, idx, device) for name, idx in splits.items()}
-    name = chosen_model(cfg, probe)
-    model = plain_section((with_model(cfg, name) if name else cfg).model)
+    model = model_to_build(cfg, probe)
     return RunPlan(cfg, device, data, dict(splits), inputs, int(matrix.shape[1]), scaler, tensors, choice,
                    data_source.describe(cfg.data, data), model)
 

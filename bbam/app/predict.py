@@ -169,12 +169,10 @@ class Predictor:
         method = build_method(cfg.method, resolved=resolved)
         method.setup(K, device)
         method.load_state_dict(method_state(ckpt))  # e.g. the angle statistics of the inference transform
-        from .probe import chosen_model, with_model
+        from .probe import model_to_build
 
-        name = chosen_model(cfg, (record.get("scaling") or {}).get("probe"))
-        if name:  # model=auto: the candidate the run's validation probe chose
-            cfg = with_model(cfg, name)
-        encoder = instantiate(cfg.model.encoder, in_dim=D)
+        # model=auto: the section of the candidate the run's validation probe chose, as built
+        encoder = instantiate(model_to_build(cfg, (record.get("scaling") or {}).get("probe"))["encoder"], in_dim=D)
         model = MultiLabelModel(encoder, method.make_head(encoder.out_dim, K))
         # the EMA copy is the model the run validated, selected and tested
         model.load_state_dict({k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")})

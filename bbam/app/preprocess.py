@@ -215,10 +215,11 @@ def resolve_scaling(cfg, pool_x: Tensor, saved: Optional[Dict[str, Any]] = None,
     source = {k: "auto" if isinstance(v, str) and v == AUTO else "config" for k, v in values.items()}
     profile = feature_profile(pool_x)
     rule = choose_scaling(profile)
-    picked = dict(zip(keys, rule))
-    if probe is not None and probe.get("scaling"):
-        picked = dict(zip(keys, (probe["scaling"], *margin_scale_of(probe["scaling"]))))
-    picked.update({k: v for k, v in (saved or {}).items() if k in picked and v is not None and str(v) != AUTO})
+    saved = {k: v for k, v in (saved or {}).items() if k in keys and v is not None and str(v) != AUTO}
+    scaling = values["scaling"] if source["scaling"] == "config" else saved.get(
+        "scaling", probe["scaling"] if probe is not None and probe.get("scaling") else rule[0])
+    # margin / scale follow the scaling the run uses (given, probed or the rule's)
+    picked = {"scaling": scaling, **dict(zip(("margin", "scale"), margin_scale_of(str(scaling)))), **saved}
     chosen = {k: picked[k] if source[k] == "auto" else values[k] for k in keys}
     record = {"scaling": str(chosen["scaling"]),
               "margin": None if chosen["margin"] is None else float(chosen["margin"]),

@@ -25,7 +25,9 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["SCALING_CANDIDATES", "model_section", "with_model", "chosen_model", "needs_probe", "probe_candidates",
+from .config import plain_section
+
+__all__ = ["SCALING_CANDIDATES", "model_section", "with_model", "chosen_model", "model_to_build", "needs_probe", "probe_candidates",
            "choose_on_validation"]
 
 SCALING_CANDIDATES = ("standardize", "tfidf_l2")
@@ -73,6 +75,15 @@ def chosen_model(cfg, probe: Optional[Dict[str, Any]]) -> Optional[str]:
     return names[0] if names else None
 
 
+def model_to_build(cfg, probe: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The ``model`` section (plain values) a run builds: the section its probe recorded,
+    else the :func:`chosen_model`'s from ``configs/model``, else the config's own."""
+    if probe and probe.get("model_section"):
+        return dict(probe["model_section"])
+    name = chosen_model(cfg, probe)
+    return plain_section((with_model(cfg, name) if name else cfg).model)
+
+
 def needs_probe(cfg, saved: Optional[Dict[str, Any]] = None) -> bool:
     """Whether ``cfg`` leaves a choice to the probe: ``train.scaling`` ``auto`` or ``model=auto``
     (with ``train.probe_epochs`` > 0), and no ``saved`` choice (a resumed run keeps its own,
@@ -106,25 +117,41 @@ def _probe_config(cfg, candidate: Dict[str, Optional[str]]):
     return OmegaConf.create(conf)
 
 
-def choose_on_validation(cfg, data, splits, device: torch.device, pool_x: Tensor) -> Dict[str, Any]:
+def choose_on_validation(cfg, data, splits, device: torch.device, pool_x: Tensor, prepare) -> Dict[str, Any]:
     """Train every candidate briefly (see the module docstring); returns the record::
 
         {"scaling", "model": the better candidate's (model None: the config's),
+         "model_section": the chosen model's section as built (model=auto; what prediction
+             and resume build again, whatever configs/model/*.yaml say later),
          "candidates": [{"scaling", "model", "val_mAP", "seconds"}, ...],
          "epochs": train.probe_epochs, "seconds": the probe's total}
-    """
-    from .plan import prepare
-    from .run import build_engine
+
+    ``prepare``: :func:`bbam.app.plan.prepare` (handed in by it: the plan depends on the probe,
+    not the other way round). The caller's random state is left as it was; the probe's
+    epochs are not logged."""
+    import logging
+
+    from .build import build_engine
 
     rows: List[Dict[str, Any]] = []
     t_all = time.perf_counter()
-    for candidate in probe_candidates(cfg, pool_x):
-        t0 = time.perf_counter()
-        plan = prepare(_probe_config(cfg, candidate), device, data=data, splits=splits)
-        with tempfile.TemporaryDirectory(prefix="bbam-probe-") as tmp:
-            engine = build_engine(plan, tmp)
-            engine.fit(progress=False)
-        rows.append({**candidate, "val_mAP": float(engine.state.best_map), "seconds": time.perf_counter() - t0})
+    engine_log = logging.getLogger("bbam.train.engine")
+    level = engine_log.level
+    devices = [device] if device.type == "cuda" else []
+    try:
+        engine_log.setLevel(logging.INFO)  # the probe's epochs are not the run's (train.log)
+        with torch.random.fork_rng(devices=devices):
+            for candidate in probe_candidates(cfg, pool_x):
+                t0 = time.perf_counter()
+                plan = prepare(_probe_config(cfg, candidate), device, data=data, splits=splits)
+                with tempfile.TemporaryDirectory(prefix="bbam-probe-") as tmp:
+                    engine = build_engine(plan, tmp)
+                    engine.fit(progress=False)
+                rows.append({**candidate, "val_mAP": float(engine.state.best_map),
+                             "seconds": time.perf_counter() - t0})
+    finally:
+        engine_log.setLevel(level)
     best = max(rows, key=lambda r: r["val_mAP"])  # ties: the first candidate (standardize, the first model)
-    return {"scaling": best["scaling"], "model": best["model"], "candidates": rows,
+    section = None if best["model"] is None else plain_section(with_model(cfg, best["model"]).model)
+    return {"scaling": best["scaling"], "model": best["model"], "model_section": section, "candidates": rows,
             "epochs": int(cfg.train.probe_epochs), "seconds": time.perf_counter() - t_all}

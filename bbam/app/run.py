@@ -18,6 +18,7 @@ from typing import Any, Dict
 
 import torch
 
+from bbam.app.build import build_engine
 from bbam.devices import resolve_device
 
 __all__ = ["train", "build_engine", "finish", "save_model_files"]
@@ -25,35 +26,6 @@ __all__ = ["train", "build_engine", "finish", "save_model_files"]
 # Under Hydra this logger's INFO lines reach the console and <run folder>/train.log, its
 # DEBUG lines (one per epoch, the final table) only train.log (configs/train.yaml: hydra.job_logging).
 log = logging.getLogger("bbam.train")
-
-
-def build_engine(plan, out_dir, resume=None):
-    """The method (from ``method._target_``, its ``auto`` margin / scale the plan's), the
-    model (seeded by ``cfg.seed``), the views of unlabeled batches (``model.views``, when the
-    method uses views) and the :class:`SelfTrainingEngine` of a run's :class:`RunPlan`,
-    continuing from ``resume`` (``(path, checkpoint)`` of a ``last.pt``) when given."""
-    from hydra.utils import instantiate
-
-    from bbam.app.engine import SelfTrainingEngine
-    from bbam.app.methods import build_method
-    from bbam.app.models import MultiLabelModel
-    from bbam.app.plan import plain_section
-
-    cfg, data = plan.cfg, plan.data
-    method = build_method(cfg.method, resolved=plan.method_values)
-    torch.manual_seed(int(cfg.seed))  # model init independent of what data loading consumed
-    encoder = instantiate(plain_section(plan.model["encoder"]), in_dim=plan.num_features)
-    model = MultiLabelModel(encoder, method.make_head(encoder.out_dim, data.num_labels))
-    views = None
-    if method.views:
-        if plan.model.get("views") is None:
-            raise ValueError(f"method {method.name!r} trains on weak/strong views, but config key 'model.views' "
-                             f"is not set (see configs/model/mlp.yaml)")
-        views = instantiate(plain_section(plan.model["views"]))
-        if views.needs_images and plan.scaling["scaling"] != "none":
-            raise ValueError(f"model.views.space=images makes views from the frozen backbone's raw features, but "
-                             f"train.scaling={plan.scaling['scaling']} scales the cached ones: use train.scaling=none")
-    return SelfTrainingEngine(plan, model, method, Path(out_dir), views=views, resume=resume)
 
 
 class _Announcement:

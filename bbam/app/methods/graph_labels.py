@@ -88,20 +88,34 @@ class GraphLabels:
             feats = self._rows(ctx, source)
         out = torch.empty((2, K, n_u), device=ctx.device)  # label-major: out[i].T is [N_u, K]
         with ctx.timed("graph"):
+            failed = torch.zeros(1, device=ctx.device)
+            error = None
             if D.rank() == 0:
-                W = knn_graph(feats.cpu(), k=min(self.k, n_l + n_u - 1), gamma=self.gamma,
-                              exact_below=self.exact_below, nprobe=self.nprobe)
-                targets = np.zeros((n_l + n_u, K), dtype=np.int8)
-                targets[:n_l] = lb.y.cpu().numpy()
-                labeled = np.arange(n_l + n_u) < n_l
-                score, certainty = spread_scores(W, targets, labeled, self.alpha, self.tol, self.max_iter,
-                                                 balance=True)
-                out.copy_(torch.from_numpy(np.stack([score[n_l:].T, certainty[n_l:].T])))
+                try:
+                    out.copy_(self._solve(feats, lb.y, n_l, n_u, K))
+                except Exception as err:  # the other ranks must not wait for a broadcast that never comes
+                    failed.fill_(1.0)
+                    error = err
+            D.broadcast_tensor(failed)
+            if error is not None:
+                raise error
+            if bool(failed.item()):
+                raise RuntimeError("label spreading failed on rank 0 (its error is in rank 0's log)")
             D.broadcast_tensor(out)
         result = (out[0].T, out[1].T)
         if self.features == "inputs":
             self._fixed = result
         return result
+
+    def _solve(self, feats: Tensor, y_lb: Tensor, n_l: int, n_u: int, K: int) -> Tensor:
+        """``[2, K, N_u]``: the unlabeled rows' scores and certainties, label-major (rank 0)."""
+        W = knn_graph(feats.cpu(), k=min(self.k, n_l + n_u - 1), gamma=self.gamma, exact_below=self.exact_below,
+                      nprobe=self.nprobe)
+        targets = np.zeros((n_l + n_u, K), dtype=np.int8)
+        targets[:n_l] = y_lb.cpu().numpy()
+        labeled = np.arange(n_l + n_u) < n_l
+        score, certainty = spread_scores(W, targets, labeled, self.alpha, self.tol, self.max_iter, balance=True)
+        return torch.from_numpy(np.stack([score[n_l:].T, certainty[n_l:].T]))
 
     def __repr__(self) -> str:
         return (f"GraphLabels(k={self.k}, alpha={self.alpha}, gamma={self.gamma}, features={self.features!r}, "

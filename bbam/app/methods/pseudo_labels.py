@@ -121,7 +121,7 @@ class CAP(Method):
         self.loss_fn = self.warmup_loss_fn
         self.targets_ub: Optional[Tensor] = None  # [N_u, K] int8 this epoch's pseudo-labels (-1: not confident)
         self.weight_lb: Optional[Tensor] = None  # [N_l, K] bool this epoch's masks of the labeled rows
-        self.weight_ub: Optional[Tensor] = None  # [N_u, K] bool ... of the unlabeled rows
+        self.weight_ub: Optional[Tensor] = None  # [N_u, K] ... of the unlabeled rows (float: times the certainty)
         self.thresholds: Optional[Tensor] = None  # [K] CAP thresholds (only kept with train.save_epoch_state)
 
     def bind(self, ctx: MethodContext) -> None:
@@ -276,7 +276,7 @@ class BAM(CAP):
         lb, ub = ctx.splits["labeled"], ctx.splits["unlabeled"]
         pseudo_t = self._pseudo_targets(ctx)
         # (2) each rank: features of its shard; prototypes / statistics reduced across ranks.
-        # The method's code reads the online model's features (CAP scores come from the EMA model).
+        # The method's code reads the online model's features (the pseudo-labels come from the teacher).
         source, single = self.features_from, ctx.world == 1
         rows_lb, rows_ub = D.shard_indices(len(lb), device=self.device), D.shard_indices(len(ub), device=self.device)
         with ctx.timed("features"):
