@@ -188,17 +188,15 @@ def _add_pseudo_label_keys(tree: Dict[str, Any], settings: bool = False) -> List
     in a checkpoint's ``settings``, which leave it out as a key a resumed run may change)."""
     from omegaconf import OmegaConf
 
-    from bbam.app.checkpoints import _OLD_TEACHER, _VIEW_METHODS
+    from bbam.app.checkpoints import _VIEW_METHODS, added_method_keys
     from bbam.app.config import config_dir
 
     defaults = OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "train.yaml"), resolve=False)
     method, train, added = tree.get("method"), tree.get("train"), []
-    if isinstance(method, dict) and method.get("_target_") in _VIEW_METHODS:
-        new = {"pseudo_labels": "model", "teacher": "ema", "graph": defaults["graph"], "weight_by_certainty": False}
-    elif isinstance(method, dict) and method.get("_target_") in _OLD_TEACHER:
-        new = {"teacher": "model", "unlabeled_norm": "sum"}
-    else:
-        new = {}
+    target = method.get("_target_") if isinstance(method, dict) else None
+    new = added_method_keys(target)
+    if target in _VIEW_METHODS:
+        new["graph"] = defaults["graph"]
     for key, value in new.items():
         if key not in method:
             method[key] = copy.deepcopy(value)

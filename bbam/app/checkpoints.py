@@ -38,12 +38,20 @@ _RESUME_FREE = ("train.progress", "train.resume", "train.stop_after_epoch", "tra
 # the config keys a run's plan may resolve (bbam.app.plan), and where its scaling record holds them
 RESOLVED_KEYS = {"train.scaling": "scaling", "method.margin": "margin", "method.scale": "scale"}
 _RESUME_FREE_SUFFIXES = (".progress", ".device", ".cache_dir", ".cache")
-# keys added to the configs since checkpoints hold settings: a checkpoint without one trained as
-# the value given here (method.graph.*: any value where pseudo_labels is model, which leaves it unused)
-_ADDED_KEYS = {"method.pseudo_labels": "model", "method.weight_by_certainty": False, "method.unlabeled_norm": "sum"}
-_OLD_TEACHER = {"bbam.app.methods.FixMatch": "model", "bbam.app.methods.SoftMatch": "model"}  # else "ema"
 # methods whose config has had ``unlabeled_views`` since it exists (a run of them without it is older)
 _VIEW_METHODS = ("bbam.app.methods.CAP", "bbam.app.methods.BAM", "bbam.app.methods.BBAM")
+_CONSISTENCY_METHODS = ("bbam.app.methods.FixMatch", "bbam.app.methods.SoftMatch")
+
+
+def added_method_keys(target: Optional[str]) -> Dict[str, Any]:
+    """The ``method`` keys added to the configs since checkpoints hold settings, at the values
+    that train as an older run of the class ``target`` did (its ``method.graph`` is unused
+    with ``pseudo_labels: model``). Read by the resume check and by ``python -m bbam.migrate``."""
+    if target in _VIEW_METHODS:
+        return {"pseudo_labels": "model", "teacher": "ema", "weight_by_certainty": False}
+    if target in _CONSISTENCY_METHODS:
+        return {"teacher": "model", "unlabeled_norm": "sum"}
+    return {}
 
 
 def _flatten(prefix: str, node: Any, out: Dict[str, Any]) -> Dict[str, Any]:
@@ -121,14 +129,12 @@ def check_current_config(cfg, path: Path, run: Optional[Path] = None) -> None:
 # ----------------------------------------------------------------------------- resuming
 def _trained_as_before(key: str, now: Mapping[str, Any]) -> bool:
     """Whether a key absent from an older checkpoint's settings has, in the config ``now``
-    (flattened), the value that trains as the older run did (:data:`_ADDED_KEYS`)."""
-    if key == "method.teacher":
-        return now[key] == _OLD_TEACHER.get(now.get("method._target_"), "ema")
+    (flattened), the value that trains as the older run did (:func:`added_method_keys`)."""
     if key.startswith("method.graph."):
         return now.get("method.pseudo_labels", "model") == "model"
-    if key in _ADDED_KEYS:
-        return now[key] == _ADDED_KEYS[key]
-    return False
+    old = added_method_keys(now.get("method._target_"))
+    name = key[len("method."):]
+    return key.startswith("method.") and name in old and now[key] == old[name]
 
 
 def check_same_settings(cfg, path: Path, saved: Optional[Dict[str, Any]],
@@ -147,8 +153,10 @@ def check_same_settings(cfg, path: Path, saved: Optional[Dict[str, Any]],
         return {k: values[k] if k in (values or {}) and str(v) == "auto" else v for k, v in flat.items()}
 
     now, saved = concrete(run_settings(cfg), resolved), concrete(saved, saved_resolved)
-    differ = sorted(k for k in set(saved) | set(now) if saved.get(k, "<absent>") != now.get(k, "<absent>")
-                    and not (k not in saved and _trained_as_before(k, now)))
+    differ = sorted((k for k in set(saved) | set(now) if saved.get(k, "<absent>") != now.get(k, "<absent>")
+                     and not (k not in saved and _trained_as_before(k, now))),
+                    key=lambda k: (k.count("."), k))  # a section's own keys before its sub-sections'
+
     if not differ:
         return
     shown = "; ".join(f"{k}: {saved.get(k, '<absent>')!r} in the checkpoint, {now.get(k, '<absent>')!r} now"
