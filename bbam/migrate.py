@@ -183,7 +183,8 @@ def _add_pseudo_label_keys(tree: Dict[str, Any], settings: bool = False) -> List
     """The keys added with graph pseudo-labels, teachers and the validation probe, at the
     values that train as before: CAP / BAM / BBAM ``pseudo_labels: model``, ``teacher: ema``,
     ``weight_by_certainty: false`` and today's default ``graph`` (unused with ``model``);
-    FixMatch / SoftMatch ``teacher: model``, ``unlabeled_norm: sum``; ``train.probe_epochs``
+    FixMatch / SoftMatch ``teacher: model``, ``unlabeled_norm: sum``; ``split.unlabeled_ratio``
+    1 (every unlabeled row); ``train.probe_epochs``
     0 (the scaling rule) where ``train.scaling`` is ``auto``, else today's default (unused; not
     in a checkpoint's ``settings``, which leave it out as a key a resumed run may change)."""
     from omegaconf import OmegaConf
@@ -201,6 +202,10 @@ def _add_pseudo_label_keys(tree: Dict[str, Any], settings: bool = False) -> List
         if key not in method:
             method[key] = copy.deepcopy(value)
             added.append(f"+method.{key}")
+    split = tree.get("split")
+    if isinstance(split, dict) and "unlabeled_ratio" not in split:  # every unlabeled row, as then
+        split["unlabeled_ratio"] = 1.0
+        added.append("+split.unlabeled_ratio")
     if isinstance(train, dict) and "probe_epochs" not in train and not settings:
         train["probe_epochs"] = 0 if str(train.get("scaling")) == "auto" else defaults["train"]["probe_epochs"]
         added.append("+train.probe_epochs")

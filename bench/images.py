@@ -21,6 +21,15 @@ of them), at each size ``S`` of ``--sizes``, each time the median of ``--repeats
 * **views of one unlabeled batch of 128** (frozen backbone): feature-space views
   (:class:`bbam.app.views.FeatureViews` on cached features) against image-space views
   (decode, weak + strong augmentation, two backbone passes), the ratio of the two;
+* **runtimes** (``--runtimes``): cold frozen features of the ``--images`` photos end to end
+  (decoding in 2 workers + forward, ``bbam.vision.features.image_features`` without its
+  cache) with ``runtime=torch`` and ``runtime=onnx``, interleaved; each runtime's forward
+  alone on a decoded batch of 64 with its GFLOP/s and the fraction of the cores' FP32 peak
+  (``--peak-gflops``; default: cores x clock x 32, two 256-bit FMA units per core); the
+  sentence encoder's texts/s per runtime on ``--texts`` (the first ``--num-texts``
+  documents); one weak and one strong view pass of the view bank (photos/s, and the bank's
+  build time for ``V`` = 4 over the ``--images`` photos); a fine-tuning step compiled
+  (``torch.compile``, as ``train.compile=true``) against eager;
 * **peak RSS** of a child process (plus its decoding workers) that streams every image
   of a set of ``N`` rows (``--rss-sizes``; MIML's files repeated) through the DataLoader,
   beside the bytes a whole-set pixel tensor would take.
@@ -83,6 +92,21 @@ def _decode(rows, workers: int, views: bool) -> None:
             strong_augment(x, g)
 
 
+def _training_step(run: Callable, model: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> Callable[[], float]:
+    """One fine-tuning step of ``model`` (forward through ``run``: the model or its compiled
+    form), BCE on 20 x the cosine logits, AdamW; returns the loss."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step() -> float:
+        _, logits = run(xb)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(20 * logits, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return step
+
+
 def measure_size(files: List[str], size: int, repeats: int) -> Dict[str, float]:
     from bbam.app.models import CosineClassifier, MultiLabelModel
     from bbam.app.image_models import PretrainedImageEncoder
@@ -117,16 +141,8 @@ def measure_size(files: List[str], size: int, repeats: int) -> Dict[str, float]:
 
     encoder = PretrainedImageEncoder(0, finetune=True)
     model = MultiLabelModel(encoder, CosineClassifier(encoder.out_dim, 5))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     xb, yb = x[:32], torch.randint(0, 2, (32, 5)).float()
-
-    def step():
-        _, out_ = model(xb)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(20 * out_, yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    step = _training_step(model, model, xb, yb)
     model.train()
     t = _median_time(step, repeats)
     # forward + backward = 3 forwards (the backward computes two products per forward one);
@@ -156,6 +172,111 @@ def measure_size(files: List[str], size: int, repeats: int) -> Dict[str, float]:
     out["feature_views_batch_s"] = _median_time(feature_views, repeats)
     out["image_views_batch_s"] = _median_time(image_views, max(1, repeats // 2))
     out["image_over_feature_views"] = out["image_views_batch_s"] / out["feature_views_batch_s"]
+    return out
+
+
+def _peak_gflops() -> float:
+    """The cores' FP32 peak: cores x clock x 32 FLOP/cycle (two 256-bit FMA units per core;
+    a guess where the machine does not say more: pass --peak-gflops)."""
+    mhz = [float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
+           if line.lower().startswith("cpu mhz")]
+    return torch.get_num_threads() * (max(mhz) if mhz else 2500.0) * 32 / 1000
+
+
+def measure_runtimes(files: List[str], size: int, repeats: int, peak: float, texts_file: Path,
+                     num_texts: int) -> Dict[str, float]:
+    """Frozen encoders per runtime (torch, onnx): see the module docstring."""
+    import json as _json
+
+    from bbam.data.image_rows import ImageRows
+    from bbam.vision.backbones import frozen_image_encoder, load_backbone
+    from bbam.vision.features import image_features, view_features
+
+    rows = ImageRows(files, size)
+    out: Dict[str, float] = {"size": size, "images": len(files), "peak_gflop_s": peak}
+    settings = {"name": "efficientnet_lite0", "progress": False, "cache": False, "num_workers": 2, "device": "cpu"}
+    cold = {"torch": [], "onnx": []}
+    from bbam.data.cache import default_cache_dir
+    from bbam.runtimes import clear_sessions
+
+    clear_sessions()
+    t0 = time.perf_counter()  # the export (once per backbone and size, cached on disk) and the session
+    frozen_image_encoder("efficientnet_lite0", "onnx", torch.device("cpu"), size, default_cache_dir())
+    out["onnx_session_s"] = time.perf_counter() - t0
+    for _ in range(max(1, repeats)):  # interleaved: a busy spell hits both
+        for runtime in cold:
+            t0 = time.perf_counter()
+            image_features(rows, {**settings, "runtime": runtime})
+            cold[runtime].append(time.perf_counter() - t0)
+    x = rows[list(range(min(len(rows), 64)))].float().div_(255)
+    with torch.no_grad():
+        flops = _flops(lambda: load_backbone("efficientnet_lite0")(x)) / len(x)
+    out["gflop_per_img"] = flops / 1e9
+    for runtime in cold:
+        encode, _ = frozen_image_encoder("efficientnet_lite0", runtime, torch.device("cpu"), size, default_cache_dir())
+        with torch.no_grad():
+            t = _median_time(lambda: encode(x), repeats)
+        out[f"{runtime}_cold_img_s"] = len(rows) / statistics.median(cold[runtime])
+        out[f"{runtime}_forward_img_s"] = len(x) / t
+        out[f"{runtime}_gflop_s"] = flops * len(x) / t / 1e9
+        out[f"{runtime}_peak_fraction"] = out[f"{runtime}_gflop_s"] / peak
+    out["onnx_over_torch_cold"] = out["onnx_cold_img_s"] / out["torch_cold_img_s"]
+    out["decode_only_img_s"] = len(rows) / _median_time(lambda: _decode(rows, 2, False), repeats)
+
+    # the view bank: one weak and one strong pass (onnx), the bank of V = 4 + 4 from them
+    for kind, recipe in (("weak", {"kind": "weak", "copy": 0, "flip": 0.5, "translate": 0.125}),
+                         ("strong", {"kind": "strong", "copy": 0, "flip": 0.5, "translate": 0.125, "num_ops": 2,
+                                     "magnitude": 1.0, "cutout": 0.5})):
+        t0 = time.perf_counter()
+        view_features(rows, {**settings, "runtime": "onnx"}, recipe)
+        out[f"bank_{kind}_img_s"] = len(rows) / (time.perf_counter() - t0)
+    out["bank_v4_s_per_1000_photos"] = 4 * 1000 * (1 / out["bank_weak_img_s"] + 1 / out["bank_strong_img_s"])
+
+    import importlib.util
+
+    if texts_file.is_file() and importlib.util.find_spec("sentence_transformers") is not None:
+        from bbam.data.sentence import embed_texts
+
+        with open(texts_file) as fh:
+            docs = [_json.loads(line) for _, line in zip(range(num_texts), fh)]
+        texts = [str(d.get("title", "")) + ". " + str(d.get("body", d.get("text", ""))) for d in docs]
+        embed_texts(texts[:8], cache=False, progress=False, runtime="onnx")  # the export, once
+        times = {"torch": [], "onnx": []}
+        for _ in range(max(1, repeats)):
+            for runtime in times:
+                t0 = time.perf_counter()
+                embed_texts(texts, cache=False, progress=False, runtime=runtime)
+                times[runtime].append(time.perf_counter() - t0)
+        for runtime, ts in times.items():
+            out[f"text_{runtime}_docs_s"] = len(texts) / statistics.median(ts)
+        out["text_onnx_over_torch"] = out["text_onnx_docs_s"] / out["text_torch_docs_s"]
+    return out
+
+
+def measure_compile(files: List[str], size: int, repeats: int) -> Dict[str, float]:
+    """A fine-tuning step (batch 16, ``size`` px) eager and under ``torch.compile`` (inductor,
+    random numbers as eager's), steps/s after the compiled step's warm-up."""
+    import torch._inductor.config as inductor_config
+
+    from bbam.app.image_models import PretrainedImageEncoder
+    from bbam.app.models import CosineClassifier, MultiLabelModel
+    from bbam.data.image_rows import ImageRows
+
+    inductor_config.fallback_random = True
+    rows = ImageRows(files[:16], size)
+    xb, yb = rows[list(range(16))].float().div_(255), torch.randint(0, 2, (16, 5)).float()
+    out: Dict[str, float] = {"size": size, "batch": 16}
+    for name in ("eager", "compiled"):
+        torch.manual_seed(0)
+        encoder = PretrainedImageEncoder(0, finetune=True)
+        model = MultiLabelModel(encoder, CosineClassifier(encoder.out_dim, 5)).train()
+        step = _training_step(torch.compile(model) if name == "compiled" else model, model, xb, yb)
+
+        t0 = time.perf_counter()
+        out[f"{name}_first_loss"] = step()
+        out[f"{name}_first_step_s"] = time.perf_counter() - t0
+        out[f"{name}_step_img_s"] = 16 / _median_time(step, repeats)
+    out["compiled_over_eager"] = out["compiled_step_img_s"] / out["eager_step_img_s"]
     return out
 
 
@@ -205,15 +326,44 @@ def main(argv=None) -> Dict:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--rss-sizes", default="2000,8000")
     p.add_argument("--json", default=None)
+    p.add_argument("--runtimes", action="store_true", help="only the runtimes and the bank")
+    p.add_argument("--compile", action="store_true", help="with --runtimes: also train.compile's fine-tuning step")
+    p.add_argument("--peak-gflops", type=float, default=None, help="the cores' FP32 peak (default: a guess)")
+    p.add_argument("--texts", default=str(ROOT.parent / "shared" / "data" / "reuters21578" / "reuters21578_texts.jsonl"))
+    p.add_argument("--num-texts", type=int, default=256)
     p.add_argument("--quick", action="store_true", help="smoke test: 64 images, one size, 1 repeat, small RSS sets")
     ns = p.parse_args(argv)
     if ns.quick:
-        ns.sizes, ns.images, ns.repeats, ns.rss_sizes = "64", 64, 1, "64,128"
+        ns.sizes, ns.images, ns.repeats, ns.rss_sizes, ns.num_texts = "64", 64, 1, "64,128", 16
     root = Path(ns.root)
     if not (root / "labels.tsv").is_file():
         raise SystemExit(f"bench/images.py: no labels.tsv in --root {root}")
     files = _files(root, max(ns.images, 128))
-    result = {"threads": torch.get_num_threads(), "sizes": [], "rss": []}
+    result = {"threads": torch.get_num_threads(), "sizes": [], "rss": [], "runtimes": []}
+    if ns.runtimes:
+        peak = ns.peak_gflops or _peak_gflops()
+        for size in map(int, ns.sizes.split(",")):
+            r = measure_runtimes(files[:ns.images], size, ns.repeats, peak, Path(ns.texts), ns.num_texts)
+            result["runtimes"].append(r)
+            print(f"{size} px, {len(files[:ns.images])} photos: cold features torch {r['torch_cold_img_s']:.1f}, onnx "
+                  f"{r['onnx_cold_img_s']:.1f} img/s (x{r['onnx_over_torch_cold']:.2f}); decode alone "
+                  f"{r['decode_only_img_s']:.0f} img/s; forward torch {r['torch_forward_img_s']:.1f} img/s "
+                  f"({r['torch_gflop_s']:.0f} GFLOP/s, {100 * r['torch_peak_fraction']:.0f} % of {peak:.0f}), onnx "
+                  f"{r['onnx_forward_img_s']:.1f} img/s ({r['onnx_gflop_s']:.0f} GFLOP/s, "
+                  f"{100 * r['onnx_peak_fraction']:.0f} %); bank passes weak {r['bank_weak_img_s']:.0f}, strong "
+                  f"{r['bank_strong_img_s']:.0f} img/s (V=4: {r['bank_v4_s_per_1000_photos']:.0f} s per 1000 photos)"
+                  + (f"; texts torch {r['text_torch_docs_s']:.1f}, onnx {r['text_onnx_docs_s']:.1f} docs/s "
+                     f"(x{r['text_onnx_over_torch']:.2f})" if "text_torch_docs_s" in r else ""), flush=True)
+        c = measure_compile(files, 128 if not ns.quick else 64, ns.repeats) if ns.compile else None
+        result["compile"] = c
+        if c is not None:
+            print(f"fine-tuning step at {c['size']} px, batch 16: eager {c['eager_step_img_s']:.1f}, compiled "
+                  f"{c['compiled_step_img_s']:.1f} img/s (x{c['compiled_over_eager']:.2f}; first compiled step "
+                  f"{c['compiled_first_step_s']:.0f} s; first losses {c['eager_first_loss']:.6f} / "
+                  f"{c['compiled_first_loss']:.6f})", flush=True)
+        if ns.json:
+            Path(ns.json).write_text(json.dumps(result, indent=1))
+        return result
     for size in map(int, ns.sizes.split(",")):
         r = measure_size(files[:ns.images], size, ns.repeats)
         result["sizes"].append(r)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import math
 import os
 import statistics
@@ -87,7 +88,7 @@ def run(ns) -> None:
         rows.append((m, [] if m == "logreg" else [f"method={m}"]))
     for v in ns.variant or []:
         name, _, ovs = v.partition("=")
-        rows.append((name, ovs.split(",")))
+        rows.append((name, re.split(r",(?![^\[]*\])", ovs)))  # commas inside [...] belong to a list value
     out = Path(ns.out)
     done = set()
     if out.exists():

@@ -1,6 +1,7 @@
 """Smoke test of the whole-epoch benchmark (bench/epoch.py --quick): it runs, writes its
 JSON and reports every phase; the numbers themselves are measured there, never asserted."""
 import json
+import os
 import math
 import subprocess
 import sys
@@ -44,3 +45,26 @@ def test_images_bench_quick(tmp_path):
         assert math.isfinite(size[key]) and size[key] > 0, key
     assert [r["rows"] for r in result["rss"]] == [64, 128] and all(r["peak_rss_mib"] > 0 for r in result["rss"])
     assert "peak RSS" in proc.stdout
+
+
+def test_images_bench_runtimes_quick(tmp_path):
+    """bench/images.py --quick --runtimes: both runtimes' photos/s, GFLOP/s and share of the
+    peak, decoding alone, the bank's passes (and the texts' rates when the text extra is there)."""
+    import pytest
+
+    pytest.importorskip("efficientnet_lite_pytorch", reason="the vision extra is not installed")
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    from test_images import write_images
+
+    root = write_images(tmp_path / "imgs", n=70, size=40)
+    out = tmp_path / "runtimes.json"
+    env = {**os.environ, "BBAM_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "images.py"), "--quick", "--runtimes", "--root",
+                           str(root), "--json", str(out)], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (r,) = json.loads(out.read_text())["runtimes"]
+    for key in ("torch_cold_img_s", "onnx_cold_img_s", "onnx_over_torch_cold", "decode_only_img_s",
+                "torch_forward_img_s", "onnx_forward_img_s", "torch_gflop_s", "onnx_gflop_s", "torch_peak_fraction",
+                "onnx_peak_fraction", "bank_weak_img_s", "bank_strong_img_s", "bank_v4_s_per_1000_photos"):
+        assert math.isfinite(r[key]) and r[key] > 0, key
+    assert "cold features torch" in proc.stdout

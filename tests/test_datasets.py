@@ -657,3 +657,21 @@ def test_split_everything_is_test():
     d = ds.MultiLabelData(torch.zeros(3, 1), torch.zeros(3, 1), test_idx=[0, 1, 2], name="allt")
     with pytest.raises(ValueError, match="allt.*no training samples"):
         ds.split_indices(d, 0.5)
+
+
+def test_unlabeled_ratio_keeps_a_nested_share_of_the_unlabeled_rows():
+    from bbam.data import make_synthetic
+    from bbam.data.splits import split_indices
+
+    data = make_synthetic(num_samples=400, num_features=8, num_labels=4, seed=0)
+    full = split_indices(data, 0.1, seed=3)
+    shares = {r: split_indices(data, 0.1, seed=3, unlabeled_ratio=r) for r in (0.1, 0.5, 1.0)}
+    for r, s in shares.items():
+        for name in ("labeled", "val", "test"):
+            assert torch.equal(s[name], full[name])  # only the unlabeled rows change
+        assert len(s["unlabeled"]) == max(1, int(np.floor(r * len(full["unlabeled"]) + 0.5)))
+        assert set(s["unlabeled"].tolist()) <= set(full["unlabeled"].tolist())
+    assert set(shares[0.1]["unlabeled"].tolist()) <= set(shares[0.5]["unlabeled"].tolist())
+    assert torch.equal(shares[1.0]["unlabeled"], full["unlabeled"])
+    with pytest.raises(ValueError, match="unlabeled_ratio"):
+        split_indices(data, 0.1, unlabeled_ratio=0.0)

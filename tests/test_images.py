@@ -39,6 +39,17 @@ def write_images(root, n=40, size=20, seed=0, split=False):
     return root
 
 
+def miml_photos(shared_data_dir, tmp_path, n: int, image_size: int):
+    """The first ``n`` MIML photos of the shared data as a dataset (skips without them)."""
+    root = shared_data_dir / "miml"
+    if not (root / "labels.tsv").is_file():
+        pytest.skip(f"{root} not found")
+    lines = (root / "labels.tsv").read_text().splitlines()[:n]
+    (tmp_path / "labels.tsv").write_text("\n".join(f"{root / l.split(chr(9))[0]}\t{l.split(chr(9))[1]}"
+                                                   for l in lines) + "\n")
+    return load_image_folder(root, labels_file=str(tmp_path / "labels.tsv"), image_size=image_size)
+
+
 @pytest.fixture(autouse=True)
 def _cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("BBAM_CACHE_DIR", str(tmp_path / "cache"))
@@ -174,15 +185,9 @@ def test_pretrained_features_separate_real_photos(shared_data_dir, tmp_path):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import average_precision_score
 
-    root = shared_data_dir / "miml"
-    if not (root / "labels.tsv").is_file():
-        pytest.skip(f"{root} not found")
-    lines = (root / "labels.tsv").read_text().splitlines()[:160]
-    (tmp_path / "labels.tsv").write_text("\n".join(f"{root / l.split(chr(9))[0]}\t{l.split(chr(9))[1]}"
-                                                   for l in lines) + "\n")
     from bbam.vision.features import image_features
 
-    data = load_image_folder(root, labels_file=str(tmp_path / "labels.tsv"), image_size=128)
+    data = miml_photos(shared_data_dir, tmp_path, 160, image_size=128)
     X = image_features(data.images, {"name": "efficientnet_lite0", "progress": False, "num_workers": 0}).numpy()
     Y = data.Y.numpy()
     for k in range(Y.shape[1]):
@@ -204,8 +209,8 @@ def test_feature_cache(tmp_path, monkeypatch):
     first = load_features()
     assert first.shape == (5, 1280) and len(list((tmp_path / "c").glob("efficientnet_lite0-32px-*.npz"))) == 1
     calls = []
-    real = F.load_backbone
-    monkeypatch.setattr(F, "load_backbone", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = F.frozen_image_encoder
+    monkeypatch.setattr(F, "frozen_image_encoder", lambda *a, **k: calls.append(a) or real(*a, **k))
     again = load_features()
     assert torch.equal(again, first) and not calls  # read from the cache
     load_features(image_size=40)

@@ -109,7 +109,7 @@ class TensorBatches:
         if self.view_names:
             g = _view_generator(seed, epoch, step, rank)
             source = x if images is None else images
-            batch.views = {name: self.views(name, source, g) for name in self.view_names}
+            batch.views = {name: self.views(name, source, g, rows=idx) for name in self.view_names}
         return batch
 
     def __call__(self, batches: Sequence[Tensor], seed: int, epoch: int, rank: int = 0) -> Iterator[Batch]:

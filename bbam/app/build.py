@@ -39,4 +39,5 @@ def build_engine(plan, out_dir, resume=None):
         if views.needs_images and plan.scaling["scaling"] != "none":
             raise ValueError(f"model.views.space=images makes views from the frozen backbone's raw features, but "
                              f"train.scaling={plan.scaling['scaling']} scales the cached ones: use train.scaling=none")
+        views.prepare(plan)  # e.g. the bank of view features (computed once, cached)
     return SelfTrainingEngine(plan, model, method, Path(out_dir), views=views, resume=resume)

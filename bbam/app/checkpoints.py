@@ -34,6 +34,7 @@ SETTINGS_SECTIONS = ("data", "split", "method", "model", "train")  # config sect
 _RESUME_FREE = ("train.progress", "train.resume", "train.stop_after_epoch", "train.save_epoch_state",
                 "train.loader", "train.num_workers",
                 "train.probe_epochs",  # a resumed run keeps the choice its probe (or the rule) made
+                "train.compile",  # the same steps compiled or eager (dropout draws as eager's)
                 "data.name")
 # the config keys a run's plan may resolve (bbam.app.plan), and where its scaling record holds them
 RESOLVED_KEYS = {"train.scaling": "scaling", "method.margin": "margin", "method.scale": "scale"}

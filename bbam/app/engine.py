@@ -35,6 +35,7 @@ from .checkpoints import carry_best_checkpoint, check_resumable, engine_checkpoi
 from .inference import PARTS, model_outputs, model_outputs_global
 from .methods.base import MethodContext
 from .models import ModelEMA, MultiLabelModel, parameter_groups
+from .runtime import compiled_for_training
 
 __all__ = ["SelfTrainingEngine", "EngineState"]
 
@@ -85,6 +86,8 @@ class SelfTrainingEngine:
         if self.world > 1:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        if bool(self.tc.get("compile", False)):  # weights, EMA and checkpoints stay on the eager module
+            self.train_model = compiled_for_training(self.train_model)
         self.method, self.splits, self.label_names = method, splits, plan.data.label_names
         self.num_labels = splits["labeled"].y.shape[1]
         self.semi_supervised = bool(method.semi_supervised) and len(splits["unlabeled"]) > 0

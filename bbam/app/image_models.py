@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 from torch import Tensor, nn
 
 from bbam.vision.backbones import get_backbone_spec, list_backbones, load_backbone
+from bbam.runtimes import RUNTIMES
 
 from .models import MLPEncoder
 
@@ -41,12 +42,18 @@ class PretrainedImageEncoder(nn.Module):
             running statistics (eval mode; their scale and shift still train) instead of
             re-estimating them from each training batch (measured far better on MIML with
             batches of 16 labeled photos: ``docs/RESULTS.md``).
+        runtime: where the frozen backbone's feature passes run (``auto`` | ``torch`` |
+            ``onnx``, :mod:`bbam.runtimes`); the configs hand it to the data's feature
+            pass as ``model.backbone.runtime``. Checked here; fine-tuning trains in torch.
     """
 
     def __init__(self, in_dim: int, backbone: str = "efficientnet_lite0", finetune: bool = False,
                  hidden: Sequence[int] = (512,), out_dim: Optional[int] = 256, dropout: float = 0.1,
-                 backbone_lr_scale: float = 0.1, freeze_batchnorm: bool = True):
+                 backbone_lr_scale: float = 0.1, freeze_batchnorm: bool = True, runtime: str = "auto"):
         super().__init__()
+        if str(runtime) not in RUNTIMES:
+            raise ValueError(f"config key 'model.encoder.runtime' must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        self.runtime = str(runtime)
         self.freeze_batchnorm = bool(freeze_batchnorm)
         try:
             dim = get_backbone_spec(backbone).dim

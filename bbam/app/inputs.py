@@ -126,6 +126,13 @@ class Inputs:
         reader's ``X``, unless the kind's encoder makes them)."""
         return data.X
 
+    def view_matrix(self, recipe: Dict[str, Any]) -> Tensor:
+        """The set's ``[N, D]`` raw inputs of one augmented view (``recipe``:
+        :func:`bbam.vision.features.view_features`), for views kept in a bank; only a frozen
+        image backbone has them."""
+        raise ValueError(f"config key 'model.views.space' is 'bank', which needs image data read through a frozen "
+                         f"backbone; this run's inputs are {self.kind}")
+
     def split(self, x: Tensor, y: Tensor, idx: Tensor, device: torch.device) -> Split:
         """The :class:`Split` of rows ``idx``: ``x`` (the scaled ``[N, D]`` matrix of the
         whole set) on ``device``, with targets ``y`` ``[N, K]``."""
@@ -272,6 +279,15 @@ class ImageInputs(Inputs):
         from bbam.vision.features import image_features
 
         return image_features(self.images, self.backbone)
+
+    def view_matrix(self, recipe: Dict[str, Any]) -> Tensor:
+        """The frozen backbone's ``[N, dim]`` features of one augmented view of every image
+        (computed once, cached on disk: :func:`bbam.vision.features.view_features`)."""
+        if self.reads_pixels:
+            return super().view_matrix(recipe)
+        from bbam.vision.features import view_features
+
+        return view_features(self.images, self.backbone, recipe)
 
     def split(self, x: Tensor, y: Tensor, idx: Tensor, device: torch.device) -> Split:
         images = self.images.subset(idx)

@@ -118,7 +118,8 @@ def prepare(cfg, device: torch.device = torch.device("cpu"), *, data=None,
     if splits is None:
         splits = split_indices(data, cfg.split.lb_ratio, cfg.split.val_ratio, cfg.split.test_ratio,
                                seed=int(cfg.seed), min_val_size=int(cfg.split.min_val_size),
-                               max_val_ratio=float(cfg.split.max_val_ratio))
+                               max_val_ratio=float(cfg.split.max_val_ratio),
+                               unlabeled_ratio=float(cfg.split.get("unlabeled_ratio", 1.0)))
     inputs = inputs_of(data)
     matrix = inputs.matrix(data)  # a frozen image backbone's features are computed here (cached)
     pool = matrix[torch.cat([splits["labeled"], splits["unlabeled"]])]

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Split", "seed_everything"]
+__all__ = ["Split", "seed_everything", "compiled_for_training"]
 
 
 @dataclass
@@ -38,3 +38,14 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
+
+
+def compiled_for_training(module: torch.nn.Module) -> torch.nn.Module:
+    """``train.compile=true``: ``module`` through ``torch.compile`` (inductor) for the
+    training forward and backward; it shares the module's parameters. Dropout draws from
+    torch's generator as in eager mode (``fallback_random``): inductor's own random numbers
+    would make a compiled run another run, not the same run faster."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fallback_random = True
+    return torch.compile(module)

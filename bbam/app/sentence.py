@@ -44,12 +44,19 @@ class SentenceEncoder(nn.Module):
     linear map; ``out_dim=None`` too: the embeddings as they are).
     Fine-tuning: ``x`` holds token ids ``[B, L]`` (as floats, right padded); the transformer
     (its pooling and normalisation) runs on them and the head follows, all trained.
+    ``runtime``: where the frozen embedding pass runs (``auto`` | ``torch`` | ``onnx``,
+    :mod:`bbam.runtimes`); the configs hand it to the data's pass as ``model.sentence.runtime``.
     """
 
     def __init__(self, in_dim: int, pretrained: str = DEFAULT_MODEL, finetune: bool = False,
                  hidden: Sequence[int] = (256,), out_dim: Optional[int] = 128, dropout: float = 0.1,
-                 max_seq_length: int = 256, infer_batch_size: int = 64):
+                 max_seq_length: int = 256, infer_batch_size: int = 64, runtime: str = "auto"):
         super().__init__()
+        from bbam.runtimes import RUNTIMES
+
+        if str(runtime) not in RUNTIMES:
+            raise ValueError(f"config key 'model.encoder.runtime' must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        self.runtime = str(runtime)
         self.finetune, self.infer_batch_size = bool(finetune), int(infer_batch_size)
         if self.finetune:
             self.transformer = load_sentence_model(pretrained, "cpu", max_seq_length)

@@ -15,13 +15,18 @@ reproducible and does not depend on the data pipeline.
 * :class:`ImageViews` (image datasets): image-space views (flip + translation; the strong
   one adds per-image RandAugment and Cutout, :mod:`bbam.vision.augment`) of the batch's
   decoded images; or, on a frozen backbone's cached features, the feature-space views of
-  :class:`FeatureViews`. Image-space views on a frozen backbone's features pass the views
-  through the process's shared frozen instance (:func:`bbam.vision.backbones.load_backbone`,
-  the one the feature pass used).
+  :class:`FeatureViews`; or the *view bank*: ``V`` weak and ``V`` strong image-space views
+  of every photo encoded once by the frozen backbone (cached like its features,
+  :func:`bbam.vision.features.view_features`), a step drawing one of each per row. Image-space
+  views on a frozen backbone's features pass the views through the process's shared
+  frozen instance (:func:`bbam.vision.backbones.load_backbone`, the one the feature pass used).
+
+Views that need the run's data before training (the bank) build it in :meth:`Views.prepare`,
+which the run calls once; a batch's views are then looked up by its rows (``rows``).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor
@@ -44,7 +49,13 @@ class Views:
 
     needs_images = False
 
-    def __call__(self, name: str, x: Tensor, generator: torch.Generator) -> Tensor:
+    def prepare(self, plan) -> None:
+        """Called once by the run (:func:`bbam.app.build.build_engine`) with its
+        :class:`~bbam.app.plan.RunPlan` before the first batch; nothing to do here."""
+
+    def __call__(self, name: str, x: Tensor, generator: torch.Generator, rows: Optional[Tensor] = None) -> Tensor:
+        """View ``name`` of the batch ``x``; ``rows``: the batch's ``[B]`` rows of the unlabeled
+        split (read only by views looked up per row)."""
         if name == "weak":
             return self.weak(x, generator)
         if name == "strong":
@@ -142,7 +153,10 @@ class ImageViews(Views):
     Args:
         space: ``images``: augmented images (weak: flip + translation; strong: + RandAugment
             + Cutout); ``features``: :class:`FeatureViews` of the frozen backbone's features
-            (no image work); ``auto``: ``features`` with a frozen backbone, ``images`` when
+            (no image work); ``bank``: ``bank`` weak and ``bank`` strong image-space views of
+            every photo through the frozen backbone, computed once before training (cached
+            on disk like its features) and scaled as the run's features, a step drawing one
+            of each per row; ``auto``: ``features`` with a frozen backbone, ``images`` when
             fine-tuning (the model then reads pixels, so only image views make sense).
         backbone: the model's backbone (a registered one: :func:`bbam.vision.backbones.list_backbones`),
             or None (a model trained from scratch on pixels, e.g. ``model=image_cnn``).
@@ -154,27 +168,39 @@ class ImageViews(Views):
             largest magnitude in [0, 1], Cutout square side (share of the side; 0: none).
         weak_noise, strong_mask, strong_noise, mask_fill: :class:`FeatureViews` settings
             (``space=features``).
+        bank: ``space=bank``: ``V``, the weak and the strong views kept per photo (``2 V``
+            backbone passes over the set, once; ``2 V`` times the features' memory).
+        runtime: where a frozen backbone's passes over ``space=images`` views run (``auto`` |
+            ``torch`` | ``onnx``, :mod:`bbam.runtimes`; the bank is computed as the
+            features are, in ``model.backbone.runtime``).
     """
 
     def __init__(self, space: str = "auto", backbone: Optional[str] = None, finetune: bool = False,
                  flip: float = 0.5, translate: float = 0.125, num_ops: int = 2, magnitude: float = 1.0,
                  cutout: float = 0.5, weak_noise: float = 0.0, strong_mask: float = 0.3, strong_noise: float = 0.1,
-                 mask_fill: str = "shuffle"):
-        if space not in ("auto", "images", "features"):
-            raise ValueError(f"config key 'model.views.space' must be auto, images or features, got {space!r}")
+                 mask_fill: str = "shuffle", bank: int = 4, runtime: str = "torch"):
+        if space not in ("auto", "images", "features", "bank"):
+            raise ValueError(f"config key 'model.views.space' must be auto, images, features or bank, got {space!r}")
         pixels = bool(finetune) or backbone is None  # the model reads pixels
         self.space = ("images" if pixels else "features") if space == "auto" else space
-        if pixels and self.space == "features":
-            raise ValueError("config key 'model.views.space' is 'features' but the model reads pixels "
-                             "(model.finetune=true or a CNN trained from scratch): use images or auto")
+        if pixels and self.space in ("features", "bank"):
+            raise ValueError(f"config key 'model.views.space' is {self.space!r} but the model reads pixels "
+                             f"(model.finetune=true or a CNN trained from scratch): use images or auto")
         _probability("flip", flip)
         if not 0.0 <= float(translate) < 0.5 or not 0.0 <= float(cutout) < 1.0 or not 0.0 <= float(magnitude) <= 1.0:
             raise ValueError(f"config keys 'model.views.translate' (in [0, 0.5)), 'cutout' (in [0, 1)) and "
                              f"'magnitude' (in [0, 1]) out of range: {translate}, {cutout}, {magnitude}")
         if int(num_ops) < 0:
             raise ValueError(f"config key 'model.views.num_ops' must be >= 0, got {num_ops}")
+        if int(bank) < 1:
+            raise ValueError(f"config key 'model.views.bank' must be >= 1 (views per photo), got {bank}")
         self.flip, self.translate, self.num_ops = float(flip), float(translate), int(num_ops)
-        self.magnitude, self.cutout = float(magnitude), float(cutout)
+        self.magnitude, self.cutout, self.bank = float(magnitude), float(cutout), int(bank)
+        from bbam.runtimes import RUNTIMES
+
+        if str(runtime) not in RUNTIMES:
+            raise ValueError(f"config key 'model.views.runtime' must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        self.runtime = str(runtime)
         self.backbone_name = None if pixels else str(backbone)
         if self.backbone_name is not None:
             from bbam.vision.backbones import get_backbone_spec, list_backbones
@@ -185,19 +211,60 @@ class ImageViews(Views):
                 raise ValueError(f"config key 'model.views.backbone' must be one of {', '.join(list_backbones())}, "
                                  f"got {backbone!r}") from None
         self.features = FeatureViews(weak_noise, strong_mask, strong_noise, mask_fill)
+        self._bank: Optional[Dict[str, Tensor]] = None  # space=bank: {"weak", "strong"}: [V, N_unlabeled, D]
+        self.bank_seconds: Optional[float] = None  # space=bank: time to build (or read) the bank
 
     @property
     def needs_images(self) -> bool:
         return self.space == "images" and self.backbone_name is not None
 
+    def recipes(self) -> Dict[str, List[Dict[str, object]]]:
+        """``space=bank``: each kept view's recipe (:func:`bbam.vision.features.view_features`), by name."""
+        weak = {"flip": self.flip, "translate": self.translate}
+        strong = {**weak, "num_ops": self.num_ops, "magnitude": self.magnitude, "cutout": self.cutout}
+        return {"weak": [{"kind": "weak", "copy": v, **weak} for v in range(self.bank)],
+                "strong": [{"kind": "strong", "copy": v, **strong} for v in range(self.bank)]}
+
+    def prepare(self, plan) -> None:
+        """``space=bank``: the unlabeled rows' ``V`` weak and ``V`` strong view features,
+        scaled as the run's features (``plan.scaler``), on the training device."""
+        if self.space != "bank":
+            return
+        import time
+
+        start = time.perf_counter()
+        rows = plan.splits["unlabeled"]
+        self._bank = {name: torch.stack([plan.scaler.transform(plan.inputs.view_matrix(recipe))[rows]
+                                         for recipe in recipes]).to(plan.device)
+                      for name, recipes in self.recipes().items()}
+        self.bank_seconds = time.perf_counter() - start
+
+    def __call__(self, name: str, x: Tensor, generator: torch.Generator, rows: Optional[Tensor] = None) -> Tensor:
+        if self.space != "bank":
+            return super().__call__(name, x, generator)
+        if name not in ("weak", "strong"):
+            raise ValueError(f"unknown view {name!r} (expected 'weak' or 'strong')")
+        if self._bank is None or rows is None:
+            raise RuntimeError("ImageViews(space='bank'): the bank is built by prepare(plan) and read by the "
+                               "batch's rows; call prepare first and pass rows")
+        bank = self._bank[name]
+        copy = torch.randint(bank.shape[0], (rows.shape[0],), generator=generator).to(bank.device)
+        return bank[copy, rows.to(bank.device)]
+
     @torch.no_grad()
     def _encoded(self, pixels: Tensor) -> Tensor:
         if self.backbone_name is None:
             return pixels
-        from bbam.vision.backbones import load_backbone
+        from bbam.data.cache import default_cache_dir
+        from bbam.runtimes import resolve_runtime
+        from bbam.vision.backbones import frozen_image_encoder
 
-        # the process's frozen instance on this device (a cache look-up after the first batch)
-        return load_backbone(self.backbone_name, device=pixels.device)(pixels)
+        # the frozen backbone in the run's runtime: the process's shared module on this
+        # device, or its ONNX Runtime session (a cache look-up after the first batch)
+        runtime = resolve_runtime(self.runtime, pixels.device, "model.views.runtime")
+        encode, _ = frozen_image_encoder(self.backbone_name, runtime, pixels.device, pixels.shape[-1],
+                                         default_cache_dir())
+        return encode(pixels).to(pixels.device)
 
     def weak(self, x: Tensor, generator: torch.Generator) -> Tensor:
         if self.space == "features":
@@ -217,4 +284,4 @@ class ImageViews(Views):
     def __repr__(self) -> str:
         return (f"ImageViews(space={self.space!r}, backbone={self.backbone_name!r}, flip={self.flip}, "
                 f"translate={self.translate}, num_ops={self.num_ops}, magnitude={self.magnitude}, "
-                f"cutout={self.cutout})")
+                f"cutout={self.cutout}" + (f", bank={self.bank})" if self.space == "bank" else ")"))

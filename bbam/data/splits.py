@@ -169,6 +169,7 @@ def split_indices(
     seed: int = 0,
     min_val_size: int = 0,
     max_val_ratio: float = 0.5,
+    unlabeled_ratio: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Split one run's samples into ``labeled``/``unlabeled``/``val``/``test``.
 
@@ -182,10 +183,13 @@ def split_indices(
       ranks checkpoints by noise, so small pools give it a larger share;
     * labeled: an iterative-stratified ``lb_ratio`` share of what remains
       (at least one sample); unlabeled: the remainder (its labels are not for
-      the learner).
+      the learner), or a random ``unlabeled_ratio`` share of it (at least one
+      row; a smaller share's rows are a subset of a larger one's: pool-size
+      studies), the other rows being left out of every split.
 
     All stages are drawn from ``seed`` (one labeled split per seed).  Returns
-    sorted, disjoint LongTensors that together cover ``range(N)``.
+    sorted, disjoint LongTensors that together cover ``range(N)`` (less the
+    unlabeled rows left out).
     """
     lb = _check_ratio("lb_ratio", lb_ratio, low_open=True, high_closed=True)
     vr = _check_ratio("val_ratio", val_ratio, low_open=False, high_closed=False)
@@ -213,5 +217,9 @@ def split_indices(
     sizes = np.array([n_lab, rest.size - n_lab], dtype=np.int64)
     a = _stratify(Yb[rest], sizes, np.random.default_rng(_sub_seed(seed, 2)))
     labeled, unlabeled = rest[a == 0], rest[a == 1]
+    ur = _check_ratio("unlabeled_ratio", unlabeled_ratio, low_open=True, high_closed=True)
+    if ur < 1.0 and unlabeled.size > 0:  # a prefix of one permutation: smaller pools nest in larger ones
+        order = np.random.default_rng(_sub_seed(seed, 3)).permutation(unlabeled.size)
+        unlabeled = unlabeled[order[:max(1, int(np.floor(ur * unlabeled.size + 0.5)))]]
     t = lambda v: torch.from_numpy(np.sort(v).astype(np.int64))  # noqa: E731
     return {"labeled": t(labeled), "unlabeled": t(unlabeled), "val": t(val), "test": t(test)}

@@ -9,21 +9,30 @@ holds the backbone's weights fingerprint, ``S``, the decoding procedure's versio
 SHA-256 of every image file's bytes, so changed images, weights or size never reuse
 stale features. The backbone is any registered one (:func:`bbam.vision.backbones.get_backbone_spec`),
 loaded through :func:`bbam.vision.backbones.load_backbone`: its frozen instance is the one
-the process's frozen image-space views use too. Library layer: numpy, torch, tqdm and
-:mod:`bbam.vision`.
+the process's frozen image-space views use too. The forward runs in eager PyTorch or, the
+faster way on a CPU, in ONNX Runtime (``runtime``, :mod:`bbam.runtimes`); the key
+records which, so the two runtimes' features never mix.
+
+:func:`view_features` does the same for augmented views of the images (a weak or strong
+view, one of several independent draws): the "view bank" that gives a frozen backbone's
+head the photo-space weak/strong views at the cost of feature lookups.
+Library layer: numpy, torch, tqdm and :mod:`bbam.vision`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from bbam.vision.backbones import get_backbone_spec, list_backbones, load_backbone, weights_id
+from bbam.runtimes import resolve_runtime, runtime_id
+from bbam.vision.backbones import frozen_image_encoder, get_backbone_spec, list_backbones, weights_id
 
 from bbam.devices import resolve_device
 
@@ -31,10 +40,16 @@ from bbam.data.cache import default_cache_dir, read_cache, write_cache
 from bbam.data.image_rows import BatchFetch, ImageDecodeError, ImageRows, raise_decode_errors
 from bbam.data.progress import progress_bar
 
-__all__ = ["image_features", "image_loader", "SETTINGS"]
+__all__ = ["image_features", "view_features", "image_loader", "SETTINGS", "VIEW_KEYS"]
 
 _CACHE_FORMAT = 2  # bump when decoding (decode_image) or the feature procedure changes
-SETTINGS = {"name", "finetune", "batch_size", "num_workers", "device", "cache_dir", "cache", "progress"}
+_AUGMENT_FORMAT = 1  # bump when bbam.vision.augment's views change
+SETTINGS = {"name", "finetune", "batch_size", "num_workers", "device", "runtime", "shard_rows", "cache_dir", "cache",
+            "progress"}
+SHARD_ROWS = 1024  # photos per cached shard of a pass (torchrun ranks share shards; a killed pass resumes from them)
+# what defines one augmented view of view_features
+VIEW_KEYS = {"weak": {"kind", "copy", "flip", "translate"},
+             "strong": {"kind", "copy", "flip", "translate", "num_ops", "magnitude", "cutout"}}
 
 
 def image_loader(rows: ImageRows, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False):
@@ -49,7 +64,7 @@ def image_loader(rows: ImageRows, batch_size: int = 64, num_workers: int = 0, pi
     return (raise_decode_errors(b) for b in loader)
 
 
-def _cache_key(rows: ImageRows, backbone: str) -> str:
+def _files_digest(rows: ImageRows) -> str:
     files = hashlib.sha256()
     for path in rows.files:
         try:
@@ -57,12 +72,45 @@ def _cache_key(rows: ImageRows, backbone: str) -> str:
         except OSError as err:
             raise ImageDecodeError(f"image {path}: cannot read ({err.strerror or err})") from None
         files.update(hashlib.sha256(data).digest())
+    return files.hexdigest()
+
+
+def _cache_key(rows: ImageRows, backbone: str, runtime: str, view: Optional[Mapping[str, Any]] = None,
+               batch_size: int = 64, digest: Optional[str] = None) -> str:
     meta = {"format": _CACHE_FORMAT, "weights": weights_id(backbone), "size": rows.image_size,
-            "n": len(rows), "images": files.hexdigest()}
+            "n": len(rows), "images": digest or _files_digest(rows)}
+    if runtime_id(runtime) is not None:  # torch's features keep the keys they had before runtimes
+        meta["runtime"] = runtime_id(runtime)
+    if view is not None:  # an augmented view's draws depend on the batches they were made in
+        meta.update(view=dict(view), augment=_AUGMENT_FORMAT, batch_size=int(batch_size))
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
 
 
-@torch.no_grad()
+def _check_view(view: Mapping[str, Any]) -> Dict[str, Any]:
+    view = dict(view)
+    keys = VIEW_KEYS[view.get("kind")] if view.get("kind") in VIEW_KEYS else None
+    if keys is None or set(view) != keys:
+        raise ValueError(f"view_features: 'view' must be {{'kind': 'weak', {', '.join(sorted(VIEW_KEYS['weak'] - {'kind'}))}}}"
+                         f" or {{'kind': 'strong', ...}} with {sorted(VIEW_KEYS['strong'] - {'kind'})}; got {sorted(view)}")
+    return view
+
+
+def _augmenter(view: Mapping[str, Any]):
+    """``augment(pixels, start)``: view ``view`` of a batch of float pixels whose first row
+    is row ``start`` of the set, drawn from a generator keyed by the view and ``start``."""
+    from .augment import strong_augment, weak_augment
+
+    kind, copy = view["kind"], int(view["copy"])
+
+    def augment(pixels: Tensor, start: int) -> Tensor:
+        g = torch.Generator().manual_seed((copy * 2 + (kind == "strong")) * 1_000_003 + start + 104_729)
+        if kind == "weak":
+            return weak_augment(pixels, g, view["flip"], view["translate"])
+        return strong_augment(pixels, g, view["flip"], view["translate"], view["num_ops"], view["magnitude"],
+                              view["cutout"])
+    return augment
+
+
 def image_features(rows: ImageRows, settings: Mapping[str, Any]) -> Tensor:
     """``[N, dim]`` float32 features of ``rows`` through the frozen backbone ``settings["name"]``.
 
@@ -70,10 +118,34 @@ def image_features(rows: ImageRows, settings: Mapping[str, Any]) -> Tensor:
         rows: the images (:class:`~bbam.data.images.ImageRows`).
         settings: ``name`` (a registered backbone: :func:`bbam.vision.backbones.list_backbones`); optional
             ``batch_size`` (64), ``num_workers`` (DataLoader decoding workers, 2),
-            ``device`` ("auto"), ``cache_dir`` (None: the default folder), ``cache`` (True),
-            ``progress`` (True: a progress bar on stderr with photos/s and the time left,
-            kept when done; not shown when the features come from the cache).
+            ``device`` ("auto"), ``runtime`` (``auto`` | ``torch`` | ``onnx``: where the
+            forward runs, :mod:`bbam.runtimes`; absent: ``torch``, as runs recorded
+            before the option computed them), ``cache_dir`` (None: the default folder),
+            ``cache`` (True), ``progress`` (True: a progress bar on stderr with photos/s
+            and the time left, kept when done; not shown when the features come from the cache).
     """
+    return _encoded(rows, settings, None)
+
+
+def view_features(rows: ImageRows, settings: Mapping[str, Any], view: Mapping[str, Any]) -> Tensor:
+    """``[N, dim]`` float32 features of one augmented view of every image of ``rows``: each
+    decoded batch augmented (:func:`bbam.vision.augment.weak_augment` or
+    :func:`~bbam.vision.augment.strong_augment`, draws keyed by the view's ``copy`` and the
+    batch's first row, so a view is the same in every run) and passed through the frozen
+    backbone as :func:`image_features` does; cached on disk the same way, the key adding
+    the view and ``batch_size``.
+
+    Args:
+        rows, settings: as :func:`image_features`.
+        view: ``{"kind": "weak", "copy", "flip", "translate"}`` or ``{"kind": "strong",
+            "copy", "flip", "translate", "num_ops", "magnitude", "cutout"}`` (``copy``: which
+            of the view's independent draws, 0, 1, ...).
+    """
+    return _encoded(rows, settings, _check_view(view))
+
+
+@torch.no_grad()
+def _encoded(rows: ImageRows, settings: Mapping[str, Any], view: Optional[Dict[str, Any]]) -> Tensor:
     unknown = set(settings) - SETTINGS
     if unknown:
         raise ValueError(f"image_features: unknown settings {sorted(unknown)} (expected among {sorted(SETTINGS)})")
@@ -83,32 +155,141 @@ def image_features(rows: ImageRows, settings: Mapping[str, Any]) -> Tensor:
     except ValueError:
         raise ValueError(f"config key 'model.backbone.name' must be one of {', '.join(list_backbones())} "
                          f"(registered image backbones), got {name!r}") from None
-    cache = bool(settings.get("cache", True))
-    file = None
-    if cache:
-        key = _cache_key(rows, name)
-        folder = Path(settings.get("cache_dir") or default_cache_dir()).expanduser()
-        file = folder / f"{name}-{rows.image_size}px-{key[:32]}.npz"
-        cached = read_cache(file, key, len(rows))
-        if cached is not None:
-            return torch.from_numpy(cached)
     device = resolve_device(settings.get("device", "auto"), "model.backbone.device")
-    backbone = load_backbone(name, device=device)  # the process's shared frozen instance
-    out = np.empty((len(rows), spec.dim), dtype=np.float32)
-    batches = image_loader(rows, int(settings.get("batch_size", 64)), int(settings.get("num_workers", 2)),
-                           pin_memory=device.type == "cuda")
-    done = 0
-    # on stderr: photos done, photos/s and the time left; left on screen with the total time
-    # taken (a pass over thousands of photos takes minutes on a CPU). Off with progress=false
-    # (the configs pass train.progress).
-    with progress_bar(len(rows), f"{name} features ({rows.image_size} px)", "photo",
-                      bool(settings.get("progress", True))) as bar:
-        for pixels in batches:
-            x = pixels.to(device, non_blocking=True).float().div_(255)
-            feats = backbone(x)  # float32 on every device: cached features do not depend on where they were made
-            out[done:done + len(pixels)] = feats.float().cpu().numpy()
-            done += len(pixels)
-            bar.update(len(pixels))
-    if cache:
-        write_cache(file, key, out)
+    asked = settings.get("runtime", "torch")
+    runtime = resolve_runtime(asked, device, "model.encoder.runtime")
+    batch_size = int(settings.get("batch_size", 64))
+    folder = Path(settings.get("cache_dir") or default_cache_dir()).expanduser()
+    cache = bool(settings.get("cache", True))
+    digest = _files_digest(rows) if cache else ""
+
+    def cached_file(runtime: str):
+        key = _cache_key(rows, name, runtime, view, batch_size, digest)
+        tag = "" if view is None else f"-{view['kind']}{int(view['copy'])}"
+        return folder / f"{name}-{rows.image_size}px{tag}-{key[:32]}.npz", key
+
+    file, key = cached_file(runtime) if cache else (None, None)
+    if cache and (cached := read_cache(file, key, len(rows))) is not None:
+        return torch.from_numpy(cached)
+    # the process's shared frozen module, or its ONNX Runtime session (exported once, cached)
+    try:
+        encode, runtime = frozen_image_encoder(name, runtime, device, rows.image_size, folder)
+    except Exception as err:  # a module the exporter cannot write: auto falls back to eager PyTorch
+        if asked != "auto" or runtime != "onnx":
+            raise
+        warnings.warn(f"backbone {name!r} cannot run in ONNX Runtime ({type(err).__name__}: {err}); "
+                      f"computing its features in torch", RuntimeWarning, stacklevel=3)
+        runtime = "torch"
+        file, key = cached_file(runtime) if cache else (None, None)
+        if cache and (cached := read_cache(file, key, len(rows))) is not None:
+            return torch.from_numpy(cached)
+        encode, runtime = frozen_image_encoder(name, runtime, device, rows.image_size, folder)
+    pass_ = _Pass(rows, encode, None if view is None else _augmenter(view), device, batch_size,
+                  int(settings.get("num_workers", 2)), spec.dim)
+    what = "features" if view is None else f"{view['kind']} view {int(view['copy'])}"
+    label = f"{name} {what} ({rows.image_size} px, {runtime})"
+    progress = bool(settings.get("progress", True))
+    if not cache:
+        return torch.from_numpy(pass_.rows(0, len(rows), progress_bar(len(rows), label, "photo", progress)))
+    out = _sharded(pass_, file, key, int(settings.get("shard_rows", SHARD_ROWS)), label, progress)
     return torch.from_numpy(out)
+
+
+class _Pass:
+    """The frozen backbone's pass over a range of ``rows`` (decoded by ``num_workers``
+    workers, augmented for a view, encoded), batch boundaries at multiples of ``batch_size``
+    from row 0 so a range gives the rows' values of a whole-set pass."""
+
+    def __init__(self, rows: ImageRows, encode, augment, device: torch.device, batch_size: int, num_workers: int,
+                 dim: int):
+        self.all, self.encode, self.augment, self.device = rows, encode, augment, device
+        self.batch_size, self.num_workers, self.dim = batch_size, num_workers, dim
+
+    def rows(self, start: int, stop: int, bar) -> np.ndarray:
+        out = np.empty((stop - start, self.dim), dtype=np.float32)
+        done = 0
+        # on stderr: photos done, photos/s and the time left; left on screen with the total time
+        # taken (a pass over thousands of photos takes minutes on a CPU). Off with progress=false
+        # (the configs pass train.progress).
+        with bar:
+            for pixels in image_loader(self.all.subset(list(range(start, stop))), self.batch_size, self.num_workers,
+                                       pin_memory=self.device.type == "cuda"):
+                x = pixels.to(self.device, non_blocking=True).float().div_(255)
+                if self.augment is not None:
+                    x = self.augment(x, start + done)  # draws keyed by the set's row, not the range's
+                # float32 on every device: cached features do not depend on where they were made
+                out[done:done + len(pixels)] = self.encode(x).float().cpu().numpy()
+                done += len(pixels)
+                bar.update(len(pixels))
+        return out
+
+
+def _ranks():
+    """``(world size, rank)`` of the process group torchrun's processes joined, else ``(1, 0)``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _sharded(pass_: _Pass, file: Path, key: str, shard_rows: int, label: str, progress: bool) -> np.ndarray:
+    """The whole set's features through cached shards of ``shard_rows`` rows (rounded up to
+    whole batches) in the folder ``<file>.parts``: under torchrun rank ``r`` computes shards
+    ``r, r + W, ...``; shards already cached (a killed pass) are read, not computed. Rank 0
+    then joins them into ``file`` (atomically) and removes the parts; every rank reads it."""
+    if shard_rows < 1:
+        raise ValueError(f"config key 'model.backbone.shard_rows' must be >= 1, got {shard_rows}")
+    n, world, rank = len(pass_.all), *_ranks()
+    size = -(-shard_rows // pass_.batch_size) * pass_.batch_size
+    count = max(1, -(-n // size))
+    parts = file.parent / (file.name[:-len(".npz")] + ".parts")
+    bounds = [(i * size, min(n, (i + 1) * size)) for i in range(count)]
+    mine = [i for i in range(rank, count, world)]
+    todo = [i for i in mine if read_cache(parts / f"{i:05d}.npz", f"{key}|{i}", bounds[i][1] - bounds[i][0]) is None]
+    bar = progress_bar(sum(bounds[i][1] - bounds[i][0] for i in todo), label, "photo", progress and rank == 0)
+    with bar:
+        for i in todo:
+            write_cache(parts / f"{i:05d}.npz", f"{key}|{i}", pass_.rows(*bounds[i], _Quiet(bar)))
+    _barrier()
+    if rank == 0:
+        out = np.empty((n, pass_.dim), dtype=np.float32)
+        for i, (a, b) in enumerate(bounds):
+            part = read_cache(parts / f"{i:05d}.npz", f"{key}|{i}", b - a)
+            if part is None:  # a rank's shard went missing: compute it here
+                part = pass_.rows(a, b, _Quiet(None))
+            out[a:b] = part
+        write_cache(file, key, out)
+        shutil.rmtree(parts, ignore_errors=True)
+    _barrier()
+    if rank == 0:
+        return out
+    joined = read_cache(file, key, n)
+    if joined is None:
+        raise RuntimeError(f"image features: rank {rank} cannot read {file}, which rank 0 wrote (is the cache "
+                           f"folder shared by the ranks?)")
+    return joined
+
+
+class _Quiet:
+    """A context manager forwarding ``update`` to an open progress bar (or nowhere)."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, k: int) -> None:
+        if self.bar is not None:
+            self.bar.update(k)
