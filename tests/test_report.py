@@ -227,7 +227,7 @@ def test_feature_pass_shows_a_progress_bar(photos, capfd):
     assert feats.shape == (6, 1280)
     out, err = capfd.readouterr()
     assert out == ""
-    assert "efficientnet_lite0 features (32 px)" in err
+    assert "efficientnet_lite0 (32 px, torch)" in err
     assert "0/6 [00:00<?, ?photo/s]" in err  # elapsed<left, rate: from the start (updates at most every 0.1 s)
     final = [part for part in err.split("\r") if part.strip()][-1]  # left on screen when done
     assert re.search(r"100%\|.*\| 6/6 \[\d\d:\d\d<00:00, +[\d.]+photo/s\]\n$", final), final

@@ -186,8 +186,8 @@ def _encoded(rows: ImageRows, settings: Mapping[str, Any], view: Optional[Dict[s
         encode, runtime = frozen_image_encoder(name, runtime, device, rows.image_size, folder)
     pass_ = _Pass(rows, encode, None if view is None else _augmenter(view), device, batch_size,
                   int(settings.get("num_workers", 2)), spec.dim)
-    what = "features" if view is None else f"{view['kind']} view {int(view['copy'])}"
-    label = f"{name} {what} ({rows.image_size} px, {runtime})"
+    what = "" if view is None else f" {view['kind']} view {int(view['copy'])}"  # short: 80 columns hold it
+    label = f"{name}{what} ({rows.image_size} px, {runtime})"
     progress = bool(settings.get("progress", True))
     if not cache:
         return torch.from_numpy(pass_.rows(0, len(rows), progress_bar(len(rows), label, "photo", progress)))
