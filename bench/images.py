@@ -176,11 +176,13 @@ def measure_size(files: List[str], size: int, repeats: int) -> Dict[str, float]:
 
 
 def _peak_gflops() -> float:
-    """The cores' FP32 peak: cores x clock x 32 FLOP/cycle (two 256-bit FMA units per core;
-    a guess where the machine does not say more: pass --peak-gflops)."""
-    mhz = [float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
-           if line.lower().startswith("cpu mhz")]
-    return torch.get_num_threads() * (max(mhz) if mhz else 2500.0) * 32 / 1000
+    """The cores' FP32 peak: cores x clock x FLOP/cycle, 64 with AVX-512 (two 512-bit FMA
+    units per core: Zen 5, most Xeons; Zen 4 has half) and 32 with AVX2 (two 256-bit FMA
+    units). A guess where the machine does not say more: pass --peak-gflops."""
+    info = Path("/proc/cpuinfo").read_text()
+    mhz = [float(line.split(":")[1]) for line in info.splitlines() if line.lower().startswith("cpu mhz")]
+    per_cycle = 64 if " avx512f" in info else 32
+    return torch.get_num_threads() * (max(mhz) if mhz else 2500.0) * per_cycle / 1000
 
 
 def measure_runtimes(files: List[str], size: int, repeats: int, peak: float, texts_file: Path,
@@ -190,11 +192,11 @@ def measure_runtimes(files: List[str], size: int, repeats: int, peak: float, tex
 
     from bbam.data.image_rows import ImageRows
     from bbam.vision.backbones import frozen_image_encoder, load_backbone
-    from bbam.vision.features import image_features, view_features
+    from bbam.vision.features import _decoding_workers, image_features, view_features
 
     rows = ImageRows(files, size)
     out: Dict[str, float] = {"size": size, "images": len(files), "peak_gflop_s": peak}
-    settings = {"name": "efficientnet_lite0", "progress": False, "cache": False, "num_workers": 2, "device": "cpu"}
+    settings = {"name": "efficientnet_lite0", "progress": False, "cache": False, "num_workers": "auto", "device": "cpu"}
     cold = {"torch": [], "onnx": []}
     from bbam.data.cache import default_cache_dir
     from bbam.runtimes import clear_sessions
@@ -221,7 +223,9 @@ def measure_runtimes(files: List[str], size: int, repeats: int, peak: float, tex
         out[f"{runtime}_gflop_s"] = flops * len(x) / t / 1e9
         out[f"{runtime}_peak_fraction"] = out[f"{runtime}_gflop_s"] / peak
     out["onnx_over_torch_cold"] = out["onnx_cold_img_s"] / out["torch_cold_img_s"]
-    out["decode_only_img_s"] = len(rows) / _median_time(lambda: _decode(rows, 2, False), repeats)
+    workers = _decoding_workers("auto", torch.device("cpu"))
+    out["decode_workers"] = workers
+    out["decode_only_img_s"] = len(rows) / _median_time(lambda: _decode(rows, workers, False), repeats)
 
     # the view bank: one weak and one strong pass (onnx), the bank of V = 4 + 4 from them
     for kind, recipe in (("weak", {"kind": "weak", "copy": 0, "flip": 0.5, "translate": 0.125}),

@@ -145,9 +145,32 @@ def _onnx_encoder(model, pretrained: str, fingerprint: str, max_seq_length: int,
 
     ids, mask = _tokens(model, ["an example", "of two texts"])
     dims = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
-    return onnx_session(lambda: _PooledEmbedding(model), [ids, mask],
-                        key=f"{pretrained}|{fingerprint}|{int(max_seq_length)}", folder=folder,
-                        label=Path(str(pretrained)).name, names=("input_ids", "attention_mask"), dynamic_dims=dims)
+    config = getattr(getattr(model[0], "auto_model", None), "config", None)
+    bert = config is not None and getattr(config, "model_type", None) == "bert"
+    attention = getattr(config, "_attn_implementation", None)
+
+    def exported():
+        # BERT's attention exported as its plain matrix products, which ONNX Runtime's
+        # transformer optimizer fuses into one Attention op (with its layer-norm and GELU
+        # fusions: 1.8x the eager model's texts/s against 1.5x unfused, bench/images.py)
+        if bert:
+            config._attn_implementation = "eager"
+        return _PooledEmbedding(model)
+
+    def fused(path: str) -> None:
+        from onnxruntime.transformers import optimizer
+
+        optimizer.optimize_model(path, model_type="bert", num_heads=int(config.num_attention_heads),
+                                 hidden_size=int(config.hidden_size), opt_level=1, use_gpu=False).save_model_to_file(path)
+
+    try:
+        return onnx_session(exported, [ids, mask], key=f"{pretrained}|{fingerprint}|{int(max_seq_length)}",
+                            folder=folder, label=Path(str(pretrained)).name, names=("input_ids", "attention_mask"),
+                            dynamic_dims=dims, rewrite=fused if bert else None,
+                            rewrite_id="bert-fusion-1" if bert else "")
+    finally:
+        if bert:  # the torch model keeps its own attention
+            config._attn_implementation = attention
 
 
 def embed_texts(texts: Sequence[str], pretrained: str = DEFAULT_MODEL, max_seq_length: int = 256,
