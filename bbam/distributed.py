@@ -25,7 +25,8 @@ from .ops import label_angle_stats, merge_stats
 from .prototypes import label_prototypes
 
 __all__ = ["world_size", "rank", "is_distributed", "gather_rows", "global_prototypes", "global_label_angle_stats",
-           "shard_indices", "broadcast_object", "broadcast_tensor", "gather_in_order", "sum_over_ranks"]
+           "shard_indices", "broadcast_object", "broadcast_tensor", "gather_in_order", "sum_over_ranks", "barrier",
+           "all_ranks"]
 
 
 def is_distributed() -> bool:
@@ -38,6 +39,22 @@ def world_size() -> int:
 
 def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing outside a process group)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def all_ranks(flag: bool) -> bool:
+    """Whether ``flag`` holds on every rank (``flag`` itself outside a process group)."""
+    if not is_distributed():
+        return bool(flag)
+    on_gpu = dist.get_backend() == "nccl"  # nccl reduces device tensors only
+    t = torch.tensor([int(bool(flag))], device=torch.device("cuda", torch.cuda.current_device()) if on_gpu else None)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
 
 
 def sum_over_ranks(value: float, device=None) -> float:

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["RUNTIMES", "OPSET", "resolve_runtime", "runtime_id", "onnx_session", "OnnxEncoder",
-           "onnx_available", "clear_sessions"]
+           "onnx_available", "clear_sessions", "check_runtime"]
 
 RUNTIMES = ("auto", "torch", "onnx")
 OPSET = 17  # ONNX opset of the exported files (supported by every onnxruntime >= 1.14)
@@ -53,9 +53,7 @@ def onnx_available() -> bool:
 def resolve_runtime(runtime: str, device: torch.device, key: str = "model.encoder.runtime") -> str:
     """``torch`` or ``onnx`` for ``runtime`` (one of :data:`RUNTIMES`) on ``device``;
     ``key`` names the config key in errors."""
-    runtime = str(runtime)
-    if runtime not in RUNTIMES:
-        raise ValueError(f"config key '{key}' must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    runtime = check_runtime(runtime, key)
     if runtime == "auto":
         return "onnx" if device.type == "cpu" and onnx_available() else "torch"
     if runtime == "onnx":
@@ -66,6 +64,13 @@ def resolve_runtime(runtime: str, device: torch.device, key: str = "model.encode
             raise ValueError(f"config key '{key}' is 'onnx', which runs on the CPU, but the device is {device}: "
                              f"use runtime=torch (or auto) on a GPU")
     return runtime
+
+
+def check_runtime(value, key: str) -> str:
+    """``value`` as one of :data:`RUNTIMES`, else an error naming config key ``key``."""
+    if str(value) not in RUNTIMES:
+        raise ValueError(f"config key '{key}' must be one of {', '.join(RUNTIMES)}, got {value!r}")
+    return str(value)
 
 
 def runtime_id(runtime: str) -> Optional[str]:
@@ -148,22 +153,23 @@ def onnx_session(module_fn: Callable[[], nn.Module], example: Sequence[Tensor], 
     path = Path(folder).expanduser() / "onnx" / f"{label}-{digest}.onnx"
     threads = torch.get_num_threads() if threads is None else int(threads)
     cache_key = f"{path}|{threads}"
+    dynamic = dynamic_dims if dynamic_dims is not None else {n: {0: "batch"} for n in names}
+
+    def export() -> None:
+        _export(module_fn().eval(), example, names, {**dynamic, "output": {0: "batch"}}, path, rewrite)
+
     with _LOCK:
         encoder = _SESSIONS.get(cache_key)
         if encoder is not None:
             return encoder
         if not path.is_file():
-            module = module_fn().eval()
-            dynamic = dynamic_dims if dynamic_dims is not None else {n: {0: "batch"} for n in names}
-            _export(module, example, names, {**dynamic, "output": {0: "batch"}}, path, rewrite)
+            export()
         try:
             encoder = OnnxEncoder(path, threads)
         except Exception as err:  # a truncated or foreign file: export again once
             warnings.warn(f"ONNX file {path} is unreadable ({type(err).__name__}); exporting it again",
                           RuntimeWarning, stacklevel=2)
-            module = module_fn().eval()
-            dynamic = dynamic_dims if dynamic_dims is not None else {n: {0: "batch"} for n in names}
-            _export(module, example, names, {**dynamic, "output": {0: "batch"}}, path, rewrite)
+            export()
             encoder = OnnxEncoder(path, threads)
         _SESSIONS[cache_key] = encoder
         return encoder

@@ -260,13 +260,11 @@ def measure_runtimes(files: List[str], size: int, repeats: int, peak: float, tex
 def measure_compile(files: List[str], size: int, repeats: int) -> Dict[str, float]:
     """A fine-tuning step (batch 16, ``size`` px) eager and under ``torch.compile`` (inductor,
     random numbers as eager's), steps/s after the compiled step's warm-up."""
-    import torch._inductor.config as inductor_config
-
     from bbam.app.image_models import PretrainedImageEncoder
+    from bbam.app.runtime import compiled_for_training
     from bbam.app.models import CosineClassifier, MultiLabelModel
     from bbam.data.image_rows import ImageRows
 
-    inductor_config.fallback_random = True
     rows = ImageRows(files[:16], size)
     xb, yb = rows[list(range(16))].float().div_(255), torch.randint(0, 2, (16, 5)).float()
     out: Dict[str, float] = {"size": size, "batch": 16}
@@ -274,7 +272,7 @@ def measure_compile(files: List[str], size: int, repeats: int) -> Dict[str, floa
         torch.manual_seed(0)
         encoder = PretrainedImageEncoder(0, finetune=True)
         model = MultiLabelModel(encoder, CosineClassifier(encoder.out_dim, 5)).train()
-        step = _training_step(torch.compile(model) if name == "compiled" else model, model, xb, yb)
+        step = _training_step(compiled_for_training(model) if name == "compiled" else model, model, xb, yb)
 
         t0 = time.perf_counter()
         out[f"{name}_first_loss"] = step()

@@ -189,3 +189,25 @@ def test_shipped_data_paths_resolve_the_same_from_any_directory(tmp_path, shared
     paths = [subprocess.run([sys.executable, "-c", code], cwd=cwd, env=ENV, capture_output=True, text=True,
                             check=True).stdout.strip() for cwd in (tmp_path, Path(__file__).parent)]
     assert paths[0] == paths[1] and Path(paths[0]).is_absolute() and Path(paths[0]).is_file()
+
+
+def test_checkpoints_from_before_the_new_keys_resume(tmp_path):
+    """A checkpoint written before split.unlabeled_ratio, the frozen encoders' runtime, the
+    view bank and the resume-free train.compile / train.probe_epochs existed resumes under
+    today's config when the new keys keep what it trained; a runtime other than torch is
+    refused by name (its features would not be the ones the run trained on)."""
+    from bbam.app.checkpoints import check_same_settings, run_settings
+    from bbam.app.config import compose_config
+
+    cfg = compose_config(["model=efficientnet_lite0", "model.encoder.runtime=torch", "data.num_samples=60"])
+    old = {k: v for k, v in run_settings(cfg).items()
+           if k not in ("split.unlabeled_ratio", "model.views.bank") and not k.endswith(".runtime")}
+    old.update({"train.probe_epochs": 6, "model.backbone.num_workers": 2})  # keys resume-free today
+    check_same_settings(cfg, tmp_path / "last.pt", old)
+    auto = compose_config(["model=efficientnet_lite0", "data.num_samples=60"])
+    with pytest.raises(ValueError, match=r"model.encoder.runtime: '<absent>' in the checkpoint, 'auto' now"):
+        check_same_settings(auto, tmp_path / "last.pt", old)
+    pooled = compose_config(["model=efficientnet_lite0", "model.encoder.runtime=torch", "data.num_samples=60",
+                             "split.unlabeled_ratio=0.5"])
+    with pytest.raises(ValueError, match=r"split.unlabeled_ratio"):
+        check_same_settings(pooled, tmp_path / "last.pt", old)

@@ -87,6 +87,8 @@ def test_bank_settings_are_checked():
         ImageViews(space="bank", backbone="efficientnet_lite0", finetune=True)
     with pytest.raises(ValueError, match=r"'model.views.space' must be auto, images, features or bank"):
         ImageViews(space="banks", backbone="efficientnet_lite0")
+    with pytest.raises(RuntimeError, match="rows"):  # bank views are looked up by row, never made from x
+        ImageViews(space="bank", backbone="efficientnet_lite0").weak(torch.zeros(2, 1280), torch.Generator())
 
 
 def test_bank_run_scales_the_views_as_the_features_and_resumes_identically(tmp_path):

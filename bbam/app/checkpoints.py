@@ -38,7 +38,8 @@ _RESUME_FREE = ("train.progress", "train.resume", "train.stop_after_epoch", "tra
                 "data.name")
 # the config keys a run's plan may resolve (bbam.app.plan), and where its scaling record holds them
 RESOLVED_KEYS = {"train.scaling": "scaling", "method.margin": "margin", "method.scale": "scale"}
-_RESUME_FREE_SUFFIXES = (".progress", ".device", ".cache_dir", ".cache")
+_RESUME_FREE_SUFFIXES = (".progress", ".device", ".cache_dir", ".cache",
+                         ".num_workers", ".shard_rows")  # how a feature pass is spread, not what it computes
 # methods whose config has had ``unlabeled_views`` since it exists (a run of them without it is older)
 _VIEW_METHODS = ("bbam.app.methods.CAP", "bbam.app.methods.BAM", "bbam.app.methods.BBAM")
 _CONSISTENCY_METHODS = ("bbam.app.methods.FixMatch", "bbam.app.methods.SoftMatch")
@@ -65,6 +66,12 @@ def _flatten(prefix: str, node: Any, out: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def _defining(flat: Mapping[str, Any]) -> Dict[str, Any]:
+    """``flat`` less the keys a resumed run may change (:data:`_RESUME_FREE`)."""
+    return {key: value for key, value in flat.items()
+            if key not in _RESUME_FREE and not key.endswith(_RESUME_FREE_SUFFIXES)}
+
+
 def settings_of(seed: int, sections: Mapping[str, Any]) -> Dict[str, Any]:
     """The flattened settings of plain config ``sections`` (``{"data": {...}, ...}``, the
     keys of :data:`SETTINGS_SECTIONS` present) and ``seed``, less output-only keys."""
@@ -72,8 +79,7 @@ def settings_of(seed: int, sections: Mapping[str, Any]) -> Dict[str, Any]:
     for section in SETTINGS_SECTIONS:
         if section in sections:
             _flatten(section, sections[section], flat)
-    return {"seed": int(seed), **{key: value for key, value in flat.items()
-                                  if key not in _RESUME_FREE and not key.endswith(_RESUME_FREE_SUFFIXES)}}
+    return {"seed": int(seed), **_defining(flat)}
 
 
 def run_settings(cfg) -> Dict[str, Any]:
@@ -133,6 +139,12 @@ def _trained_as_before(key: str, now: Mapping[str, Any]) -> bool:
     (flattened), the value that trains as the older run did (:func:`added_method_keys`)."""
     if key.startswith("method.graph."):
         return now.get("method.pseudo_labels", "model") == "model"
+    if key == "split.unlabeled_ratio":  # every unlabeled row, as before the key
+        return now[key] == 1.0
+    if key == "model.views.bank":  # the bank did not exist: unused unless space=bank
+        return now.get("model.views.space") != "bank"
+    if key.startswith("model.") and key.endswith(".runtime"):  # frozen passes ran in torch
+        return now[key] == "torch"
     old = added_method_keys(now.get("method._target_"))
     name = key[len("method."):]
     return key.startswith("method.") and name in old and now[key] == old[name]
@@ -153,7 +165,8 @@ def check_same_settings(cfg, path: Path, saved: Optional[Dict[str, Any]],
     def concrete(flat, values):
         return {k: values[k] if k in (values or {}) and str(v) == "auto" else v for k, v in flat.items()}
 
-    now, saved = concrete(run_settings(cfg), resolved), concrete(saved, saved_resolved)
+    # a checkpoint may hold keys made resume-free since it was written
+    now, saved = concrete(run_settings(cfg), resolved), concrete(_defining(saved), saved_resolved)
     differ = sorted((k for k in set(saved) | set(now) if saved.get(k, "<absent>") != now.get(k, "<absent>")
                      and not (k not in saved and _trained_as_before(k, now))),
                     key=lambda k: (k.count("."), k))  # a section's own keys before its sub-sections'

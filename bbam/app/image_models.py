@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 from torch import Tensor, nn
 
 from bbam.vision.backbones import get_backbone_spec, list_backbones, load_backbone
-from bbam.runtimes import RUNTIMES
+from bbam.runtimes import check_runtime
 
 from .models import MLPEncoder
 
@@ -51,9 +51,7 @@ class PretrainedImageEncoder(nn.Module):
                  hidden: Sequence[int] = (512,), out_dim: Optional[int] = 256, dropout: float = 0.1,
                  backbone_lr_scale: float = 0.1, freeze_batchnorm: bool = True, runtime: str = "auto"):
         super().__init__()
-        if str(runtime) not in RUNTIMES:
-            raise ValueError(f"config key 'model.encoder.runtime' must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-        self.runtime = str(runtime)
+        self.runtime = check_runtime(runtime, "model.encoder.runtime")
         self.freeze_batchnorm = bool(freeze_batchnorm)
         try:
             dim = get_backbone_spec(backbone).dim

@@ -111,7 +111,7 @@ def _probe_config(cfg, candidate: Dict[str, Optional[str]]):
     conf = OmegaConf.to_container(cfg if candidate["model"] is None else with_model(cfg, candidate["model"]),
                                   resolve=False)
     epochs = int(cfg.train.probe_epochs)
-    conf["train"].update(scaling=candidate["scaling"], epochs=epochs, warmup_epochs=0, patience=epochs,
+    conf["train"].update(scaling=candidate["scaling"], epochs=epochs, warmup_epochs=0, patience=epochs, compile=False,
                          progress=False, resume=None, stop_after_epoch=None, save_epoch_state=False)
     conf["method"] = {"_target_": "bbam.app.methods.Supervised", "name": "supervised"}
     return OmegaConf.create(conf)

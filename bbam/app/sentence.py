@@ -52,11 +52,9 @@ class SentenceEncoder(nn.Module):
                  hidden: Sequence[int] = (256,), out_dim: Optional[int] = 128, dropout: float = 0.1,
                  max_seq_length: int = 256, infer_batch_size: int = 64, runtime: str = "auto"):
         super().__init__()
-        from bbam.runtimes import RUNTIMES
+        from bbam.runtimes import check_runtime
 
-        if str(runtime) not in RUNTIMES:
-            raise ValueError(f"config key 'model.encoder.runtime' must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-        self.runtime = str(runtime)
+        self.runtime = check_runtime(runtime, "model.encoder.runtime")
         self.finetune, self.infer_batch_size = bool(finetune), int(infer_batch_size)
         if self.finetune:
             self.transformer = load_sentence_model(pretrained, "cpu", max_seq_length)

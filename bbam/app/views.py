@@ -196,11 +196,9 @@ class ImageViews(Views):
             raise ValueError(f"config key 'model.views.bank' must be >= 1 (views per photo), got {bank}")
         self.flip, self.translate, self.num_ops = float(flip), float(translate), int(num_ops)
         self.magnitude, self.cutout, self.bank = float(magnitude), float(cutout), int(bank)
-        from bbam.runtimes import RUNTIMES
+        from bbam.runtimes import check_runtime
 
-        if str(runtime) not in RUNTIMES:
-            raise ValueError(f"config key 'model.views.runtime' must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-        self.runtime = str(runtime)
+        self.runtime = check_runtime(runtime, "model.views.runtime")
         self.backbone_name = None if pixels else str(backbone)
         if self.backbone_name is not None:
             from bbam.vision.backbones import get_backbone_spec, list_backbones
@@ -234,7 +232,7 @@ class ImageViews(Views):
 
         start = time.perf_counter()
         rows = plan.splits["unlabeled"]
-        self._bank = {name: torch.stack([plan.scaler.transform(plan.inputs.view_matrix(recipe))[rows]
+        self._bank = {name: torch.stack([plan.scaler.transform(plan.inputs.view_matrix(recipe)[rows])
                                          for recipe in recipes]).to(plan.device)
                       for name, recipes in self.recipes().items()}
         self.bank_seconds = time.perf_counter() - start
@@ -266,7 +264,12 @@ class ImageViews(Views):
                                          default_cache_dir())
         return encode(pixels).to(pixels.device)
 
+    def _not_bank(self) -> None:
+        if self.space == "bank":  # bank views are looked up by row: __call__ with rows
+            raise RuntimeError("ImageViews(space='bank'): call the view maker with the batch's rows")
+
     def weak(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        self._not_bank()
         if self.space == "features":
             return self.features.weak(x, generator)
         from bbam.vision.augment import weak_augment
@@ -274,6 +277,7 @@ class ImageViews(Views):
         return self._encoded(weak_augment(x, generator, self.flip, self.translate))
 
     def strong(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        self._not_bank()
         if self.space == "features":
             return self.features.strong(x, generator)
         from bbam.vision.augment import strong_augment

@@ -200,7 +200,7 @@ def embed_texts(texts: Sequence[str], pretrained: str = DEFAULT_MODEL, max_seq_l
     file, key = cached_file(runtime)
     if cache and (emb := read_cache(file, key, len(texts))) is not None:
         return torch.from_numpy(emb)
-    model = load_sentence_model(pretrained, device if runtime == "torch" else "cpu", max_seq_length)
+    model = load_sentence_model(pretrained, device, max_seq_length)  # onnx resolves only on a CPU
     session = None
     if runtime == "onnx":
         try:
@@ -214,7 +214,6 @@ def embed_texts(texts: Sequence[str], pretrained: str = DEFAULT_MODEL, max_seq_l
             file, key = cached_file(runtime)
             if cache and (emb := read_cache(file, key, len(texts))) is not None:
                 return torch.from_numpy(emb)
-            model = load_sentence_model(pretrained, device, max_seq_length)
     if session is None:
         def encode(chunk):
             return model.encode(chunk, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)

@@ -194,6 +194,7 @@ def split_indices(
     lb = _check_ratio("lb_ratio", lb_ratio, low_open=True, high_closed=True)
     vr = _check_ratio("val_ratio", val_ratio, low_open=False, high_closed=False)
     tr = _check_ratio("test_ratio", test_ratio, low_open=False, high_closed=False)
+    ur = _check_ratio("unlabeled_ratio", unlabeled_ratio, low_open=True, high_closed=True)
     Yb = _labels_numpy(data.Y)
     n = Yb.shape[0]
     if data.test_idx is not None:
@@ -217,7 +218,6 @@ def split_indices(
     sizes = np.array([n_lab, rest.size - n_lab], dtype=np.int64)
     a = _stratify(Yb[rest], sizes, np.random.default_rng(_sub_seed(seed, 2)))
     labeled, unlabeled = rest[a == 0], rest[a == 1]
-    ur = _check_ratio("unlabeled_ratio", unlabeled_ratio, low_open=True, high_closed=True)
     if ur < 1.0 and unlabeled.size > 0:  # a prefix of one permutation: smaller pools nest in larger ones
         order = np.random.default_rng(_sub_seed(seed, 3)).permutation(unlabeled.size)
         unlabeled = unlabeled[order[:max(1, int(np.floor(ur * unlabeled.size + 0.5)))]]

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from torch import Tensor
 from bbam.runtimes import resolve_runtime, runtime_id
 from bbam.vision.backbones import frozen_image_encoder, get_backbone_spec, list_backbones, weights_id
 
+from bbam import distributed as D
 from bbam.devices import resolve_device
 
 from bbam.data.cache import default_cache_dir, read_cache, write_cache
@@ -64,7 +65,18 @@ def image_loader(rows: ImageRows, batch_size: int = 64, num_workers: int = 0, pi
     return (raise_decode_errors(b) for b in loader)
 
 
+_DIGESTS: Dict[tuple, str] = {}  # (path, size, mtime) of every file -> digest: a run hashes its photos once
+
+
 def _files_digest(rows: ImageRows) -> str:
+    """SHA-256 over every image file's bytes, computed once per unchanged set of files in the
+    process (a run's features and each view of the bank share it)."""
+    try:
+        stamp = tuple((path, st.st_size, st.st_mtime_ns) for path in rows.files for st in [os.stat(path)])
+    except OSError:
+        stamp = None  # a missing file: hashing below names it
+    if stamp is not None and stamp in _DIGESTS:
+        return _DIGESTS[stamp]
     files = hashlib.sha256()
     for path in rows.files:
         try:
@@ -72,6 +84,8 @@ def _files_digest(rows: ImageRows) -> str:
         except OSError as err:
             raise ImageDecodeError(f"image {path}: cannot read ({err.strerror or err})") from None
         files.update(hashlib.sha256(data).digest())
+    if stamp is not None:
+        _DIGESTS[stamp] = files.hexdigest()
     return files.hexdigest()
 
 
@@ -170,7 +184,8 @@ def _encoded(rows: ImageRows, settings: Mapping[str, Any], view: Optional[Dict[s
         return folder / f"{name}-{rows.image_size}px{tag}-{key[:32]}.npz", key
 
     file, key = cached_file(runtime) if cache else (None, None)
-    if cache and (cached := read_cache(file, key, len(rows))) is not None:
+    cached = read_cache(file, key, len(rows)) if cache else None
+    if D.all_ranks(cached is not None):  # every rank takes the same path (the pass below has barriers)
         return torch.from_numpy(cached)
     # the process's shared frozen module, or its ONNX Runtime session (exported once, cached)
     try:
@@ -191,7 +206,8 @@ def _encoded(rows: ImageRows, settings: Mapping[str, Any], view: Optional[Dict[s
     label = f"{name}{what} ({rows.image_size} px, {runtime})"
     progress = bool(settings.get("progress", True))
     if not cache:
-        return torch.from_numpy(pass_.rows(0, len(rows), progress_bar(len(rows), label, "photo", progress)))
+        with progress_bar(len(rows), label, "photo", progress) as bar:
+            return torch.from_numpy(pass_.rows(0, len(rows), bar.update))
     out = _sharded(pass_, file, key, int(settings.get("shard_rows", SHARD_ROWS)), label, progress)
     return torch.from_numpy(out)
 
@@ -222,70 +238,60 @@ class _Pass:
         self.all, self.encode, self.augment, self.device = rows, encode, augment, device
         self.batch_size, self.num_workers, self.dim = batch_size, num_workers, dim
 
-    def rows(self, start: int, stop: int, bar) -> np.ndarray:
+    def rows(self, start: int, stop: int, update: Callable[[int], object] = lambda k: None) -> np.ndarray:
+        """The ``[stop - start, dim]`` features of rows ``start:stop``; ``update(k)`` after
+        each batch of ``k`` rows (a progress bar's)."""
         out = np.empty((stop - start, self.dim), dtype=np.float32)
         done = 0
-        # on stderr: photos done, photos/s and the time left; left on screen with the total time
-        # taken (a pass over thousands of photos takes minutes on a CPU). Off with progress=false
-        # (the configs pass train.progress).
-        with bar:
-            for pixels in image_loader(self.all.subset(list(range(start, stop))), self.batch_size, self.num_workers,
-                                       pin_memory=self.device.type == "cuda"):
-                x = pixels.to(self.device, non_blocking=True).float().div_(255)
-                if self.augment is not None:
-                    x = self.augment(x, start + done)  # draws keyed by the set's row, not the range's
-                # float32 on every device: cached features do not depend on where they were made
-                out[done:done + len(pixels)] = self.encode(x).float().cpu().numpy()
-                done += len(pixels)
-                bar.update(len(pixels))
+        for pixels in image_loader(self.all.subset(list(range(start, stop))), self.batch_size, self.num_workers,
+                                   pin_memory=self.device.type == "cuda"):
+            x = pixels.to(self.device, non_blocking=True).float().div_(255)
+            if self.augment is not None:
+                x = self.augment(x, start + done)  # draws keyed by the set's row, not the range's
+            # float32 on every device: cached features do not depend on where they were made
+            out[done:done + len(pixels)] = self.encode(x).float().cpu().numpy()
+            done += len(pixels)
+            update(len(pixels))
         return out
-
-
-def _ranks():
-    """``(world size, rank)`` of the process group torchrun's processes joined, else ``(1, 0)``."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def _sharded(pass_: _Pass, file: Path, key: str, shard_rows: int, label: str, progress: bool) -> np.ndarray:
     """The whole set's features through cached shards of ``shard_rows`` rows (rounded up to
     whole batches) in the folder ``<file>.parts``: under torchrun rank ``r`` computes shards
     ``r, r + W, ...``; shards already cached (a killed pass) are read, not computed. Rank 0
-    then joins them into ``file`` (atomically) and removes the parts; every rank reads it."""
+    then joins them into ``file`` (atomically; unless another process wrote it meanwhile) and
+    removes the parts it read; every rank reads it."""
     if shard_rows < 1:
         raise ValueError(f"config key 'model.backbone.shard_rows' must be >= 1, got {shard_rows}")
-    n, world, rank = len(pass_.all), *_ranks()
+    n, world, rank = len(pass_.all), D.world_size(), D.rank()
     size = -(-shard_rows // pass_.batch_size) * pass_.batch_size
-    count = max(1, -(-n // size))
     parts = file.parent / (file.name[:-len(".npz")] + ".parts")
-    bounds = [(i * size, min(n, (i + 1) * size)) for i in range(count)]
-    mine = [i for i in range(rank, count, world)]
-    todo = [i for i in mine if read_cache(parts / f"{i:05d}.npz", f"{key}|{i}", bounds[i][1] - bounds[i][0]) is None]
-    bar = progress_bar(sum(bounds[i][1] - bounds[i][0] for i in todo), label, "photo", progress and rank == 0)
-    with bar:
+    bounds = [(i * size, min(n, (i + 1) * size)) for i in range(max(1, -(-n // size)))]
+
+    def part(i: int):  # (file, key) of shard i: the key names its rows
+        return parts / f"{i:05d}.npz", f"{key}|{bounds[i][0]}:{bounds[i][1]}"
+
+    todo = [i for i in range(rank, len(bounds), world)
+            if read_cache(*part(i), bounds[i][1] - bounds[i][0]) is None]
+    with progress_bar(sum(bounds[i][1] - bounds[i][0] for i in todo), label, "photo", progress and rank == 0) as bar:
         for i in todo:
-            write_cache(parts / f"{i:05d}.npz", f"{key}|{i}", pass_.rows(*bounds[i], _Quiet(bar)))
-    _barrier()
+            write_cache(*part(i), pass_.rows(*bounds[i], bar.update))
+    D.barrier()
     if rank == 0:
-        out = np.empty((n, pass_.dim), dtype=np.float32)
-        for i, (a, b) in enumerate(bounds):
-            part = read_cache(parts / f"{i:05d}.npz", f"{key}|{i}", b - a)
-            if part is None:  # a rank's shard went missing: compute it here
-                part = pass_.rows(a, b, _Quiet(None))
-            out[a:b] = part
-        write_cache(file, key, out)
-        shutil.rmtree(parts, ignore_errors=True)
-    _barrier()
+        out = read_cache(file, key, n)  # another process (a parallel run on the same photos) may have joined them
+        if out is None:
+            out = np.empty((n, pass_.dim), dtype=np.float32)
+            for i, (a, b) in enumerate(bounds):
+                shard = read_cache(*part(i), b - a)
+                out[a:b] = shard if shard is not None else pass_.rows(a, b)  # a part gone missing: computed here
+            write_cache(file, key, out)
+        for i in range(len(bounds)):  # the parts, not the folder: another process may still be writing into it
+            part(i)[0].unlink(missing_ok=True)
+        try:
+            parts.rmdir()
+        except OSError:
+            pass
+    D.barrier()
     if rank == 0:
         return out
     joined = read_cache(file, key, n)
@@ -293,20 +299,3 @@ def _sharded(pass_: _Pass, file: Path, key: str, shard_rows: int, label: str, pr
         raise RuntimeError(f"image features: rank {rank} cannot read {file}, which rank 0 wrote (is the cache "
                            f"folder shared by the ranks?)")
     return joined
-
-
-class _Quiet:
-    """A context manager forwarding ``update`` to an open progress bar (or nowhere)."""
-
-    def __init__(self, bar):
-        self.bar = bar
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, k: int) -> None:
-        if self.bar is not None:
-            self.bar.update(k)
