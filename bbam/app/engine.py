@@ -34,7 +34,7 @@ from .batches import index_batches, split_pipelines
 from .checkpoints import carry_best_checkpoint, check_resumable, engine_checkpoint, method_state
 from .inference import PARTS, model_outputs, model_outputs_global
 from .methods.base import MethodContext
-from .models import ModelEMA, MultiLabelModel, parameter_groups
+from .models import ModelEMA, MultiLabelModel, build_optimizer
 from .runtime import compiled_for_training
 
 __all__ = ["SelfTrainingEngine", "EngineState"]
@@ -97,8 +97,9 @@ class SelfTrainingEngine:
             raise ValueError(f"config key 'train.select_from' must be 'self_training' or 'any', got {self.tc.select_from!r}")
         self.num_workers = int(self.tc.get("num_workers", 0))
         self.labeled_batches, self.unlabeled_batches = split_pipelines(self.tc, splits, views, method.views, device)
-        self.optimizer = torch.optim.AdamW(parameter_groups(self.model), lr=self.tc.lr,
-                                           weight_decay=self.tc.weight_decay)
+        self.optimizer, self.peak_lr = build_optimizer(
+            self.model, self.tc, plan.model.get("optimizer"),
+            splits["labeled"].x if plan.inputs.feature_rows else None)
         self.scheduler: Optional[torch.optim.lr_scheduler.OneCycleLR] = None
         self.state = EngineState()
         self.amp = bool(self.tc.amp) and device.type == "cuda"
@@ -149,7 +150,7 @@ class SelfTrainingEngine:
     def _make_scheduler(self, phase: str) -> torch.optim.lr_scheduler.OneCycleLR:
         # one OneCycle per phase, spanning exactly the epochs that phase runs
         epochs = self.boundary if phase == "warmup" else self.total_epochs - self.boundary
-        lr = self.tc.lr * (1.0 if phase == "warmup" else self.tc.self_training_lr_scale)
+        lr = self.peak_lr * (1.0 if phase == "warmup" else self.tc.self_training_lr_scale)
         peaks = [lr * group.get("lr_scale", 1.0) for group in self.optimizer.param_groups]  # e.g. a backbone's lower lr
         for group, peak in zip(self.optimizer.param_groups, peaks):
             group["lr"] = peak

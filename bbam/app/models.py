@@ -4,13 +4,14 @@ exponential moving average (EMA) copy of the weights."""
 from __future__ import annotations
 
 import copy
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LinearEncoder", "MLPEncoder", "BackboneEncoder", "TextEncoder", "CosineClassifier", "LinearClassifier", "MultiLabelModel", "ModelEMA", "parameter_groups"]
+__all__ = ["LinearEncoder", "MLPEncoder", "BackboneEncoder", "TextEncoder", "CosineClassifier", "LinearClassifier", "MultiLabelModel", "ModelEMA", "parameter_groups",
+           "build_optimizer"]
 
 
 class MLPEncoder(nn.Module):
@@ -170,3 +171,50 @@ def parameter_groups(model: MultiLabelModel):
         out.append({"params": params, "lr_scale": float(factor)})
     out.append({"params": [p for p in model.parameters() if id(p) not in seen], "lr_scale": 1.0})
     return [g for g in out if g["params"]]
+
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def build_optimizer(model: MultiLabelModel, train: Mapping[str, Any], section: Optional[Mapping[str, Any]],
+                    labeled_x: Optional[Tensor]) -> Tuple[torch.optim.Optimizer, float]:
+    """The run's optimizer over :func:`parameter_groups` and its peak learning rate.
+
+    Args:
+        model: the model to train.
+        train: the ``train`` section (``lr``, ``weight_decay``).
+        section: the model's own ``model.optimizer`` (``{"name", "lr"}``), or None: AdamW at
+            ``train.lr`` (every model but the linear one).
+        labeled_x: ``[N, D]`` labeled feature rows (``sgd`` only; None for tokens or pixels).
+
+    ``name: sgd`` is momentum SGD (the OneCycle schedule cycles its momentum as it cycles
+    AdamW's beta1) with the peak step ``lr / mean_i |x_i|^2``: the logistic loss's curvature
+    along a row is ``|x_i|^2 / 4``, so one ``lr`` suits unit-length tf-idf rows and
+    standardized ones alike. Why not AdamW for a linear model: its per-coordinate steps move
+    a word seen in one labeled row as far as a common one, and a linear model on sparse
+    indicators then memorises the rare words (measured: 12 mAP on bibtex at 10 % labels,
+    against 22-24 for SGD or a logistic regression on the same rows).
+    """
+    groups = parameter_groups(model)
+    weight_decay = float(train["weight_decay"])
+    if section is None:
+        return torch.optim.AdamW(groups, lr=float(train["lr"]), weight_decay=weight_decay), float(train["lr"])
+    name, lr = section.get("name"), section.get("lr")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"config key 'model.optimizer.name' must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    if name == "adamw":
+        peak = float(train["lr"]) if lr is None else float(lr)
+        if not peak > 0:
+            raise ValueError(f"config key 'model.optimizer.lr' must be > 0 (or null: train.lr), got {lr!r}")
+        return torch.optim.AdamW(groups, lr=peak, weight_decay=weight_decay), peak
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+        raise ValueError(f"config key 'model.optimizer.lr' must be a number > 0 (the step times the labeled rows' "
+                         f"mean squared norm), got {lr!r}")
+    if labeled_x is None or not torch.is_floating_point(labeled_x) or labeled_x.dim() != 2:
+        raise ValueError("model.optimizer.name=sgd scales its step by the labeled rows' norm and needs feature-vector "
+                         "inputs ([N, D] floats); this model reads tokens or pixels: use model.optimizer=null (AdamW)")
+    mean_sq_norm = float(labeled_x.double().pow(2).sum(dim=1).mean()) if len(labeled_x) else 0.0
+    if not mean_sq_norm > 0:
+        raise ValueError("model.optimizer.name=sgd: the labeled rows are all zero (no norm to scale the step by)")
+    peak = float(lr) / mean_sq_norm
+    return torch.optim.SGD(groups, lr=peak, momentum=0.9, weight_decay=weight_decay), peak
