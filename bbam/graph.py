@@ -63,7 +63,9 @@ def knn_graph(features, k: int = 50, gamma: float = 3.0, exact_below: int = 100_
     keep = (cols >= 0) & (cols != rows)
     rows, cols = rows[keep], cols[keep]
     sims = torch.empty(len(rows), dtype=torch.float64)
-    step = max(1, (1 << 25) // max(1, unit.shape[1]))  # edges per chunk: ~256 MB of float64 rows at a time
+    # edges per chunk: 2^25 feature values per gathered side, i.e. two 128 MB float32 gathers,
+    # their 256 MB float64 copies and the 256 MB product: about 1 GB of temporaries at a time
+    step = max(1, (1 << 25) // max(1, unit.shape[1]))
     for i in range(0, len(rows), step):  # cosine of each edge, in float64 (never an [E, D] temporary)
         sims[i:i + step] = (unit[rows[i:i + step]].double() * unit[cols[i:i + step]].double()).sum(1)
     vals = sims.clamp(min=0).pow(float(gamma)).numpy()

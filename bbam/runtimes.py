@@ -30,18 +30,20 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["RUNTIMES", "OPSET", "resolve_runtime", "runtime_id", "onnx_session", "OnnxEncoder",
+__all__ = ["RUNTIMES", "OPSET", "resolve_runtime", "open_encoder", "runtime_used", "runtime_id", "onnx_session", "OnnxEncoder",
            "onnx_available", "clear_sessions", "check_runtime"]
 
 RUNTIMES = ("auto", "torch", "onnx")
 OPSET = 17  # ONNX opset of the exported files (supported by every onnxruntime >= 1.14)
 _SESSIONS: Dict[str, "OnnxEncoder"] = {}
+_FELL_BACK: set = set()  # encoders (open_encoder's ``what``) that auto ran in torch in this process
+T = TypeVar("T")
 _LOCK = threading.Lock()
 
 
@@ -64,6 +66,30 @@ def resolve_runtime(runtime: str, device: torch.device, key: str = "model.encode
             raise ValueError(f"config key '{key}' is 'onnx', which runs on the CPU, but the device is {device}: "
                              f"use runtime=torch (or auto) on a GPU")
     return runtime
+
+
+def open_encoder(asked: str, runtime: str, open_runtime: Callable[[str], T], what: str) -> Tuple[T, str]:
+    """``(open_runtime(runtime), runtime)``; where ``asked`` is ``auto`` and the resolved
+    ``onnx`` encoder cannot be opened (a module the exporter cannot write), a warning naming
+    ``what`` and ``(open_runtime("torch"), "torch")`` instead. An ``onnx`` asked for
+    explicitly raises. Callers key their caches by the runtime returned."""
+    try:
+        return open_runtime(runtime), runtime
+    except Exception as err:
+        if asked != "auto" or runtime != "onnx":
+            raise
+        warnings.warn(f"{what} cannot run in ONNX Runtime ({type(err).__name__}: {err}); running it in torch",
+                      RuntimeWarning, stacklevel=3)
+        _FELL_BACK.add(what)
+        return open_runtime("torch"), "torch"
+
+
+def runtime_used(asked: str, device: torch.device, what: str) -> str:
+    """The runtime that computes ``what``'s features (the ``what`` of :func:`open_encoder`)
+    when ``asked`` on ``device``: the resolved one, or ``torch`` where ``auto`` fell back
+    in this process. What a run records beside the runtime it was asked for."""
+    runtime = resolve_runtime(asked, device)
+    return "torch" if runtime == "onnx" and asked == "auto" and what in _FELL_BACK else runtime
 
 
 def check_runtime(value, key: str) -> str:
@@ -176,6 +202,7 @@ def onnx_session(module_fn: Callable[[], nn.Module], example: Sequence[Tensor], 
 
 
 def clear_sessions() -> None:
-    """Drop every open ONNX Runtime session of the process."""
+    """Drop every open ONNX Runtime session of the process (and forget its fallbacks to torch)."""
     with _LOCK:
         _SESSIONS.clear()
+        _FELL_BACK.clear()

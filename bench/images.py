@@ -25,9 +25,10 @@ of them), at each size ``S`` of ``--sizes``, each time the median of ``--repeats
   (decoding in 2 workers + forward, ``bbam.vision.features.image_features`` without its
   cache) with ``runtime=torch`` and ``runtime=onnx``, interleaved; each runtime's forward
   alone on a decoded batch of 64 with its GFLOP/s and the fraction of the cores' FP32 peak
-  (``--peak-gflops``; default: cores x clock x 32, two 256-bit FMA units per core); the
-  sentence encoder's texts/s per runtime on ``--texts`` (the first ``--num-texts``
-  documents); one weak and one strong view pass of the view bank (photos/s, and the bank's
+  (``--peak-gflops``; default: cores x clock x FLOP/cycle, see :func:`_peak_gflops`); the
+  sentence encoder's texts/s, GFLOP/s and share of the peak per runtime on ``--texts`` (the
+  first ``--num-texts`` documents), in the default batches (8 texts on a CPU) and in
+  batches of 64; one weak and one strong view pass of the view bank (photos/s, and the bank's
   build time for ``V`` = 4 over the ``--images`` photos); a fine-tuning step compiled
   (``torch.compile``, as ``train.compile=true``) against eager;
 * **peak RSS** of a child process (plus its decoding workers) that streams every image
@@ -239,22 +240,48 @@ def measure_runtimes(files: List[str], size: int, repeats: int, peak: float, tex
     import importlib.util
 
     if texts_file.is_file() and importlib.util.find_spec("sentence_transformers") is not None:
-        from bbam.data.sentence import embed_texts
+        from bbam.data.sentence import default_text_batch, embed_texts
 
         with open(texts_file) as fh:
             docs = [_json.loads(line) for _, line in zip(range(num_texts), fh)]
         texts = [str(d.get("title", "")) + ". " + str(d.get("body", d.get("text", ""))) for d in docs]
         embed_texts(texts[:8], cache=False, progress=False, runtime="onnx")  # the export, once
-        times = {"torch": [], "onnx": []}
+        default = default_text_batch(torch.device("cpu"))
+        times = {(runtime, batch): [] for batch in (default, 64) for runtime in ("torch", "onnx")}
         for _ in range(max(1, repeats)):
-            for runtime in times:
+            for runtime, batch in times:
                 t0 = time.perf_counter()
-                embed_texts(texts, cache=False, progress=False, runtime=runtime)
-                times[runtime].append(time.perf_counter() - t0)
-        for runtime, ts in times.items():
-            out[f"text_{runtime}_docs_s"] = len(texts) / statistics.median(ts)
+                embed_texts(texts, batch_size=batch, cache=False, progress=False, runtime=runtime, device="cpu")
+                times[runtime, batch].append(time.perf_counter() - t0)
+        out["text_batch"] = default
+        for (runtime, batch), ts in times.items():
+            suffix = "" if batch == default else f"_b{batch}"
+            gflop = _text_gflop(texts, batch)
+            out[f"text_{runtime}{suffix}_docs_s"] = len(texts) / statistics.median(ts)
+            out[f"text_{runtime}{suffix}_gflop_s"] = gflop / statistics.median(ts)
+            out[f"text_{runtime}{suffix}_peak_fraction"] = out[f"text_{runtime}{suffix}_gflop_s"] / peak
         out["text_onnx_over_torch"] = out["text_onnx_docs_s"] / out["text_torch_docs_s"]
+        out["text_onnx_over_torch_b64"] = out["text_onnx_b64_docs_s"] / out["text_torch_b64_docs_s"]
     return out
+
+
+def _text_gflop(texts: List[str], batch: int) -> float:
+    """GFLOP of embedding ``texts`` in batches of ``batch`` (sorted by length, as
+    :func:`bbam.data.sentence.embed_texts` does; padded to each batch's longest): per layer
+    and token ``2 (4 H^2 + 2 H I)`` for the projections and the feed-forward, and
+    ``4 t H`` for the attention's scores and sums over ``t`` tokens."""
+    from bbam.data.sentence import DEFAULT_MODEL, load_sentence_model
+
+    model = load_sentence_model(DEFAULT_MODEL, "cpu")
+    config = model[0].auto_model.config
+    hidden, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    total = 0.0
+    for i in range(0, len(texts), batch):
+        chunk = [texts[j] for j in order[i:i + batch]]
+        b, t = (model.preprocess(chunk) if hasattr(model, "preprocess") else model.tokenize(chunk))["input_ids"].shape
+        total += layers * b * t * (2 * (4 * hidden * hidden + 2 * hidden * inner) + 4 * t * hidden)
+    return total / 1e9
 
 
 def measure_compile(files: List[str], size: int, repeats: int) -> Dict[str, float]:
@@ -354,8 +381,12 @@ def main(argv=None) -> Dict:
                   f"{r['onnx_forward_img_s']:.1f} img/s ({r['onnx_gflop_s']:.0f} GFLOP/s, "
                   f"{100 * r['onnx_peak_fraction']:.0f} %); bank passes weak {r['bank_weak_img_s']:.0f}, strong "
                   f"{r['bank_strong_img_s']:.0f} img/s (V=4: {r['bank_v4_s_per_1000_photos']:.0f} s per 1000 photos)"
-                  + (f"; texts torch {r['text_torch_docs_s']:.1f}, onnx {r['text_onnx_docs_s']:.1f} docs/s "
-                     f"(x{r['text_onnx_over_torch']:.2f})" if "text_torch_docs_s" in r else ""), flush=True)
+                  + (f"; texts (batches of {r['text_batch']}) torch {r['text_torch_docs_s']:.1f} docs/s "
+                     f"({r['text_torch_gflop_s']:.0f} GFLOP/s, {100 * r['text_torch_peak_fraction']:.0f} %), onnx "
+                     f"{r['text_onnx_docs_s']:.1f} docs/s ({r['text_onnx_gflop_s']:.0f} GFLOP/s, "
+                     f"{100 * r['text_onnx_peak_fraction']:.0f} %; x{r['text_onnx_over_torch']:.2f}); batches of 64: "
+                     f"torch {r['text_torch_b64_docs_s']:.1f}, onnx {r['text_onnx_b64_docs_s']:.1f} docs/s "
+                     f"(x{r['text_onnx_over_torch_b64']:.2f})" if "text_torch_docs_s" in r else ""), flush=True)
         c = measure_compile(files, 128 if not ns.quick else 64, ns.repeats) if ns.compile else None
         result["compile"] = c
         if c is not None:

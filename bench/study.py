@@ -275,7 +275,7 @@ def probe_table(ns) -> str:
         if not auto:
             continue
         probe = auto[0]["scaling"]["probe"]
-        chosen = f"{short[probe['scaling']]}_{probe['model']}"
+        chosen = f"{short.get(probe['scaling'], probe['scaling'])}_{probe['model']}"  # e.g. a given scaling
         fixed = {r["row"]: r["test"]["mAP"] for r in rs if r["row"] != "supervised"}
         best = max(fixed, key=fixed.get) if fixed else None
         hit = best is not None and fixed.get(chosen) is not None and fixed[chosen] >= fixed[best] - 0.05

@@ -68,3 +68,22 @@ def test_images_bench_runtimes_quick(tmp_path):
                 "onnx_peak_fraction", "bank_weak_img_s", "bank_strong_img_s", "bank_v4_s_per_1000_photos"):
         assert math.isfinite(r[key]) and r[key] > 0, key
     assert "cold features torch" in proc.stdout
+
+
+def test_sensitivity_bench_runs_and_tabulates(tmp_path):
+    """bench/sensitivity.py on a tiny synthetic set: an unperturbed and a perturbed run per
+    cell, one JSON line each, and the summary's table."""
+    out = tmp_path / "s.jsonl"
+    tiny = ["data.num_samples=200", "data.num_labels=4", "data.num_features=8", "model.encoder.hidden=[8]",
+            "model.encoder.out_dim=4", "train.epochs=2", "train.min_steps_per_epoch=2"]
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "sensitivity.py"), "--data", "synthetic",
+                           "--methods", "supervised", "--lb", "0.2", "--seeds", "0", "--draws", "1",
+                           "--noise", "1e-3", "--out", str(out), "--", *tiny],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["draw"] for r in rows] == [0, 1] and rows[1]["noise"] == 1e-3
+    assert all(math.isfinite(r["test"]["mAP"]) for r in rows)
+    table = subprocess.run([sys.executable, str(ROOT / "bench" / "sensitivity.py"), "--summary", str(out)],
+                           capture_output=True, text=True, timeout=120).stdout
+    assert "| supervised | 0.2 |" in table and "largest move of the mean" in table

@@ -105,8 +105,9 @@ def test_a_run_records_its_runtime_and_predicts_with_it(tmp_path):
     from bbam.app.predict import Predictor
 
     result, run = _run(tmp_path, "onnx", "method=supervised", "model.encoder.runtime=onnx")
-    backbone = json.loads((run / "inputs.json").read_text())["backbone"]
-    assert backbone["runtime"] == "onnx" and np.isfinite(result["test"]["mAP"])
+    record = json.loads((run / "inputs.json").read_text())
+    assert record["backbone"]["runtime"] == "onnx" and np.isfinite(result["test"]["mAP"])
+    assert record["runtime_used"] == "onnx"
     predictor = Predictor.from_run(run)
     x = predictor.read(tmp_path / "imgs" / "sub")
     assert x.shape == (48, 1280)
@@ -219,8 +220,41 @@ def test_auto_falls_back_to_torch_when_the_export_fails(tmp_path, monkeypatch):
         raise RuntimeError("unsupported operator")
 
     monkeypatch.setattr(R, "_export", cannot_export)
+    assert R.runtime_used("auto", torch.device("cpu"), "backbone 'efficientnet_lite0'") == "onnx"
     with pytest.warns(RuntimeWarning, match="cannot run in ONNX Runtime .*unsupported operator"):
         got = F.image_features(rows, {**settings, "runtime": "auto"})
     assert torch.equal(got, eager) and len(list((tmp_path / "c").glob("*.npz"))) == 1  # cached as torch's
+    # what the run records beside runtime=auto
+    assert R.runtime_used("auto", torch.device("cpu"), "backbone 'efficientnet_lite0'") == "torch"
+    assert R.runtime_used("onnx", torch.device("cpu"), "backbone 'efficientnet_lite0'") == "onnx"
+    R.clear_sessions()
     with pytest.raises(RuntimeError, match="unsupported operator"):  # asked for onnx: no silent fallback
         F.image_features(rows, {**settings, "runtime": "onnx"})
+
+
+def test_image_space_views_export_beside_the_features_and_fall_back(tmp_path, monkeypatch):
+    from bbam.app.views import ImageViews
+
+    pixels = torch.rand(3, 3, 32, 32)
+    R.clear_sessions()
+    views = ImageViews(space="images", backbone="efficientnet_lite0", runtime="onnx", cache_dir=str(tmp_path / "c"))
+    got = views._encoded(pixels)
+    assert len(list((tmp_path / "c" / "onnx").glob("efficientnet_lite0-32px-*.onnx"))) == 1  # model.backbone.cache_dir
+    eager = ImageViews(space="images", backbone="efficientnet_lite0", runtime="torch")._encoded(pixels)
+    torch.testing.assert_close(got, eager, atol=1e-4, rtol=0)
+
+    def cannot_export(*args, **kwargs):
+        raise RuntimeError("unsupported operator")
+
+    R.clear_sessions()
+    monkeypatch.setattr(R, "_export", cannot_export)
+    auto = ImageViews(space="images", backbone="efficientnet_lite0", runtime="auto", cache_dir=str(tmp_path / "d"))
+    with pytest.warns(RuntimeWarning, match="cannot run in ONNX Runtime .*unsupported operator"):
+        fell_back = auto._encoded(pixels)
+    assert torch.equal(fell_back, eager)
+    with warnings.catch_warnings():  # the fallback is decided once, not per batch
+        warnings.simplefilter("error")
+        assert torch.equal(auto._encoded(pixels), eager)
+    with pytest.raises(RuntimeError, match="unsupported operator"):
+        ImageViews(space="images", backbone="efficientnet_lite0", runtime="onnx",
+                   cache_dir=str(tmp_path / "e"))._encoded(pixels)

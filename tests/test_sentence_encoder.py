@@ -41,6 +41,18 @@ def test_embeddings_match_sentence_transformers(st_model, tmp_path):
     np.testing.assert_allclose(emb.norm(dim=1).numpy(), 1.0, atol=1e-5)  # the model's Normalize module
 
 
+def test_batch_size_default_and_checks(st_model, tmp_path):
+    assert sentence.default_text_batch(torch.device("cpu")) == 8
+    assert sentence.default_text_batch(torch.device("cuda", 0)) == 64
+    ref = st_model.encode(TEXTS, convert_to_numpy=True)
+    for batch in (1, 2, 64):  # any batch gives the model's embeddings
+        emb = embed_texts(TEXTS, batch_size=batch, device="cpu", cache=False, progress=False)
+        np.testing.assert_allclose(emb.numpy(), ref, atol=1e-5)
+    for bad in (0, -1, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="'batch_size' must be an integer >= 1"):
+            embed_texts(TEXTS, batch_size=bad, device="cpu", cache=False, progress=False)
+
+
 def test_cache_hit_and_miss(tmp_path, monkeypatch):
     first = embed_texts(TEXTS, device="cpu", cache_dir=tmp_path, progress=False)
     files = list(tmp_path.iterdir())

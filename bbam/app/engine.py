@@ -97,9 +97,8 @@ class SelfTrainingEngine:
             raise ValueError(f"config key 'train.select_from' must be 'self_training' or 'any', got {self.tc.select_from!r}")
         self.num_workers = int(self.tc.get("num_workers", 0))
         self.labeled_batches, self.unlabeled_batches = split_pipelines(self.tc, splits, views, method.views, device)
-        self.optimizer, self.peak_lr = build_optimizer(
-            self.model, self.tc, plan.model.get("optimizer"),
-            splits["labeled"].x if plan.inputs.feature_rows else None)
+        self.optimizer, self.peak_lr = build_optimizer(self.model, self.tc, plan.model.get("optimizer"),
+                                                       splits["labeled"].x if plan.inputs.feature_rows else None)
         self.scheduler: Optional[torch.optim.lr_scheduler.OneCycleLR] = None
         self.state = EngineState()
         self.amp = bool(self.tc.amp) and device.type == "cuda"

