@@ -12,8 +12,10 @@ seed), and writes one JSON line per run (``draw``: 0 unperturbed, 1.. perturbed)
         --seeds 0,1,2 --draws 2 --noise 7.8e-7 --out sensitivity.jsonl -- model.encoder.runtime=torch
     python bench/sensitivity.py --summary sensitivity.jsonl
 
-The summary gives, per method and labeled ratio, the mean test mAP over seeds for each draw
-and the largest distance of a perturbed draw's mean from the unperturbed one. 7.8e-7 is the
+The summary gives, per method and labeled ratio, the mean test mAP over seeds for each
+thread count (``--threads``; 1 by default, as ``bench/study.py``'s runs) and draw, and the
+largest distance of any of them from the one-thread unperturbed mean: the thread count
+changes the order of float sums, another perturbation of the same size. 7.8e-7 is the
 standard deviation of the difference between MIML's EfficientNet-Lite0 features from eager
 PyTorch and from ONNX Runtime (largest difference 1.6e-5).
 """
@@ -37,6 +39,7 @@ def run(ns) -> None:
     from bbam.app import inputs as I
     from bbam.train import compose_config, train
 
+    torch.set_num_threads(int(ns.threads))  # the thread count changes float sums' order: part of a run's identity
     draw_now = {"draw": 0}
 
     def perturbing(real):
@@ -63,7 +66,7 @@ def run(ns) -> None:
                         cfg.out_dir = tmp
                         result = train(cfg)
                     row = {"dataset": ns.data, "method": method, "lb_ratio": float(lb), "seed": int(seed),
-                           "draw": draw, "noise": float(ns.noise) if draw else 0.0,
+                           "draw": draw, "noise": float(ns.noise) if draw else 0.0, "threads": int(ns.threads),
                            "test": {"mAP": float(result["test"]["mAP"])}, "overrides": overrides}
                     with open(out, "a") as fh:
                         fh.write(json.dumps(row) + "\n")
@@ -72,17 +75,24 @@ def run(ns) -> None:
 
 def summary(files: List[str]) -> str:
     rows = [json.loads(line) for f in files for line in open(f) if line.strip()]
-    cells: Dict[tuple, Dict[int, List[float]]] = defaultdict(lambda: defaultdict(list))
+    cells: Dict[tuple, Dict[tuple, List[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        cells[r["method"], r["lb_ratio"]][r["draw"]].append(r["test"]["mAP"])
-    draws = sorted({r["draw"] for r in rows})
-    out = ["| method | labels | " + " | ".join("unperturbed" if d == 0 else f"noise draw {d}" for d in draws)
-           + " | largest move of the mean |", "|---|---|" + "---|" * len(draws) + "---|"]
-    for (method, lb), by_draw in sorted(cells.items()):
-        means = {d: statistics.mean(v) for d, v in by_draw.items()}
-        move = max((abs(means[d] - means[0]) for d in means if d), default=float("nan")) if 0 in means else float("nan")
-        out.append(f"| {method} | {lb:g} | " + " | ".join(f"{means[d]:.2f}" if d in means else "—" for d in draws)
-                   + f" | {move:.2f} |")
+        cells[r["method"], r["lb_ratio"]][r.get("threads", 1), r["draw"]].append(r["test"]["mAP"])
+    columns = sorted({(r.get("threads", 1), r["draw"]) for r in rows})
+    reference = columns[0]  # the fewest threads, unperturbed
+
+    def name(col):
+        threads, draw = col
+        return f"{threads} thread{'s' if threads > 1 else ''}, " + ("unperturbed" if draw == 0 else f"noise draw {draw}")
+
+    out = ["| method | labels | " + " | ".join(name(c) for c in columns) + " | largest move of the mean |",
+           "|---|---|" + "---|" * len(columns) + "---|"]
+    for (method, lb), by_col in sorted(cells.items()):
+        means = {c: statistics.mean(v) for c, v in by_col.items()}
+        moves = [abs(means[c] - means[reference]) for c in means if c != reference and reference in means]
+        move = f"{max(moves):.2f}" if moves else "—"
+        out.append(f"| {method} | {lb:g} | " + " | ".join(f"{means[c]:.2f}" if c in means else "—" for c in columns)
+                   + f" | {move} |")
     return "\n".join(out) + "\n"
 
 
@@ -94,6 +104,7 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--draws", type=int, default=2, help="perturbed draws per run (besides the unperturbed one)")
     p.add_argument("--noise", type=float, default=7.8e-7, help="std of the Gaussian noise added to every feature")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (1: as bench/study.py's runs)")
     p.add_argument("--out", help="JSON lines to append to")
     p.add_argument("--summary", nargs="+", metavar="FILE", help="tabulate these result files instead")
     p.add_argument("overrides", nargs="*", help="app overrides for every run (after --)")
