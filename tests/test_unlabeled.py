@@ -349,10 +349,17 @@ def test_probe_epochs_zero_falls_back_to_the_rule_and_negatives_rule_out_tfidf(t
     cfg = json.loads((tmp_path / "rule" / "final_metrics.json").read_text())
     assert cfg["test"]["mAP"] > 0
 
-    cfg = compose_config(["data=npz", "data.path=x.npz"])
+    cfg = compose_config(["data=npz", "data.path=x.npz", "method=supervised"])
     assert [c["scaling"] for c in probe_candidates(cfg, torch.tensor([[-1.0, 0.0]]))] == ["standardize"] * 2
     assert [c["model"] for c in probe_candidates(cfg, torch.tensor([[1.0, 0.0]]))] == ["mlp", "mlp", "linear",
                                                                                        "linear"]
+    # a cosine head is not offered the model that passes its inputs through (angles of raw rows)
+    for method in ("bam", "bbam", "bbam_cls"):
+        angular = compose_config(["data=npz", "data.path=x.npz", f"method={method}"])
+        assert [c["model"] for c in probe_candidates(angular, torch.tensor([[1.0, 0.0]]))] == ["mlp", "mlp"]
+    only_linear = compose_config(["data=npz", "data.path=x.npz", "method=bbam", "model.auto=[linear]"])
+    with pytest.raises(ValueError, match="'model.auto' lists only models that pass the inputs through"):
+        probe_candidates(only_linear, torch.tensor([[1.0, 0.0]]))
 
 
 def test_the_probe_leaves_the_callers_config_and_random_state_alone(indicator_file):
