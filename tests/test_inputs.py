@@ -103,3 +103,10 @@ def test_end_to_end_raw_inputs(kind, tmp_path):
     result = train(cfg)
     assert np.isfinite(result["test"]["mAP"]) and result["test"]["mAP"] > 40
     assert (tmp_path / "run" / "report.md").exists()
+
+
+def test_sentence_inputs_are_feature_rows_only_when_frozen():
+    from bbam.app.inputs import SentenceInputs
+
+    assert SentenceInputs({"finetune": False}, ["text"]).feature_rows  # embeddings [N, 384]
+    assert not SentenceInputs({"finetune": True}, ["text"]).feature_rows  # token ids

@@ -275,9 +275,15 @@ def test_build_optimizer_steps():
     assert isinstance(opt, torch.optim.AdamW) and peak == 0.002
     opt, peak = build_optimizer(model, train_cfg, {"name": "sgd", "lr": 2.0}, x)
     assert isinstance(opt, torch.optim.SGD) and peak == pytest.approx(2.0 / 13)
-    assert opt.defaults["momentum"] == 0.9 and opt.defaults["weight_decay"] == 1e-4
+    assert opt.defaults["weight_decay"] == 1e-4
     with pytest.raises(ValueError, match="model.optimizer.name"):
         build_optimizer(model, train_cfg, {"name": "adam", "lr": 1.0}, x)
+    with pytest.raises(ValueError, match="unknown key.*model.optimizer.momentum"):
+        build_optimizer(model, train_cfg, {"name": "sgd", "lr": 1.0, "momentum": 0.5}, x)
+    with pytest.raises(ValueError, match="model.optimizer.lr"):
+        build_optimizer(model, train_cfg, {"name": "adamw", "lr": "fast"}, x)
+    big = torch.ones(10_000, 4)  # squared norms summed in chunks
+    assert build_optimizer(model, train_cfg, {"name": "sgd", "lr": 2.0}, big)[1] == pytest.approx(0.5)
     for bad in (0, -1.0, None, "2"):
         with pytest.raises(ValueError, match="model.optimizer.lr"):
             build_optimizer(model, train_cfg, {"name": "sgd", "lr": bad}, x)

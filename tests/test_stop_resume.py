@@ -211,3 +211,28 @@ def test_checkpoints_from_before_the_new_keys_resume(tmp_path):
                              "split.unlabeled_ratio=0.5"])
     with pytest.raises(ValueError, match=r"split.unlabeled_ratio"):
         check_same_settings(pooled, tmp_path / "last.pt", old)
+
+
+def test_checkpoints_from_before_model_optimizer_and_text_batches_resume(tmp_path):
+    """A model=linear checkpoint from before model.optimizer trained with AdamW at train.lr:
+    today's config resumes it when it says so (model.optimizer=null, or adamw at train.lr),
+    and the default SGD is refused by name. The sentence encoder's embedding batch is free."""
+    from bbam.app.checkpoints import check_same_settings, run_settings
+    from bbam.app.config import compose_config
+
+    def older(cfg):
+        return {k: v for k, v in run_settings(cfg).items() if not k.startswith("model.optimizer")}
+
+    old = older(compose_config(["model=linear", "data.num_samples=60"]))
+    for same in (["model.optimizer=null"], ["model.optimizer.name=adamw", "model.optimizer.lr=null"],
+                 ["model.optimizer.name=adamw", "model.optimizer.lr=0.002"]):
+        check_same_settings(compose_config(["model=linear", "data.num_samples=60", *same]), tmp_path / "last.pt", old)
+    with pytest.raises(ValueError, match=r"model.optimizer.name: '<absent>' in the checkpoint, 'sgd' now"):
+        check_same_settings(compose_config(["model=linear", "data.num_samples=60"]), tmp_path / "last.pt", old)
+    with pytest.raises(ValueError, match=r"model.optimizer.lr"):
+        check_same_settings(compose_config(["model=linear", "data.num_samples=60", "model.optimizer.name=adamw",
+                                            "model.optimizer.lr=0.1"]), tmp_path / "last.pt", old)
+    text = ["data=reuters21578_text", "model=sentence_encoder"]
+    saved = run_settings(compose_config(text))
+    saved.update({"model.sentence.batch_size": 64, "data.sentence_encoder.batch_size": 64})  # the older default
+    check_same_settings(compose_config(text), tmp_path / "last.pt", saved)

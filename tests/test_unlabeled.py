@@ -340,6 +340,26 @@ def test_a_probed_run_resumes_with_its_choice_without_probing_again(tmp_path, in
     assert resumed["test"] == full["test"]
 
 
+def test_auto_model_without_a_probe_resumes_with_the_model_it_recorded(tmp_path, indicator_file, monkeypatch):
+    """model=auto with train.probe_epochs=0 takes model.auto's first entry; resumed, it builds
+    the model section its plan recorded, whatever configs/model/*.yaml say by then."""
+    import bbam.app.probe as probe_module
+
+    args = ("data=npz", f"data.path={indicator_file}", "method=supervised", "train.probe_epochs=0",
+            "model.auto=[linear,mlp]")
+    _, full = _run(tmp_path, "full", *args)
+    cfg, _ = _run(tmp_path, "stopped", *args, "train.stop_after_epoch=2")
+    real = probe_module.model_section
+
+    def changed(name):  # as if linear.yaml had changed its optimizer since the run started
+        section = real(name)
+        return {**section, "optimizer": {"name": "adamw", "lr": None}} if name == "linear" else section
+
+    monkeypatch.setattr(probe_module, "model_section", changed)
+    _, resumed = _run(tmp_path, "resumed", *args, f"train.resume={cfg.out_dir}/checkpoints/last.pt")
+    assert resumed["test"] == full["test"]
+
+
 def test_probe_epochs_zero_falls_back_to_the_rule_and_negatives_rule_out_tfidf(tmp_path, indicator_file):
     from bbam.app.probe import probe_candidates
 

@@ -35,6 +35,7 @@ _RESUME_FREE = ("train.progress", "train.resume", "train.stop_after_epoch", "tra
                 "train.loader", "train.num_workers",
                 "train.probe_epochs",  # a resumed run keeps the choice its probe (or the rule) made
                 "train.compile",  # the same steps compiled or eager (dropout draws as eager's)
+                "model.sentence.batch_size", "data.sentence_encoder.batch_size",  # not in the embeddings' cache key
                 "data.name")
 # the config keys a run's plan may resolve (bbam.app.plan), and where its scaling record holds them
 RESOLVED_KEYS = {"train.scaling": "scaling", "method.margin": "margin", "method.scale": "scale"}
@@ -145,6 +146,12 @@ def _trained_as_before(key: str, now: Mapping[str, Any]) -> bool:
         return now.get("model.views.space") != "bank"
     if key.startswith("model.") and key.endswith(".runtime"):  # frozen passes ran in torch
         return now[key] == "torch"
+    if key == "model.optimizer":  # every model trained with AdamW at train.lr
+        return now[key] is None
+    if key == "model.optimizer.name":
+        return now[key] == "adamw"
+    if key == "model.optimizer.lr":
+        return now.get("model.optimizer.name") == "adamw" and now[key] in (None, now.get("train.lr"))
     old = added_method_keys(now.get("method._target_"))
     name = key[len("method."):]
     return key.startswith("method.") and name in old and now[key] == old[name]

@@ -248,6 +248,10 @@ class SentenceInputs(_TextInputs):
         super().__init__(text_keys)
         self.sentence = dict(sentence)
 
+    @property
+    def feature_rows(self) -> bool:
+        return not self.sentence.get("finetune")  # fine-tuning: token ids, not feature rows
+
     def record(self) -> Dict[str, Any]:
         out = {"kind": self.kind, "text_keys": self.text_keys, "sentence": dict(self.sentence)}
         if not self.sentence.get("finetune"):  # frozen: the runtime that embedded the texts

@@ -175,8 +175,8 @@ def _onnx_encoder(model, pretrained: str, fingerprint: str, max_seq_length: int,
 def default_text_batch(device: torch.device) -> int:
     """Texts per forward pass when none is given: 8 on a CPU, 64 on a GPU. On a CPU a batch
     of 64 texts of 256 word pieces makes ~200 MB of attention scores per layer, far past the
-    caches: batches of 8 embed 1.5x the texts/s in torch and 1.4x in ONNX Runtime
-    (bench/images.py), and pad less."""
+    caches: batches of 8 embed 1.3x the texts/s in either runtime (bench/images.py), and pad
+    less."""
     return 8 if device.type == "cpu" else 64
 
 
@@ -272,7 +272,10 @@ def sentence_inputs(texts: Sequence[str], settings: Mapping[str, Any]) -> tuple[
         return X, [f"token{j}" for j in range(X.shape[1])]
     # runtime absent (a run recorded before the option): torch, as its embeddings were made
     batch = settings.get("batch_size")
-    X = embed_texts(texts, pretrained, max_len, None if batch is None else int(batch), settings.get("device", "auto"),
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ValueError(f"config key 'model.sentence.batch_size' must be an integer >= 1 or null (8 on a CPU, "
+                         f"64 on a GPU), got {batch!r}")
+    X = embed_texts(texts, pretrained, max_len, batch, settings.get("device", "auto"),
                     settings.get("cache_dir"), bool(settings.get("cache", True)), bool(settings.get("progress", True)),
                     settings.get("runtime", "torch"))
     return X, [f"emb{j}" for j in range(X.shape[1])]
