@@ -131,13 +131,7 @@ def prepare(cfg, device: torch.device = torch.device("cpu"), *, data=None,
     scaler = FeatureScaler(choice["scaling"]).fit(pool)
     x = scaler.transform(matrix)
     tensors = {name: inputs.split(x, data.Y, idx, device) for name, idx in splits.items()}
-    # model=auto resumed without a probe record (train.probe_epochs=0) builds the model its
-    # plan recorded: configs/model/*.yaml may have changed since the run started
-    recorded = (resume or {}).get("plan") or {}
-    if "auto" in cfg.model and not (probe or {}).get("model_section") and isinstance(recorded.get("model"), Mapping):
-        model = dict(recorded["model"])
-    else:
-        model = model_to_build(cfg, probe)
+    model = model_to_build(cfg, probe, ((resume or {}).get("plan") or {}).get("model"))
     return RunPlan(cfg, device, data, dict(splits), inputs, int(matrix.shape[1]), scaler, tensors, choice,
                    data_source.describe(cfg.data, data), model)
 

@@ -76,11 +76,15 @@ def chosen_model(cfg, probe: Optional[Dict[str, Any]]) -> Optional[str]:
     return names[0] if names else None
 
 
-def model_to_build(cfg, probe: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """The ``model`` section (plain values) a run builds: the section its probe recorded,
+def model_to_build(cfg, probe: Optional[Dict[str, Any]], recorded: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The ``model`` section (plain values) a run builds: the section its probe recorded;
+    else, for ``model=auto``, the section a resumed run's plan ``recorded`` (without a probe,
+    ``train.probe_epochs=0``: ``configs/model/*.yaml`` may have changed since it started);
     else the :func:`chosen_model`'s from ``configs/model``, else the config's own."""
     if probe and probe.get("model_section"):
         return dict(probe["model_section"])
+    if recorded and _model_candidates(cfg) is not None:
+        return dict(recorded)
     name = chosen_model(cfg, probe)
     return plain_section((with_model(cfg, name) if name else cfg).model)
 

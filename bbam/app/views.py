@@ -204,7 +204,7 @@ class ImageViews(Views):
 
         self.runtime = check_runtime(runtime, "model.views.runtime")
         self.cache_dir = cache_dir
-        self._encoder = None  # space=images on a frozen backbone: (device, size, encode) of the last batch
+        self._encoder = None  # space=images on a frozen backbone: ((device, size), encode) of the last batch
         self.backbone_name = None if pixels else str(backbone)
         if self.backbone_name is not None:
             from bbam.vision.backbones import get_backbone_spec, list_backbones

@@ -180,6 +180,16 @@ def default_text_batch(device: torch.device) -> int:
     return 8 if device.type == "cpu" else 64
 
 
+def _text_batch(value, device, name: str) -> int:
+    """``value`` checked as an integer >= 1, or (None) :func:`default_text_batch` on ``device``;
+    ``name`` says where the value came from in the error."""
+    if value is None:
+        return default_text_batch(resolve_device(device))
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1 or null (8 on a CPU, 64 on a GPU), got {value!r}")
+    return value
+
+
 def embed_texts(texts: Sequence[str], pretrained: str = DEFAULT_MODEL, max_seq_length: int = 256,
                 batch_size: Optional[int] = None, device: Optional[str] = "auto", cache_dir=None, cache: bool = True,
                 progress: bool = True, runtime: str = "torch") -> Tensor:
@@ -195,10 +205,7 @@ def embed_texts(texts: Sequence[str], pretrained: str = DEFAULT_MODEL, max_seq_l
     from bbam.runtimes import open_encoder, resolve_runtime, runtime_id
 
     texts = [str(t) for t in texts]
-    if batch_size is None:
-        batch_size = default_text_batch(resolve_device(device))
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"embed_texts: 'batch_size' must be an integer >= 1 (or None), got {batch_size!r}")
+    batch_size = _text_batch(batch_size, device, "embed_texts: 'batch_size'")
     asked, runtime = runtime, resolve_runtime(runtime, resolve_device(device), "model.encoder.runtime")
     path = resolve_model_path(pretrained)
     fingerprint = model_fingerprint(path)
@@ -271,11 +278,9 @@ def sentence_inputs(texts: Sequence[str], settings: Mapping[str, Any]) -> tuple[
         X = tokenize_texts(texts, pretrained, max_len)
         return X, [f"token{j}" for j in range(X.shape[1])]
     # runtime absent (a run recorded before the option): torch, as its embeddings were made
-    batch = settings.get("batch_size")
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-        raise ValueError(f"config key 'model.sentence.batch_size' must be an integer >= 1 or null (8 on a CPU, "
-                         f"64 on a GPU), got {batch!r}")
-    X = embed_texts(texts, pretrained, max_len, batch, settings.get("device", "auto"),
+    device = settings.get("device", "auto")
+    batch = _text_batch(settings.get("batch_size"), device, "config key 'model.sentence.batch_size'")
+    X = embed_texts(texts, pretrained, max_len, batch, device,
                     settings.get("cache_dir"), bool(settings.get("cache", True)), bool(settings.get("progress", True)),
                     settings.get("runtime", "torch"))
     return X, [f"emb{j}" for j in range(X.shape[1])]

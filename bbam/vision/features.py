@@ -212,8 +212,6 @@ def _decoding_workers(value, device: torch.device) -> int:
     would only compete with it -- on 2 cores ONNX Runtime's cold pass made 223 photos/s
     decoding in-process against 141 with 2 workers); on a GPU up to 4 (decoding is then the
     CPU's whole job)."""
-    import os
-
     if str(value) != "auto":
         if int(value) < 0:
             raise ValueError(f"config key 'model.backbone.num_workers' must be >= 0 or auto, got {value}")
