@@ -58,16 +58,19 @@ def knn_graph(features, k: int = 50, gamma: float = 3.0, exact_below: int = 100_
     with faiss_threads_set(faiss, faiss_threads):
         index = FaissIndex(faiss, x, "flat" if n < exact_below else "ivf", nlist, chunk=65536)
         ids = index.search(unit, int(k) + 1, int(nprobe))  # the row itself comes back too (dropped below)
-    rows = torch.arange(n).repeat_interleave(ids.shape[1])
+    # the cosine of each found edge in float64 (not the index's float32 scores): one batched
+    # dot product of each row with its neighbours, 2^24 gathered values (a 64 MB gather and
+    # its 128 MB float64 copy) per chunk, never an [N, k, D] or a float64 [N, D] temporary
+    width = ids.shape[1]
+    step = max(1, (1 << 24) // max(1, width * unit.shape[1]))
+    sims = torch.empty(ids.shape, dtype=torch.float64)
+    for i in range(0, n, step):
+        neighbours = unit[ids[i:i + step].clamp(min=0)].double()            # [b, k + 1, D]
+        sims[i:i + step] = torch.bmm(neighbours, unit[i:i + step, :, None].double()).squeeze(2)
+    rows = torch.arange(n).repeat_interleave(width)
     cols = ids.reshape(-1)
     keep = (cols >= 0) & (cols != rows)
-    rows, cols = rows[keep], cols[keep]
-    sims = torch.empty(len(rows), dtype=torch.float64)
-    # edges per chunk: 2^25 feature values per gathered side, i.e. two 128 MB float32 gathers,
-    # their 256 MB float64 copies and the 256 MB product: about 1 GB of temporaries at a time
-    step = max(1, (1 << 25) // max(1, unit.shape[1]))
-    for i in range(0, len(rows), step):  # cosine of each edge, in float64 (never an [E, D] temporary)
-        sims[i:i + step] = (unit[rows[i:i + step]].double() * unit[cols[i:i + step]].double()).sum(1)
+    rows, cols, sims = rows[keep], cols[keep], sims.reshape(-1)[keep]
     vals = sims.clamp(min=0).pow(float(gamma)).numpy()
     a = sp.csr_matrix((vals, (rows.numpy(), cols.numpy())), shape=(n, n))
     return (a + a.T).tocsr()
