@@ -401,20 +401,16 @@ def test_the_probe_leaves_the_callers_config_and_random_state_alone(indicator_fi
 
 def test_a_checkpoint_from_before_these_keys_resumes_only_as_it_trained(tmp_path):
     """A ``last.pt`` whose settings predate pseudo_labels / teacher / graph / certainty resumes
-    with the values that train as it did, but not with graph pseudo-labels, nor with today's
-    default for CAP (``blend``), which trains otherwise."""
-    older = ("method=cap", "method.pseudo_labels=model")  # CAP as it trained before the keys
-    cfg, _ = _run(tmp_path, "stopped", *older, "train.stop_after_epoch=2")
+    under today's defaults (they train as it did), but not with graph pseudo-labels."""
+    cfg, _ = _run(tmp_path, "stopped", "method=cap", "train.stop_after_epoch=2")
     last = Path(cfg.out_dir) / "checkpoints" / "last.pt"
     ckpt = torch.load(last, weights_only=True)
     ckpt["settings"] = {k: v for k, v in ckpt["settings"].items()
                         if not k.startswith(("method.pseudo_labels", "method.teacher", "method.graph.",
                                              "method.weight_by_certainty"))}
     torch.save(ckpt, last)
-    _, full = _run(tmp_path, "full", *older)
-    _, resumed = _run(tmp_path, "resumed", *older, f"train.resume={last}")
+    _, full = _run(tmp_path, "full", "method=cap")
+    _, resumed = _run(tmp_path, "resumed", "method=cap", f"train.resume={last}")
     assert resumed["test"] == full["test"]
     with pytest.raises(ValueError, match="method.pseudo_labels"):
         _run(tmp_path, "other", "method=cap", "method.pseudo_labels=graph", f"train.resume={last}")
-    with pytest.raises(ValueError, match="method.pseudo_labels: '<absent>' in the checkpoint, 'blend' now"):
-        _run(tmp_path, "default", "method=cap", f"train.resume={last}")
