@@ -6,8 +6,10 @@ unlabeled rows' features are L2-normalised and linked to their ``k`` nearest nei
 rows are spread over the graph (:func:`bbam.graph.spread_scores`, class-balanced), and an
 unlabeled row's score for a label is the positives' share of what reaches it, with a
 certainty ``|2 score - 1|``. The methods turn these scores into pseudo-labels with CAP's
-class-proportion thresholds, alone (``pseudo_labels: graph``) or averaged with the
-teacher model's scores (``blend``).
+class-proportion thresholds, alone (``pseudo_labels: graph``), averaged with the
+teacher model's scores (``blend``), or whichever of those and the teacher's own scores
+ranks the validation rows best that epoch (``auto``: the validation rows join the graph as
+unlabeled rows; their labels choose, never seed).
 
 Under ``torchrun`` every rank's features are gathered in row order, rank 0 builds the
 graph and solves, and the scores are broadcast: every rank holds the same pseudo-labels,
@@ -15,7 +17,7 @@ equal to a single process's.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -29,7 +31,7 @@ from .base import MethodContext
 
 __all__ = ["GraphLabels", "PSEUDO_LABEL_SOURCES"]
 
-PSEUDO_LABEL_SOURCES = ("model", "graph", "blend")  # method.pseudo_labels
+PSEUDO_LABEL_SOURCES = ("model", "graph", "blend", "auto")  # method.pseudo_labels
 
 
 class GraphLabels:
@@ -60,39 +62,45 @@ class GraphLabels:
         self.k, self.alpha, self.gamma, self.features = int(k), float(alpha), float(gamma), features
         self.exact_below, self.nprobe = int(exact_below), int(nprobe)
         self.tol, self.max_iter = float(tol), int(max_iter)
-        self._fixed: Optional[Tuple[Tensor, Tensor]] = None  # scores of a graph on the inputs (they never change)
+        # scores of a graph on the inputs (they never change), per set of unscored splits
+        self._fixed: Dict[Tuple[str, ...], Tuple[Tensor, ...]] = {}
 
-    def _rows(self, ctx: MethodContext, source: str) -> Tensor:
-        """``[N_l + N_u, D]`` features of the labeled then the unlabeled rows, on every rank."""
-        lb, ub = ctx.splits["labeled"], ctx.splits["unlabeled"]
+    def _rows(self, ctx: MethodContext, source: str, splits: Sequence[str]) -> Tensor:
+        """``[N, D]`` features of the labeled rows, then of each split in ``splits``, on every rank."""
+        xs = [ctx.splits[name].x for name in ("labeled", *splits)]
         if self.features == "inputs":
             if not ctx.input_features:
                 raise ValueError("config key 'method.graph.features' is 'inputs', but this run's inputs are not "
                                  "feature rows (tokens or pixels): use method.graph.features=model")
-            return torch.cat([lb.x, ub.x]).float()
+            return torch.cat(xs).float()
         parts = []
-        for x in (lb.x, ub.x):  # each rank embeds its interleaved shard; gathered back in row order
+        for x in xs:  # each rank embeds its interleaved shard; gathered back in row order
             local = x if ctx.world == 1 else take_rows(x, D.shard_indices(len(x)))
             parts.append(D.gather_in_order(ctx.features(local, source), len(x)))
         return torch.cat(parts)
 
     @torch.no_grad()
-    def spread(self, ctx: MethodContext, source: str = "ema") -> Tuple[Tensor, Tensor]:
+    def spread(self, ctx: MethodContext, source: str = "ema",
+               also: Sequence[str] = ()) -> Tuple[Tensor, ...]:
         """``(scores, certainty)``: ``[N_u, K]`` float32 on the run's device, each label's
-        scores contiguous (as CAP reads them); the same on every rank."""
-        if self._fixed is not None:
-            return self._fixed
-        lb, ub = ctx.splits["labeled"], ctx.splits["unlabeled"]
-        n_l, n_u, K = len(lb.y), len(ub.y), ctx.num_labels
+        scores contiguous (as CAP reads them); the same on every rank. ``also``: further
+        splits (e.g. ``("val",)``) whose rows join the graph unlabeled (their labels are not
+        read); their scores ``[N_s, K]`` follow, one per split."""
+        splits = ("unlabeled", *also)
+        if splits in self._fixed:
+            return self._fixed[splits]
+        n_l, K = len(ctx.splits["labeled"].y), ctx.num_labels
+        sizes = [len(ctx.splits[name].y) for name in splits]
+        n_u = sum(sizes)  # every row the graph scores
         with ctx.timed("graph_features"):
-            feats = self._rows(ctx, source)
+            feats = self._rows(ctx, source, splits)
         out = torch.empty((2, K, n_u), device=ctx.device)  # label-major: out[i].T is [N_u, K]
         with ctx.timed("graph"):
             failed = torch.zeros(1, device=ctx.device)
             error = None
             if D.rank() == 0:
                 try:
-                    out.copy_(self._solve(feats, lb.y, n_l, n_u, K))
+                    out.copy_(self._solve(feats, ctx.splits["labeled"].y, n_l, n_u, K))
                 except Exception as err:  # the other ranks must not wait for a broadcast that never comes
                     failed.fill_(1.0)
                     error = err
@@ -102,13 +110,15 @@ class GraphLabels:
             if bool(failed.item()):
                 raise RuntimeError("label spreading failed on rank 0 (its error is in rank 0's log)")
             D.broadcast_tensor(out)
-        result = (out[0].T, out[1].T)
+        scores, certainty = out[0].split(sizes, dim=1), out[1].split(sizes, dim=1)
+        result = (scores[0].T, certainty[0].T, *(part.T for part in scores[1:]))
         if self.features == "inputs":
-            self._fixed = result
+            self._fixed[splits] = result
         return result
 
     def _solve(self, feats: Tensor, y_lb: Tensor, n_l: int, n_u: int, K: int) -> Tensor:
-        """``[2, K, N_u]``: the unlabeled rows' scores and certainties, label-major (rank 0)."""
+        """``[2, K, N_u]``: the scores and certainties of the ``N_u`` rows after the labeled
+        ones, label-major (rank 0)."""
         W = knn_graph(feats.cpu(), k=min(self.k, n_l + n_u - 1), gamma=self.gamma, exact_below=self.exact_below,
                       nprobe=self.nprobe)
         targets = np.zeros((n_l + n_u, K), dtype=np.int8)

@@ -21,6 +21,7 @@ from torch import Tensor
 import bbam
 from bbam import distributed as D
 from bbam.cap import CAPLabeler
+from bbam.metrics import mean_average_precision
 from bbam.losses import AsymmetricLoss, BAMLoss, BBAMLoss, BCELoss
 from bbam.angle_diagnostics import measure_angles
 from bbam.stats import LabelAngleStats, label_prototypes
@@ -90,12 +91,13 @@ class CAP(Method):
             the epoch's pseudo-labels and summed (``[weak, strong]``: CAP's image recipe);
             empty: the unlabeled inputs themselves.
         pseudo_labels: where the scores CAP thresholds come from: ``model`` (the teacher's
-            scores), ``graph`` (label spreading, ``graph``) or ``blend`` (their mean).
+            scores), ``graph`` (label spreading, ``graph``), ``blend`` (their mean) or
+            ``auto`` (each epoch, whichever of the three ranks the validation rows best).
         teacher: ``ema`` (the EMA weights) or ``model`` (the live model): the model whose
             scores (and, for the graph, features) make the pseudo-labels.
-        graph: a :class:`~.graph_labels.GraphLabels` (``pseudo_labels`` graph or blend).
+        graph: a :class:`~.graph_labels.GraphLabels` (``pseudo_labels`` graph, blend or auto).
         weight_by_certainty: each unlabeled element's loss weighted by the graph's certainty
-            ``|2 score - 1|`` of its row and label (graph or blend).
+            ``|2 score - 1|`` of its row and label (graph or blend; auto when it chooses either).
     """
 
     def __init__(self, name: str = "cap", pos_per: float = 1.0, neg_per: float = 0.998, gamma_neg: float = 4.0,
@@ -123,6 +125,7 @@ class CAP(Method):
         self.weight_lb: Optional[Tensor] = None  # [N_l, K] bool this epoch's masks of the labeled rows
         self.weight_ub: Optional[Tensor] = None  # [N_u, K] ... of the unlabeled rows (float: times the certainty)
         self.thresholds: Optional[Tensor] = None  # [K] CAP thresholds (only kept with train.save_epoch_state)
+        self.source_log: Dict[str, float] = {}  # pseudo_labels auto: the epoch's choice and its scores
 
     def bind(self, ctx: MethodContext) -> None:
         super().bind(ctx)
@@ -149,18 +152,44 @@ class CAP(Method):
     @torch.no_grad()
     def _pseudo_targets(self, ctx: MethodContext) -> Tensor:
         """Step (1): CAP on the scores of the WHOLE unlabeled set (global ranks): the
-        teacher's, the graph's or their mean (``pseudo_labels``)."""
-        scores_u = None
-        if self.pseudo_labels != "graph":
-            with ctx.timed("cap"):
-                scores_u = ctx.scores_global(ctx.splits["unlabeled"].x, label_major=True, source=self._source)
-        if self.pseudo_labels != "model":
-            spread, certainty = self.graph.spread(ctx, self._source)
-            scores_u = spread if scores_u is None else scores_u.add_(spread).mul_(0.5)  # label-major, as CAP reads
-            self.certainty = certainty if self.weight_by_certainty else None
+        teacher's, the graph's or their mean (``pseudo_labels``; ``auto``: :meth:`_chosen_scores`)."""
+        if self.pseudo_labels == "auto":
+            scores_u = self._chosen_scores(ctx)
+        else:
+            scores_u = None
+            if self.pseudo_labels != "graph":
+                with ctx.timed("cap"):
+                    scores_u = ctx.scores_global(ctx.splits["unlabeled"].x, label_major=True, source=self._source)
+            if self.pseudo_labels != "model":
+                spread, certainty = self.graph.spread(ctx, self._source)
+                scores_u = spread if scores_u is None else scores_u.add_(spread).mul_(0.5)  # label-major, as CAP reads
+                self.certainty = certainty if self.weight_by_certainty else None
         with ctx.timed("cap"):
             self.thresholds = self.cap.thresholds(scores_u) if ctx.save_epoch_state else None
             return self.cap.pseudo_targets(scores_u)  # [N_u, K] int8, -1: not confident
+
+    def _chosen_scores(self, ctx: MethodContext) -> Tensor:
+        """``pseudo_labels: auto``: the unlabeled rows' scores from the source -- the teacher,
+        the graph or their mean -- whose scores of the validation rows have the best mAP this
+        epoch (the validation rows join the graph unlabeled: their labels choose, never seed).
+        Ties go to the teacher, then the blend. Logs each source's validation mAP and the
+        choice (``pseudo_source``: 0 teacher, 1 blend, 2 graph)."""
+        with ctx.timed("cap"):
+            model_u = ctx.scores_global(ctx.splits["unlabeled"].x, label_major=True, source=self._source)
+            model_v = ctx.scores_global(ctx.splits["val"].x, label_major=True, source=self._source)
+        graph_u, certainty, graph_v = self.graph.spread(ctx, self._source, also=("val",))
+        y_val = ctx.splits["val"].y
+        with ctx.timed("cap"):
+            candidates = (model_v, model_v.add(graph_v).mul_(0.5), graph_v)
+            quality = [mean_average_precision(v.float(), y_val) for v in candidates]
+            rank = [q if q == q else float("-inf") for q in quality]  # NaN: no validation positives
+            best = max(range(3), key=lambda i: (rank[i], -i))
+        self.source_log = {"pseudo_source": float(best), "source_val_mAP_model": quality[0],
+                           "source_val_mAP_blend": quality[1], "source_val_mAP_graph": quality[2]}
+        self.certainty = certainty if (self.weight_by_certainty and best > 0) else None
+        if best == 0:
+            return model_u
+        return graph_u if best == 2 else model_u.add_(graph_u).mul_(0.5)
 
     def _unlabeled_weight(self, known: Tensor) -> Tensor:
         """The unlabeled rows' element weights from their mask ``[N_u, K]`` bool: the mask, or
@@ -177,8 +206,9 @@ class CAP(Method):
 
     def _summary(self, ctx: MethodContext) -> Dict[str, float]:
         with ctx.timed("bookkeeping"):
-            return pseudo_label_summary(self.targets_ub, ctx.splits["unlabeled"].y, self.weight_lb,
-                                        ctx.splits["labeled"].y)
+            summary = pseudo_label_summary(self.targets_ub, ctx.splits["unlabeled"].y, self.weight_lb,
+                                           ctx.splits["labeled"].y)
+        return {**summary, **self.source_log}
 
     def end_epoch(self) -> Dict[str, float]:
         # the [N, K] pseudo-labels and masks live for one epoch (not through validation)
