@@ -159,8 +159,10 @@ def test_with_dropout_global_quantities_on_the_same_weights_equal_single_process
 @pytest.mark.parametrize("overrides", [("method=cap", "method.pseudo_labels=graph", "graph.features=inputs",
                                         "method.unlabeled_views=[]"),
                                        ("method=cap", "method.pseudo_labels=blend", "graph.k=10",
+                                        "method.unlabeled_views=[]"),
+                                       ("method=cap", "method.pseudo_labels=auto", "graph.k=10",
                                         "method.unlabeled_views=[]")],
-                         ids=["graph-on-inputs", "blend-on-model-features"])
+                         ids=["graph-on-inputs", "blend-on-model-features", "auto-on-model-features"])
 def test_two_process_graph_pseudo_labels_equal_one_process(tmp_path, overrides):
     """The kNN graph is built on the features gathered from every rank (rank 0 solves and
     broadcasts): the ranks hold the single process's pseudo-labels."""

@@ -17,6 +17,7 @@ from bbam.app.methods import CAP, BBAM, FixMatch, FreeMatch, GraphLabels, LabelP
 from bbam.app.methods.base import MethodContext
 from bbam.graph import knn_graph, spread_scores
 from bbam.losses import BCELoss
+from bbam.metrics import mean_average_precision
 from bbam.train import compose_config, train
 
 SMALL = ["data.num_samples=400", "model.encoder.hidden=[32]", "model.encoder.out_dim=16", "train.epochs=5",
@@ -131,6 +132,59 @@ def test_cap_pseudo_labels_from_the_graph_or_the_blend(source):
     if source == "graph":  # the graph alone recovers every confident positive
         pos = m.targets_ub == 1
         assert torch.equal(splits["unlabeled"].y[pos], torch.ones(int(pos.sum()), dtype=torch.int8))
+
+
+def _with_val(splits, x_val, y_val):
+    return {**splits, "val": types.SimpleNamespace(x=x_val, y=y_val)}
+
+
+@pytest.mark.parametrize("model_is_good", [True, False])
+def test_auto_takes_the_source_that_ranks_the_validation_rows_best(model_is_good):
+    """``pseudo_labels: auto``: the teacher's, the blended or the graph's scores, whichever
+    has the best validation mAP; the validation rows join the graph unlabeled, and their
+    labels choose but never seed."""
+    x, y = _clusters()
+    xv, yv = _clusters(n_per=5, seed=3)
+    splits = _with_val(_splits(x, y, [0, 1, 20, 21]), xv, yv)
+    # a teacher that ranks every row right (its scores are the truth), or every row wrong
+    truth_u, truth_v = splits["unlabeled"].y.float(), yv.float()
+    model_u, model_v = (truth_u, truth_v) if model_is_good else (1 - truth_u, 1 - truth_v)
+    calls = []
+
+    def scores_global(rows, label_major=False, source="ema"):
+        calls.append(len(rows))
+        s = model_u if len(rows) == 36 else model_v
+        return s.T.contiguous().T.clone() if label_major else s.clone()
+
+    ctx = _context(splits)
+    ctx = MethodContext(**{**ctx.__dict__, "scores_global": scores_global})
+    graph = GraphLabels(k=5, features="inputs")
+    m = CAP(pseudo_labels="auto", graph=graph, neg_per=0.5)
+    m.bind(ctx)
+    log = m.refresh(ctx)
+    graph_u, _, graph_v = GraphLabels(k=5, features="inputs").spread(ctx, also=("val",))
+    mAPs = [mean_average_precision(v, yv) for v in (model_v, (model_v + graph_v) / 2, graph_v)]
+    assert [log["source_val_mAP_model"], log["source_val_mAP_blend"], log["source_val_mAP_graph"]] == mAPs
+    # a perfect teacher ties the blend (the teacher wins ties); against a wrong one the blend is
+    # flat (0.5 everywhere) and the graph, which separates the clusters, wins
+    chosen = 0 if model_is_good else 2
+    assert log["pseudo_source"] == chosen and mAPs[chosen] == max(mAPs)
+    expected_scores = truth_u if chosen == 0 else graph_u
+    assert torch.equal(m.targets_ub, m.cap.pseudo_targets(expected_scores.T.contiguous().T))
+    assert calls == [36, 10]  # the teacher's scores of the unlabeled and the validation rows
+
+
+def test_auto_scores_the_validation_rows_in_the_graph_without_their_labels():
+    """Changing the validation labels changes the choice's scores, never the graph's."""
+    x, y = _clusters()
+    xv, yv = _clusters(n_per=5, seed=3)
+    base = _splits(x, y, [0, 1, 20, 21])
+    a = GraphLabels(k=5).spread(_context(_with_val(base, xv, yv), features=lambda r, s, out=None: r), also=("val",))
+    b = GraphLabels(k=5).spread(_context(_with_val(base, xv, 1 - yv), features=lambda r, s, out=None: r),
+                                also=("val",))
+    assert all(torch.equal(p, q) for p, q in zip(a, b)) and a[2].shape == (10, 2)
+    plain = GraphLabels(k=5).spread(_context(base, features=lambda r, s, out=None: r))
+    assert len(plain) == 2 and plain[0].shape == (36, 2)
 
 
 def test_labelprop_is_bce_on_graph_pseudo_labels_weighted_by_certainty():
@@ -264,7 +318,8 @@ def _run(tmp_path: Path, name: str, *overrides: str):
     ("method=freematch", "method.teacher=ema"),
     ("method=cap", "method.pseudo_labels=blend", "method.teacher=model", "method.weight_by_certainty=true"),
     ("method=bbam", "method.pseudo_labels=graph", "graph.k=10"),
-], ids=["labelprop", "freematch-ema", "cap-blend-model", "bbam-graph"])
+    ("method=cap", "method.pseudo_labels=auto", "graph.k=10"),
+], ids=["labelprop", "freematch-ema", "cap-blend-model", "bbam-graph", "cap-auto"])
 def test_new_options_resume_to_the_uninterrupted_result(tmp_path, overrides):
     _, full = _run(tmp_path, "full", *overrides)
     cfg, stopped = _run(tmp_path, "stopped", *overrides, "train.stop_after_epoch=2")
@@ -274,8 +329,10 @@ def test_new_options_resume_to_the_uninterrupted_result(tmp_path, overrides):
     history = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     st = [r for r in history if r["phase"] == "self_training"]
     assert st and all("pseudo_confident" in r for r in st)
-    if "graph" in " ".join(overrides) or "labelprop" in overrides[0] or "blend" in " ".join(overrides):
+    if any(word in " ".join(overrides) for word in ("graph", "labelprop", "blend", "auto")):
         assert "graph" in st[0]["phase_s"]
+    if "method.pseudo_labels=auto" in overrides:  # the choice and what made it are logged every epoch
+        assert all(r["pseudo_source"] in (0.0, 1.0, 2.0) and "source_val_mAP_graph" in r for r in st)
 
 
 def test_every_method_config_builds_with_its_graph_section():
@@ -401,16 +458,20 @@ def test_the_probe_leaves_the_callers_config_and_random_state_alone(indicator_fi
 
 def test_a_checkpoint_from_before_these_keys_resumes_only_as_it_trained(tmp_path):
     """A ``last.pt`` whose settings predate pseudo_labels / teacher / graph / certainty resumes
-    under today's defaults (they train as it did), but not with graph pseudo-labels."""
-    cfg, _ = _run(tmp_path, "stopped", "method=cap", "train.stop_after_epoch=2")
+    with the values that train as it did, but not with graph pseudo-labels, nor with today's
+    default for CAP (``auto``), which trains otherwise."""
+    older = ("method=cap", "method.pseudo_labels=model")  # CAP as it trained before the keys
+    cfg, _ = _run(tmp_path, "stopped", *older, "train.stop_after_epoch=2")
     last = Path(cfg.out_dir) / "checkpoints" / "last.pt"
     ckpt = torch.load(last, weights_only=True)
     ckpt["settings"] = {k: v for k, v in ckpt["settings"].items()
                         if not k.startswith(("method.pseudo_labels", "method.teacher", "method.graph.",
                                              "method.weight_by_certainty"))}
     torch.save(ckpt, last)
-    _, full = _run(tmp_path, "full", "method=cap")
-    _, resumed = _run(tmp_path, "resumed", "method=cap", f"train.resume={last}")
+    _, full = _run(tmp_path, "full", *older)
+    _, resumed = _run(tmp_path, "resumed", *older, f"train.resume={last}")
     assert resumed["test"] == full["test"]
     with pytest.raises(ValueError, match="method.pseudo_labels"):
         _run(tmp_path, "other", "method=cap", "method.pseudo_labels=graph", f"train.resume={last}")
+    with pytest.raises(ValueError, match="method.pseudo_labels: '<absent>' in the checkpoint, 'auto' now"):
+        _run(tmp_path, "default", "method=cap", f"train.resume={last}")
