@@ -184,6 +184,9 @@ class CAP(Method):
             quality = [mean_average_precision(v.float(), y_val) for v in candidates]
             rank = [q if q == q else float("-inf") for q in quality]  # NaN: no validation positives
             best = max(range(3), key=lambda i: (rank[i], -i))
+            choice = torch.tensor([float(best)], device=ctx.device)
+            D.broadcast_tensor(choice)  # every rank computed the same; rank 0's makes it certain
+            best = int(choice.item())
         self.source_log = {"pseudo_source": float(best), "source_val_mAP_model": quality[0],
                            "source_val_mAP_blend": quality[1], "source_val_mAP_graph": quality[2]}
         self.certainty = certainty if (self.weight_by_certainty and best > 0) else None
