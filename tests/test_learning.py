@@ -275,7 +275,7 @@ def test_build_optimizer_steps():
     assert isinstance(opt, torch.optim.AdamW) and peak == 0.002
     opt, peak = build_optimizer(model, train_cfg, {"name": "sgd", "lr": 2.0}, x)
     assert isinstance(opt, torch.optim.SGD) and peak == pytest.approx(2.0 / 13)
-    assert opt.defaults["weight_decay"] == 1e-4
+    assert opt.defaults["momentum"] == 0.9 and opt.defaults["weight_decay"] == 1e-4
     with pytest.raises(ValueError, match="model.optimizer.name"):
         build_optimizer(model, train_cfg, {"name": "adam", "lr": 1.0}, x)
     with pytest.raises(ValueError, match="unknown key.*model.optimizer.momentum"):
